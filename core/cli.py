@@ -1,0 +1,181 @@
+"""`peft-studio`: the same engine as the web UI, from a terminal.
+
+Every run setting is a flag named after its field (see core.config); `--config` reads a
+YAML file first and flags override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from core import runner
+from core.config import ConfigError, add_arguments, config_from_args
+from core.events import read_events, read_log
+from core.paths import saves_dir
+
+
+def _train(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    try:
+        run_dir = runner.start(cfg)
+    except runner.BusyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    print(f"run: {run_dir}", flush=True)
+    if args.detach:
+        return 0
+    return _follow(run_dir, show_log=args.verbose)
+
+
+def _follow(run_dir: Path, show_log: bool = False) -> int:
+    """Print the run's events as they come; Ctrl-C aborts it (it still saves)."""
+    offset = log_offset = 0
+    try:
+        while True:
+            events, offset = read_events(run_dir, offset)
+            for e in events:
+                print(_describe(e), flush=True)
+            if show_log:
+                text, log_offset = read_log(run_dir, log_offset)
+                sys.stdout.write(text)
+            status, _ = runner.run_status(run_dir)
+            if status != runner.RUNNING and not events:
+                break
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("aborting: the run stops at the next step and saves what it has...", flush=True)
+        status = runner.abort(run_dir)
+    status, end = runner.run_status(run_dir)
+    if status == runner.FAILED:
+        print(f"failed: {end.get('error')}\n(full log: {run_dir / 'log.txt'})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _describe(e: dict) -> str:
+    kind = e["type"]
+    if kind == "start":
+        return (f"start: {e.get('method')} on {e.get('device')} ({e.get('precision')}), "
+                f"{e.get('trainable_params'):,} of {e.get('total_params'):,} parameters "
+                f"trainable, {e.get('total_steps')} steps, {e.get('train_samples')} samples")
+    if kind == "step":
+        eta = f", eta {e['eta']:.0f}s" if e.get("eta") is not None else ""
+        return (f"step {e['step']}/{e['total_steps']}: loss {e['loss']:.4f}, "
+                f"{e.get('tokens_per_second', 0):.0f} tok/s{eta}")
+    if kind == "eval":
+        return f"eval at step {e['step']}: loss {e['eval_loss']:.4f}"
+    if kind == "checkpoint":
+        return f"checkpoint: {e['path']}"
+    if kind == "end":
+        detail = e.get("output_dir") or e.get("error") or ""
+        return f"end: {e['status']} {detail}".rstrip()
+    return f"{kind}: {e}"
+
+
+def _runs(args: argparse.Namespace) -> int:
+    runs = runner.list_runs()
+    if not runs:
+        print(f"no runs in {saves_dir()}")
+        return 0
+    print(f"{'run':32} {'status':8} {'method':8} {'step':>11} {'loss':>8}  dataset")
+    for r in runs:
+        loss = f"{r.final_loss:.4f}" if r.final_loss is not None else "-"
+        steps = f"{r.step}/{r.total_steps}"
+        print(f"{r.name:32} {r.status:8} {r.method:8} {steps:>11} {loss:>8}  "
+              f"{','.join(r.dataset)}")
+    return 0
+
+
+def _run_dir(name: str) -> Path:
+    path = Path(name)
+    if not (path / runner.CONFIG).is_file():
+        path = saves_dir() / name
+    if not (path / runner.CONFIG).is_file():
+        raise SystemExit(f"error: no run named {name!r} in {saves_dir()}")
+    return path
+
+
+def _abort(args: argparse.Namespace) -> int:
+    run_dir = _run_dir(args.run)
+    if runner.run_status(run_dir)[0] != runner.RUNNING:
+        print(f"{run_dir.name} is not running")
+        return 1
+    print(f"{run_dir.name}: {runner.abort(run_dir, timeout=args.timeout)}")
+    return 0
+
+
+def _webui(args: argparse.Namespace) -> int:
+    from webui.app import launch
+
+    launch(host=args.host, port=args.port, share=False)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peft-studio", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model (flags named after every run setting)")
+    add_arguments(p)
+    p.add_argument("--detach", action="store_true", help="start and return at once")
+    p.add_argument("--verbose", action="store_true", help="also print the trainer's log")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resulting YAML and exit without training")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("runs", help="list runs in saves/ with their status")
+    p.set_defaults(func=_runs)
+
+    p = sub.add_parser("abort", help="stop a run at its next step; it saves what it has")
+    p.add_argument("run", help="run name (folder under saves/) or path")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait before killing it")
+    p.set_defaults(func=_abort)
+
+    p = sub.add_parser("webui", help="open the browser app")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.set_defaults(func=_webui)
+
+    for extra in _EXTRA_COMMANDS:
+        extra(sub)
+    return parser
+
+
+def _extra_commands() -> list:
+    """Subcommands that live beside their engine module (chat, evaluate, export): each
+    module offers `add_command(subparsers)`."""
+    import importlib
+
+    found = []
+    for name in ("core.chat", "core.evaluate", "core.export"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        found.append(module.add_command)
+    return found
+
+
+_EXTRA_COMMANDS = _extra_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

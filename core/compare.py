@@ -1,0 +1,196 @@
+"""Method comparison: the same data and budget trained with several methods, one table.
+
+`start(spec)` spawns `python -m core.compare DIR/compare.yaml`, a detached job like a
+training run: it trains each method in turn through the runner (so every run is an
+ordinary run in saves/, with its own curves), evaluates it on a held-out split when one is
+given, and writes `results.json` with one row per method. It depends on no browser: close
+the page and the queue goes on; the Train tab re-reads the table from the files.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core import runner
+from core.config import SETTINGS, RunConfig
+from core.events import EventWriter, read_events
+from core.paths import saves_dir
+
+SPEC_FILE = "compare.yaml"
+RESULTS = "results.json"
+# Table columns, in order, with the headers the UI shows.
+COLUMNS = {
+    "method": "Method",
+    "status": "Status",
+    "trainable_params": "Trainable params",
+    "trainable_share": "Trainable %",
+    "peak_memory_mb": "Peak memory (MB)",
+    "seconds_per_step": "Seconds / step",
+    "final_loss": "Final train loss",
+    "final_eval_loss": "Final eval loss",
+    "exact_match": "Exact match",
+    "rouge_l": "ROUGE-L",
+    "run": "Run",
+}
+
+
+@dataclass
+class CompareSpec:
+    methods: list[str]
+    # Settings shared by every run (model, data, budget, ...); each method keeps its own
+    # defaults for the settings that are its alone.
+    settings: dict[str, Any] = field(default_factory=dict)
+    eval_dataset: str | None = None
+    eval_max_samples: int = 30
+
+    def configs(self, name: str) -> list[RunConfig]:
+        shared = {k: v for k, v in self.settings.items()
+                  if k not in ("method", "run_name") and SETTINGS[k].methods is None}
+        return [RunConfig(**shared, method=m, run_name=f"{name}-{m}") for m in self.methods]
+
+
+def comparisons_dir() -> Path:
+    return saves_dir() / "comparisons"
+
+
+def start(spec: CompareSpec) -> Path:
+    """Validate every method's settings up front, then start the queue; return its folder."""
+    if not spec.methods:
+        raise ValueError("choose at least one method to compare")
+    name = f"compare-{datetime.now():%Y%m%d-%H%M%S}"
+    spec.configs(name)  # raises ConfigError now, not half-way through the queue
+    job = comparisons_dir() / name
+    job.mkdir(parents=True)
+    (job / SPEC_FILE).write_text(yaml.safe_dump(asdict(spec), sort_keys=False))
+    runner.spawn(job, ["-m", "core.compare", str(job / SPEC_FILE)])
+    return job
+
+
+def row_for(run_dir: Path, method: str) -> dict[str, Any]:
+    events, _ = read_events(run_dir)
+    status, end = runner.run_status(run_dir, events)
+    start_event = next((e for e in events if e["type"] == "start"), {})
+    share = start_event.get("trainable_share")
+    return {
+        "method": method,
+        "status": status,
+        "trainable_params": start_event.get("trainable_params"),
+        "trainable_share": None if share is None else round(100 * share, 3),
+        "peak_memory_mb": end.get("peak_memory_mb"),
+        "seconds_per_step": end.get("seconds_per_step"),
+        "final_loss": end.get("final_loss"),
+        "final_eval_loss": end.get("final_eval_loss"),
+        "exact_match": None,
+        "rouge_l": None,
+        "run": run_dir.name,
+    }
+
+
+def table(job: Path) -> list[dict[str, Any]]:
+    try:
+        return json.loads((job / RESULTS).read_text())["rows"]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def list_comparisons() -> list[Path]:
+    root = comparisons_dir()
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if (p / SPEC_FILE).is_file()), reverse=True)
+
+
+def _start_when_free(cfg: RunConfig, stop: dict[str, bool]) -> Path | None:
+    # Someone may train by hand between two of our runs: wait for the machine, never
+    # fight over it.
+    while not stop["requested"]:
+        try:
+            return runner.start(cfg)
+        except runner.BusyError:
+            time.sleep(2)
+    return None
+
+
+def _wait(job_dir: Path, stop: dict[str, bool], on_stop: Any) -> str:
+    while True:
+        status, _ = runner.run_status(job_dir)
+        if status != runner.RUNNING:
+            return status
+        if stop["requested"]:
+            on_stop(job_dir)
+            return runner.run_status(job_dir)[0]
+        time.sleep(1)
+
+
+def _evaluate(run_dir: Path, spec: CompareSpec, stop: dict[str, bool]) -> dict[str, Any]:
+    from core import evaluate
+
+    eval_spec = evaluate.EvalSpec(run_dir=str(run_dir), dataset=[spec.eval_dataset],
+                                  max_samples=spec.eval_max_samples, include_base=False)
+    job = evaluate.start(eval_spec)
+    _wait(job, stop, lambda d: runner.abort(d, timeout=10))
+    state = evaluate.job_state(job)
+    scores = (state.results or {}).get("models", {}).get("fine_tuned", {})
+    return {"exact_match": scores.get("exact_match"), "rouge_l": scores.get("rouge_l")}
+
+
+def run(job: Path) -> list[dict[str, Any]]:
+    spec = CompareSpec(**yaml.safe_load((job / SPEC_FILE).read_text()))
+    events = EventWriter(job)
+    stop = {"requested": False}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop["requested"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    rows: list[dict[str, Any]] = []
+    configs = spec.configs(job.name)
+    for i, cfg in enumerate(configs):
+        events.emit("progress", done=i, total=len(configs), message=f"training {cfg.method}")
+        run_dir = _start_when_free(cfg, stop)
+        if run_dir is None:
+            break
+        events.emit("run", method=cfg.method, run=run_dir.name)
+        status = _wait(run_dir, stop, runner.abort)
+        row = row_for(run_dir, cfg.method)
+        if status == runner.DONE and spec.eval_dataset and not stop["requested"]:
+            events.emit("progress", done=i, total=len(configs),
+                        message=f"evaluating {cfg.method}")
+            row.update(_evaluate(run_dir, spec, stop))
+        rows.append(row)
+        (job / RESULTS).write_text(json.dumps({"rows": rows}, indent=1))
+    events.emit("progress", done=len(rows), total=len(configs), message="finished")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    job = Path(argv[0]).parent
+    events = EventWriter(job)
+    try:
+        rows = run(job)
+    except Exception as exc:  # the UI must learn why the queue stopped
+        import traceback
+
+        traceback.print_exc()
+        events.emit("end", status="failed", error=f"{type(exc).__name__}: {exc}")
+        return 1
+    failed = [r["method"] for r in rows if r["status"] != runner.DONE]
+    status = "aborted" if len(rows) < len(yaml.safe_load((job / SPEC_FILE).read_text())
+                                          ["methods"]) else "done"
+    events.emit("end", status=status, error=(f"not done: {', '.join(failed)}" if failed
+                                             else None))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""RunConfig: every setting of a run, and everything derived from the one schema.
+
+The schema is `SETTINGS`: the common settings below plus each method's own settings from
+the registry. From it come YAML load/save, CLI flags, validation with every bad field
+listed in one error, and (in `webui/`) the widgets.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.methods import METHODS
+from core.settings import Setting
+
+S = Setting
+OPTIMIZERS = (
+    "adamw_torch",
+    "adamw_torch_fused",
+    "paged_adamw_8bit",
+    "adamw_8bit",
+    "adafactor",
+    "sgd",
+)
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
+QUANTIZABLE = tuple(m for m, spec in METHODS.items() if spec.quantizable)
+
+COMMON: tuple[Setting, ...] = (
+    # -- model ---------------------------------------------------------------------------
+    S("model", "embedded", "Which model to fine-tune: 'embedded' (SmolLM2-135M-Instruct, "
+      "works offline), a local Hugging Face folder, a local .gguf file, or a hub id such "
+      "as 'Qwen/Qwen2.5-0.5B-Instruct' (needs internet).", "model",
+      label="Model", label_zh="模型", allow_custom=True, choices=("embedded",)),
+    S("method", "lora", "The fine-tuning method; each has its own settings below.", "model",
+      label="Method", label_zh="微调方法", choices=tuple(METHODS)),
+    S("stage", "sft", "sft: learn to answer prompts (chat/instruction data). pt: continue "
+      "pre-training on raw text.", "model", label="Stage", label_zh="训练阶段",
+      choices=("sft", "pt")),
+    S("trust_remote_code", False, "Run Python code shipped with a hub model. Only for "
+      "models you trust.", "model", label_zh="信任远程代码", advanced=True),
+    # -- quantization (QLoRA) --------------------------------------------------------------
+    S("quantization", "none", "Load the frozen base in 8 or 4 bits with bitsandbytes to "
+      "save memory (4-bit + LoRA is QLoRA).", "quantization", label_zh="量化位数",
+      choices=("none", "8bit", "4bit"), methods=QUANTIZABLE),
+    S("quant_type", "nf4", "4-bit number format: nf4 suits normally distributed weights; "
+      "fp4 is the plain float format.", "quantization", label="4-bit type",
+      label_zh="4 比特类型", choices=("nf4", "fp4"), methods=QUANTIZABLE),
+    S("double_quant", True, "Also quantize the quantization constants (saves about "
+      "0.4 bits per weight).", "quantization", label="Double quantization",
+      label_zh="双重量化", methods=QUANTIZABLE),
+    S("compute_dtype", "auto", "The dtype 4/8-bit layers compute in; auto picks bfloat16 "
+      "on a GPU that supports it, else float32.", "quantization", label_zh="计算精度",
+      choices=("auto", "bfloat16", "float16", "float32"), methods=QUANTIZABLE),
+    # -- data ----------------------------------------------------------------------------
+    S("dataset", ["identity"], "Registered dataset names (see the Data tab) or paths to "
+      "json/jsonl/csv/parquet files; several are concatenated.", "data",
+      label_zh="数据集", item_type=str),
+    S("cutoff_len", 1024, "Longest sequence in tokens; longer samples are cut and the "
+      "number cut is reported.", "data", label="Cut-off length", label_zh="截断长度",
+      minimum=8, maximum=131072),
+    S("max_samples", 0, "Use at most this many samples from each dataset (0 = all).",
+      "data", label_zh="最大样本数", minimum=0),
+    S("val_size", 0.0, "Fraction of the data held out to compute an evaluation loss "
+      "during training (0 = none).", "data", label="Validation fraction",
+      label_zh="验证集比例", minimum=0.0, maximum=0.5),
+    S("packing", False, "Pack several short samples into each sequence for speed.",
+      "data", label_zh="序列打包", advanced=True),
+    S("train_on_prompt", False, "Also compute the loss on the prompt tokens, not only "
+      "on the assistant's replies.", "data", label_zh="在提示词上计算损失", advanced=True),
+    S("identity_name", "Studio Assistant", "Fills {{name}} in the identity dataset.",
+      "data", label="Assistant name", label_zh="助手名称", advanced=True),
+    S("identity_author", "the PEFT Studio team", "Fills {{author}} in the identity "
+      "dataset.", "data", label="Assistant author", label_zh="助手作者", advanced=True),
+    # -- training ------------------------------------------------------------------------
+    S("learning_rate", 2e-4, "Step size of the optimizer. LoRA-family methods like "
+      "1e-4 to 1e-3; full tuning wants about 1e-5.", "train", label_zh="学习率",
+      minimum=1e-9, maximum=1.0),
+    S("num_train_epochs", 3.0, "Passes over the data (ignored when max steps is set).",
+      "train", label="Epochs", label_zh="训练轮数", minimum=0.01, maximum=1000),
+    S("max_steps", 0, "Stop after this many optimizer steps (0 = use epochs).", "train",
+      label_zh="最大步数", minimum=0),
+    S("batch_size", 2, "Samples per device per forward pass.", "train",
+      label_zh="批大小", minimum=1, maximum=4096),
+    S("gradient_accumulation_steps", 4, "Forward passes summed into each optimizer step; "
+      "the effective batch is batch size times this.", "train", label="Gradient accumulation",
+      label_zh="梯度累积", minimum=1, maximum=4096),
+    S("precision", "auto", "auto: bf16 on a GPU that supports it, fp16 on other GPUs, "
+      "fp32 on CPU.", "train", label_zh="计算精度", choices=("auto", "bf16", "fp16", "fp32")),
+    S("gradient_checkpointing", False, "Recompute activations in the backward pass: "
+      "less memory, about 30% slower.", "train", label_zh="梯度检查点", advanced=True),
+    S("seed", 42, "Random seed for initialisation, shuffling and dropout.", "train",
+      label_zh="随机种子", advanced=True, minimum=0),
+    # -- optimizer and schedule ----------------------------------------------------------
+    S("optim", "adamw_torch", "Optimizer. paged_adamw_8bit (bitsandbytes) keeps its state "
+      "in 8 bits and pages it out under memory pressure: the usual QLoRA choice.",
+      "schedule", label="Optimizer", label_zh="优化器", choices=OPTIMIZERS),
+    S("lr_scheduler_type", "cosine", "How the learning rate changes over the run.",
+      "schedule", label="LR scheduler", label_zh="学习率调度", choices=SCHEDULERS),
+    S("warmup_steps", 0, "Steps over which the learning rate ramps up from 0.",
+      "schedule", label_zh="预热步数", minimum=0),
+    S("weight_decay", 0.0, "Decoupled weight decay.", "schedule", label_zh="权重衰减",
+      minimum=0.0, maximum=1.0, advanced=True),
+    S("max_grad_norm", 1.0, "Clip the gradient norm to this value (0 = no clipping).",
+      "schedule", label="Max gradient norm", label_zh="梯度裁剪", minimum=0.0,
+      advanced=True),
+    # -- logging -------------------------------------------------------------------------
+    S("logging_steps", 5, "Log loss, learning rate and speed every N steps.", "logging",
+      label_zh="日志间隔", minimum=1),
+    S("eval_steps", 50, "Compute the validation loss every N steps (needs a validation "
+      "fraction above 0).", "logging", label_zh="评估间隔", minimum=1),
+    S("save_steps", 0, "Save a checkpoint every N steps (0 = only the final result).",
+      "logging", label_zh="保存间隔", minimum=0),
+    # -- output --------------------------------------------------------------------------
+    S("run_name", "", "Name of the run folder under saves/ (empty = method and time). "
+      "An existing run is never overwritten: a suffix is added.", "output",
+      label_zh="运行名称"),
+)
+
+
+def _merge_settings(settings: Iterable[Setting]) -> dict[str, Setting]:
+    """Index settings by name; a setting declared by several methods must be identical
+    apart from its methods, which are joined."""
+    merged: dict[str, Setting] = {}
+    for s in settings:
+        if s.name in merged:
+            old = merged[s.name]
+            if {**old.__dict__, "methods": None} != {**s.__dict__, "methods": None}:
+                raise RuntimeError(f"setting {s.name!r} is declared twice, differently")
+            methods = tuple(dict.fromkeys((old.methods or ()) + (s.methods or ())))
+            merged[s.name] = Setting(**{**old.__dict__, "methods": methods})
+        else:
+            merged[s.name] = s
+    return merged
+
+
+SETTINGS: dict[str, Setting] = _merge_settings(
+    [*COMMON, *(s for spec in METHODS.values() for s in spec.settings)]
+)
+
+
+class ConfigError(ValueError):
+    """Every problem found in a run configuration, one per line."""
+
+    def __init__(self, problems: list[str], source: str = ""):
+        self.problems = problems
+        where = f" in {source}" if source else ""
+        super().__init__(
+            f"{len(problems)} problem(s){where}:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+class RunConfig:
+    """The settings of one run. Attribute access by setting name; always valid once built."""
+
+    def __init__(self, **values: Any):
+        self.__dict__["_values"] = _validated(values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("RunConfig is immutable; use .replace(**changes)")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunConfig) and self._values == other._values
+
+    def __repr__(self) -> str:
+        return f"RunConfig({self.to_dict()})"
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return RunConfig(**{**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings that apply to this run's method, in schema order."""
+        return {
+            name: self._values[name]
+            for name, s in SETTINGS.items()
+            if s.applies_to(self._values["method"])
+        }
+
+    # -- YAML ------------------------------------------------------------------------------
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "") -> RunConfig:
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"not valid YAML: {exc}"], source) from None
+        if not isinstance(data, Mapping):
+            raise ConfigError(["expected a mapping of setting: value"], source)
+        try:
+            return cls(**data)
+        except ConfigError as exc:
+            raise ConfigError(exc.problems, source) from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([f"cannot read the file: {exc.strerror}"], str(path)) from None
+        return cls.from_yaml(text, str(path))
+
+    # -- CLI -------------------------------------------------------------------------------
+    def to_cli(self, prog: str = "peft-studio train") -> str:
+        """The equivalent command line: only the settings that differ from the default."""
+        parts = [prog]
+        for name, value in self.to_dict().items():
+            s = SETTINGS[name]
+            if value == s.default:
+                continue
+            if s.kind is bool:
+                parts.append(s.flag if value else "--no-" + s.flag[2:])
+            elif s.kind is list:
+                parts.append(s.flag + " " + " ".join(_quote(str(v)) for v in value))
+            else:
+                parts.append(f"{s.flag} {_quote(_fmt(value))}")
+        return " ".join(parts)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def _validated(values: Mapping[str, Any]) -> dict[str, Any]:
+    problems: list[str] = []
+    unknown = [k for k in values if k not in SETTINGS]
+    for k in unknown:
+        problems.append(f"{k}: unknown setting{_suggest(k)}")
+    method = values.get("method", SETTINGS["method"].default)
+    if method not in METHODS:
+        problems.append(f"method: {method!r} is not one of: {', '.join(METHODS)}")
+        method = SETTINGS["method"].default
+    out: dict[str, Any] = {}
+    for name, s in SETTINGS.items():
+        if name not in values:
+            out[name] = list(s.default) if isinstance(s.default, list) else s.default
+            continue
+        value, error = s.check(values[name])
+        if error:
+            problems.append(f"{name}: {error}")
+        elif not s.applies_to(method) and value != s.default:
+            owners = ", ".join(s.methods or ())
+            problems.append(
+                f"{name}: applies only to method {owners}, not {method}; "
+                f"remove it or choose that method"
+            )
+        out[name] = value
+    if not problems:
+        problems += _cross_checks(out)
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def _cross_checks(v: dict[str, Any]) -> list[str]:
+    problems = []
+    if not v["dataset"]:
+        problems.append("dataset: choose at least one dataset")
+    if v["quantization"] != "none" and v["precision"] == "fp16":
+        problems.append("precision: fp16 with a quantized base is unstable; use auto or bf16")
+    if v["method"] == "prefix" and v["gradient_checkpointing"]:
+        # peft's prefix tuning feeds cached key/values that activation recomputation breaks
+        problems.append("gradient_checkpointing: does not work with prefix tuning; turn it "
+                        "off or choose another method")
+    if "/" in v["run_name"] or v["run_name"] in (".", ".."):
+        problems.append("run_name: must be a plain folder name, without '/'")
+    return problems
+
+
+def _suggest(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, SETTINGS, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# -- argparse ----------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, named after it; defaults are suppressed so that only the
+    flags a user typed reach `config_from_args`."""
+    parser.add_argument("--config", help="YAML file with settings; flags override it")
+    for group_name, group in _groups().items():
+        arg_group = parser.add_argument_group(group_name)
+        for s in group:
+            kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": _flag_help(s)}
+            if s.kind is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            elif s.kind is list:
+                kwargs["nargs"] = "+"
+            else:
+                kwargs["metavar"] = s.name.upper() if s.choices is None else None
+                if s.choices and not s.allow_custom:
+                    kwargs["choices"] = s.choices
+                kwargs["type"] = s.kind
+            arg_group.add_argument(s.flag, dest=s.name, **kwargs)
+
+
+def _groups() -> dict[str, list[Setting]]:
+    from core.settings import GROUPS
+
+    out: dict[str, list[Setting]] = {}
+    for s in SETTINGS.values():
+        out.setdefault(GROUPS[s.group][0], []).append(s)
+    return out
+
+
+def _flag_help(s: Setting) -> str:
+    text = s.help.replace("%", "%%")
+    if s.methods is not None:
+        text += f" [{', '.join(s.methods)}]"
+    return f"{text} (default: {s.default})"
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    base: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        base = RunConfig.load(args.config).to_dict()
+    given = {k: v for k, v in vars(args).items() if k in SETTINGS}
+    if "method" in given and "method" in base and given["method"] != base["method"]:
+        # Settings of the YAML's method do not carry over to another method.
+        base = {k: v for k, v in base.items() if SETTINGS[k].applies_to(given["method"])}
+    return RunConfig(**{**base, **given})

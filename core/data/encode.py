@@ -1,0 +1,287 @@
+"""Examples -> token ids and labels, exactly as the model will see them.
+
+Chat examples are rendered with the model's own chat template. Which tokens are trained is
+decided on the rendered *string*: rendering the conversation up to each assistant reply
+(with and without it) gives the reply's character span, and the tokenizer's offsets map
+characters to tokens. This works for any template whose renders of a shorter conversation
+are prefixes of the full one, and needs no {% generation %} markers in the template.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from core.data.formats import DataError
+
+if TYPE_CHECKING:
+    from core.config import RunConfig
+
+IGNORE_INDEX = -100
+
+# For tokenizers without a chat template (base models). The eos after each reply is what
+# teaches the model to stop.
+FALLBACK_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] + '\n\n' }}"
+    "{% elif m['role'] == 'user' %}{{ '### User:\n' + m['content'] + '\n\n' }}"
+    "{% else %}{{ '### Assistant:\n' + m['content'] + eos_token + '\n\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### Assistant:\n' }}{% endif %}"
+)
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    length: int  # tokens before cutting at cutoff_len
+    truncated: bool
+
+
+def chat_template(tokenizer: Any) -> str:
+    """The template used to render chats: the tokenizer's own, else FALLBACK_TEMPLATE.
+    Whoever saves a model trained with it must save it too, so chat renders the same."""
+    return getattr(tokenizer, "chat_template", None) or FALLBACK_TEMPLATE
+
+
+def _apply(tokenizer: Any, messages: list[dict], generation: bool) -> str:
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation,
+            chat_template=chat_template(tokenizer),
+        )
+    except Exception as exc:  # jinja's raise_exception and template bugs alike
+        raise DataError(f"the model's chat template cannot render this conversation: {exc}") \
+            from None
+
+
+def render(tokenizer: Any, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character span of each assistant reply,
+    including the end-of-turn token after it but not the whitespace that follows."""
+    full = _apply(tokenizer, messages, False)
+    spans = []
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        before = _apply(tokenizer, messages[:i], True)
+        upto = _apply(tokenizer, messages[: i + 1], False)
+        if not (full.startswith(before) and full.startswith(upto) and len(upto) >= len(before)):
+            raise DataError(
+                "the model's chat template renders earlier turns differently once later turns "
+                "follow (it is not prefix-stable), so the assistant replies cannot be located; "
+                "use a conversation of one user turn and one reply, or another model"
+            )
+        end = len(upto)
+        while end > len(before) and full[end - 1].isspace():
+            end -= 1
+        spans.append((len(before), end))
+    return full, spans
+
+
+def _tokenize(
+    tokenizer: Any, text: str, spans: list[tuple[int, int]]
+) -> tuple[list[int], list[bool], list[tuple[int, int]]]:
+    """(ids, trained flag per token, character offsets per token)."""
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = [tuple(o) for o in enc["offset_mapping"]]
+        # A token straddling a span edge counts as trained: it carries reply text.
+        flags = [e > s and any(s < se and e > ss for ss, se in spans) for s, e in offsets]
+        return list(enc["input_ids"]), flags, offsets
+    # Without offsets, tokenize prompt and reply pieces separately; the first token of a
+    # piece carries the piece's text for preview().
+    cuts = sorted({0, len(text), *(c for span in spans for c in span)})
+    ids: list[int] = []
+    flags: list[bool] = []
+    offsets: list[tuple[int, int]] = []
+    for a, b in itertools.pairwise(cuts):
+        piece = tokenizer(text[a:b], add_special_tokens=False)["input_ids"]
+        inside = any(ss <= a and b <= se for ss, se in spans)
+        ids += piece
+        flags += [inside] * len(piece)
+        offsets += [(a, b)] + [(b, b)] * (len(piece) - 1)
+    return ids, flags, offsets
+
+
+def encode_messages(
+    tokenizer: Any, messages: list[dict], cutoff_len: int, train_on_prompt: bool = False
+) -> Encoded:
+    text, spans = render(tokenizer, messages)
+    ids, flags, _ = _tokenize(tokenizer, text, spans)
+    labels = list(ids) if train_on_prompt else [
+        t if f else IGNORE_INDEX for t, f in zip(ids, flags, strict=True)
+    ]
+    return Encoded(ids[:cutoff_len], labels[:cutoff_len], len(ids), len(ids) > cutoff_len)
+
+
+def preview(
+    tokenizer: Any, messages: list[dict], cutoff_len: int, train_on_prompt: bool = False
+) -> list[tuple[str, bool]]:
+    """The text the model sees, as consecutive (segment, trained) pieces, cut where
+    cutoff_len cuts the tokens."""
+    text, spans = render(tokenizer, messages)
+    _, flags, offsets = _tokenize(tokenizer, text, spans)
+    segments: list[tuple[str, bool]] = []
+    pos = 0
+    for (_, end), flag in zip(offsets[:cutoff_len], flags[:cutoff_len], strict=True):
+        piece, pos = text[pos:end], max(pos, end)
+        trained = flag or train_on_prompt
+        if not piece:
+            continue
+        if segments and segments[-1][1] == trained:
+            segments[-1] = (segments[-1][0] + piece, trained)
+        else:
+            segments.append((piece, trained))
+    return segments
+
+
+def encode_text(tokenizer: Any, texts: Sequence[str], cutoff_len: int) -> list[Encoded]:
+    """Pre-training: documents joined with eos, cut into blocks of cutoff_len. The last,
+    shorter block is kept: small corpora would otherwise lose a good share of their text."""
+    if not texts:
+        return []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    stream: list[int] = []
+    for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
+        stream += list(ids) + eos
+    blocks = (stream[i : i + cutoff_len] for i in range(0, len(stream), cutoff_len))
+    # A single token has nothing to predict.
+    return [Encoded(b, list(b), len(b), False) for b in blocks if len(b) > 1]
+
+
+def pack(encoded: list[Encoded], cutoff_len: int) -> list[Encoded]:
+    """Best-fit-decreasing packing into sequences of at most cutoff_len tokens.
+
+    Packed samples attend to each other (plain causal mask); their prompts are masked, so
+    no sample is trained to predict across a boundary into the next sample's reply.
+    """
+    bins: list[list[Encoded]] = []
+    free: list[tuple[int, int]] = []  # (room left, bin index), sorted
+    for item in sorted(encoded, key=lambda e: len(e.input_ids), reverse=True):
+        n = min(len(item.input_ids), cutoff_len)
+        at = bisect.bisect_left(free, (n, -1))
+        if at < len(free):
+            room, b = free.pop(at)
+            bins[b].append(item)
+        else:
+            room, b = cutoff_len, len(bins)
+            bins.append([item])
+        bisect.insort(free, (room - n, b))
+    return [
+        Encoded(
+            input_ids=[t for e in group for t in e.input_ids[:cutoff_len]],
+            labels=[t for e in group for t in e.labels[:cutoff_len]],
+            length=sum(min(len(e.input_ids), cutoff_len) for e in group),
+            truncated=any(e.truncated for e in group),
+        )
+        for group in bins
+    ]
+
+
+def token_lengths(examples: list[dict], tokenizer: Any) -> list[int]:
+    """Tokens per example as encoded (before cutting), for the Data tab's histogram."""
+    texts = [
+        _apply(tokenizer, ex["messages"], False) if "messages" in ex else ex["text"]
+        for ex in examples
+    ]
+    if not texts:
+        return []
+    eos = 1 if tokenizer.eos_token_id is not None else 0
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [len(i) + (0 if "messages" in ex else eos) for i, ex in zip(ids, examples, strict=True)]
+
+
+def build_datasets(
+    cfg: RunConfig, tokenizer: Any
+) -> tuple[list[dict], list[dict] | None, dict[str, Any]]:
+    """(train items, eval items or None, stats) for a run; items are dicts of
+    input_ids, labels and attention_mask lists, unpadded."""
+    from core.data.loader import load_one
+
+    examples: list[dict] = []
+    for name in cfg.dataset:
+        loaded = load_one(name, cfg)
+        if cfg.stage == "sft" and loaded and "text" in loaded[0]:
+            raise DataError(
+                f"dataset {name!r} is raw text, which has no replies to learn; use it with "
+                "stage 'pt', or choose an instruction or chat dataset for 'sft'"
+            )
+        examples += loaded
+
+    order = list(range(len(examples)))
+    random.Random(cfg.seed).shuffle(order)
+    n_eval = _eval_count(len(examples), cfg.val_size)
+    eval_ex = [examples[i] for i in order[:n_eval]]
+    train_ex = [examples[i] for i in order[n_eval:]]
+
+    truncated = dropped = 0
+    if cfg.stage == "pt":
+        lengths = token_lengths(examples, tokenizer)
+        train = encode_text(tokenizer, [_document(e) for e in train_ex], cutoff_len=cfg.cutoff_len)
+        evals = encode_text(tokenizer, [_document(e) for e in eval_ex], cutoff_len=cfg.cutoff_len)
+    else:
+        def encode_all(exs: list[dict]) -> list[Encoded]:
+            return [encode_messages(tokenizer, e["messages"], cfg.cutoff_len,
+                                    cfg.train_on_prompt) for e in exs]
+
+        train, evals = encode_all(train_ex), encode_all(eval_ex)
+        lengths = [e.length for e in train + evals]
+        truncated = sum(e.truncated for e in train + evals)
+        # A sample cut before its first reply token would only add padding to a batch.
+        kept_train = [e for e in train if _trained(e)]
+        kept_eval = [e for e in evals if _trained(e)]
+        dropped = len(train) + len(evals) - len(kept_train) - len(kept_eval)
+        train, evals = kept_train, kept_eval
+        if cfg.packing:
+            train, evals = pack(train, cfg.cutoff_len), pack(evals, cfg.cutoff_len)
+
+    trained_tokens = sum(_trained(e) for e in train)
+    if not train or trained_tokens == 0:
+        if dropped:
+            why = (f"all {dropped} samples were cut at cutoff_len={cfg.cutoff_len} before any "
+                   "reply token; raise the cut-off length")
+        else:
+            why = "the datasets give no tokens to train on"
+        raise DataError(f"nothing to train on: {why}")
+
+    stats = {
+        "examples": len(examples),
+        "train_samples": len(train),
+        "eval_samples": len(evals),
+        "truncated_samples": truncated,
+        "dropped_samples": dropped,
+        "max_length": max(lengths, default=0),
+        "mean_length": round(sum(lengths) / len(lengths), 1) if lengths else 0.0,
+        "trained_tokens": trained_tokens,
+        "packed": bool(cfg.packing and cfg.stage == "sft"),
+    }
+    return _items(train), (_items(evals) or None), stats
+
+
+def _eval_count(n: int, val_size: float) -> int:
+    if val_size <= 0 or n < 2:
+        return 0
+    return min(n - 1, max(1, round(n * val_size)))
+
+
+def _trained(e: Encoded) -> int:
+    return sum(label != IGNORE_INDEX for label in e.labels)
+
+
+def _document(example: dict) -> str:
+    # Chat data in a pre-training run: its texts, one paragraph per message.
+    if "text" in example:
+        return example["text"]
+    return "\n\n".join(m["content"] for m in example["messages"])
+
+
+def _items(encoded: list[Encoded]) -> list[dict[str, list[int]]]:
+    return [
+        {"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)}
+        for e in encoded
+    ]

@@ -1,0 +1,340 @@
+"""Dataset formats: detect one from a file's columns, and turn one row into an example.
+
+An example is either `{"messages": [{"role", "content"}, ...]}` (for SFT) or
+`{"text": str}` (for pre-training). Every problem is a `DataError` that says which file,
+which row and which field, so a user can fix their file without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.paths import ROOT
+
+FORMATS = ("alpaca", "messages", "sharegpt", "text")
+
+# Canonical field -> the column it is read from unless a mapping says otherwise.
+FIELDS: dict[str, dict[str, str]] = {
+    "alpaca": {k: k for k in ("instruction", "input", "output", "system", "history")},
+    "messages": {"messages": "messages", "system": "system"},
+    "sharegpt": {"conversations": "conversations", "system": "system"},
+    "text": {"text": "text"},
+}
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "alpaca": ("instruction", "output"),
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "text": ("text",),
+}
+
+# Both list formats accept either key style, since real files mix them freely.
+ROLES = {
+    "user": "user", "human": "user",
+    "assistant": "assistant", "gpt": "assistant", "bot": "assistant", "model": "assistant",
+    "chatgpt": "assistant",
+    "system": "system",
+}
+
+
+class DataError(Exception):
+    """A problem with a data file, located as precisely as we can."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        file: str | Path | None = None,
+        row: int | None = None,
+        field: str | None = None,
+    ):
+        self.file = str(file) if file is not None else None
+        self.row = row
+        self.field = field
+        self.reason = reason
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        where = []
+        if self.file:
+            where.append(display_path(self.file))
+        if self.row is not None:
+            where.append(f"row {self.row}")
+        if self.field:
+            where.append(f"field {self.field!r}")
+        return f"{', '.join(where)}: {self.reason}" if where else self.reason
+
+
+def display_path(path: str | Path) -> str:
+    """Paths inside the project are shown relative to it ("data/x.json"): shorter, and
+    the same on every machine."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(p)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The format guessed from a file's columns. `format` is None when nothing fits;
+    `confident` is False when the guess rests on look-alike column names."""
+
+    format: str | None
+    columns: dict[str, str] = field(default_factory=dict)
+    confident: bool = False
+    note: str = ""
+
+
+# Look-alike column names, most likely first. Exact canonical names are confident.
+_ALIASES = {
+    "instruction": ("instruction", "prompt", "question", "query", "instruct"),
+    "input": ("input", "context"),
+    "output": ("output", "response", "answer", "completion", "target"),
+    "system": ("system", "system_prompt"),
+    "history": ("history",),
+}
+
+
+def detect_format(columns: list[str]) -> Detection:
+    lower = {c.lower(): c for c in columns}
+
+    def find(*names: str) -> str | None:
+        return next((lower[n] for n in names if n in lower), None)
+
+    extra = {}
+    if system := find(*_ALIASES["system"]):
+        extra["system"] = system
+    if col := find("messages"):
+        others = bool(find("instruction", "output", "conversations"))
+        return Detection("messages", {"messages": col, **extra}, not others,
+                         "also has other chat-like columns" if others else "")
+    if col := find("conversations"):
+        return Detection("sharegpt", {"conversations": col, **extra}, True)
+    if col := find("conversation", "chat", "dialog", "dialogue"):
+        return Detection("messages", {"messages": col, **extra}, False,
+                         f"guessed that {col!r} holds a list of chat messages")
+
+    mapping = {k: c for k, names in _ALIASES.items() if (c := find(*names))}
+    if "instruction" in mapping and "output" in mapping:
+        exact = mapping["instruction"] == lower.get("instruction") and (
+            mapping["output"] == lower.get("output")
+        )
+        note = "" if exact else (
+            f"guessed {mapping['instruction']!r} as the instruction and "
+            f"{mapping['output']!r} as the answer"
+        )
+        return Detection("alpaca", mapping, exact, note)
+
+    if col := find("text"):
+        return Detection("text", {"text": col}, True)
+    if col := find("content", "document", "body", "passage"):
+        return Detection("text", {"text": col}, False, f"guessed {col!r} as raw text")
+    if len(columns) == 1:
+        return Detection("text", {"text": columns[0]}, False,
+                         f"guessed the only column {columns[0]!r} as raw text")
+    return Detection(None, {}, False, (
+        "no known columns: alpaca needs instruction + output, messages needs messages, "
+        "sharegpt needs conversations, text needs text"
+    ))
+
+
+def column_map(fmt: str, columns: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The full canonical -> column mapping for `fmt`, checking the given overrides."""
+    if fmt not in FIELDS:
+        raise DataError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    columns = dict(columns or {})
+    unknown = [k for k in columns if k not in FIELDS[fmt]]
+    if unknown:
+        raise DataError(
+            f"column mapping has {', '.join(map(repr, unknown))}, which {fmt} does not use; "
+            f"it uses: {', '.join(FIELDS[fmt])}"
+        )
+    return {**FIELDS[fmt], **columns}
+
+
+def check_columns(
+    fmt: str, columns: Mapping[str, str] | None, present: list[str], file: str | Path
+) -> dict[str, str]:
+    """The mapping to use for a file with columns `present`; a DataError if a required
+    column is missing."""
+    cols = column_map(fmt, columns)
+    for key in REQUIRED[fmt]:
+        if cols[key] not in present:
+            raise DataError(
+                f"column missing; {fmt} needs a {cols[key]!r} column (the file has: "
+                f"{', '.join(present) or 'no columns'})",
+                file=file, field=cols[key],
+            )
+    return cols
+
+
+def to_example(
+    row: Mapping[str, Any],
+    fmt: str,
+    columns: Mapping[str, str] | None = None,
+    *,
+    file: str | Path | None = None,
+    row_number: int | None = None,
+    placeholders: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """One row as `{"messages": [...]}` or `{"text": ...}`; `{{key}}` in any text is
+    replaced by `placeholders[key]`."""
+    cols = column_map(fmt, columns)
+
+    def fail(key: str, reason: str) -> DataError:
+        return DataError(reason, file=file, row=row_number, field=cols.get(key, key))
+
+    def text(key: str, required: str | None = None) -> str:
+        value = row.get(cols[key])
+        try:
+            out = _as_text(value)
+        except TypeError as exc:
+            raise fail(key, str(exc)) from None
+        if required and not out.strip():
+            raise fail(key, f"empty; every row needs a non-empty {required}")
+        return _fill(out, placeholders)
+
+    if fmt == "text":
+        return {"text": text("text", "text")}
+
+    system = text("system")
+    if fmt == "alpaca":
+        prompt = text("instruction", "instruction")
+        extra = text("input")
+        answer = text("output", "answer")
+        messages = _history(row.get(cols["history"]), fail, placeholders)
+        user = f"{prompt}\n\n{extra}" if extra.strip() else prompt
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    else:
+        key = "messages" if fmt == "messages" else "conversations"
+        messages = _message_list(row.get(cols[key]), lambda r: fail(key, r), placeholders)
+    if system.strip() and not (messages and messages[0]["role"] == "system"):
+        messages.insert(0, {"role": "system", "content": system})
+    problem = _turn_problem(messages)
+    if problem:
+        raise fail("history" if fmt == "alpaca" else key, problem)
+    return {"messages": messages}
+
+
+def _as_text(value: Any) -> str:
+    """Cells as text: CSV and parquet give None/NaN for empty cells and numbers for
+    numeric-looking ones, which are fine answers ("42")."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(f"expected text, got {type(value).__name__} {_short(value)}")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _fill(text: str, placeholders: Mapping[str, str] | None) -> str:
+    for key, value in (placeholders or {}).items():
+        text = text.replace("{{" + key + "}}", value)
+    return text
+
+
+def _maybe_json(value: Any) -> Any:
+    # CSV has no lists: a list column arrives as its JSON text.
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos})") from None
+    return value
+
+
+def _history(value: Any, fail: Any, placeholders: Mapping[str, str] | None) -> list[dict]:
+    try:
+        value = _maybe_json(value)
+    except ValueError as exc:
+        raise fail("history", str(exc)) from None
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+        return []
+    if not isinstance(value, list):
+        raise fail("history", "expected a list of [user, assistant] pairs")
+    out = []
+    for i, pair in enumerate(value, 1):
+        if (
+            not isinstance(pair, (list, tuple)) or len(pair) != 2
+            or not all(isinstance(t, str) and t.strip() for t in pair)
+        ):
+            raise fail("history", f"item {i} is not a [user, assistant] pair of non-empty texts")
+        out.append({"role": "user", "content": _fill(pair[0], placeholders)})
+        out.append({"role": "assistant", "content": _fill(pair[1], placeholders)})
+    return out
+
+
+def _message_list(value: Any, fail: Any, placeholders: Mapping[str, str] | None) -> list[dict]:
+    try:
+        value = _maybe_json(value)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    if not isinstance(value, list) or not value:
+        raise fail("expected a non-empty list of messages")
+    out = []
+    for i, msg in enumerate(value, 1):
+        if not isinstance(msg, Mapping):
+            raise fail(f"message {i} is not an object with a role and a content")
+        role = msg.get("role", msg.get("from"))
+        content = msg.get("content", msg.get("value"))
+        if isinstance(role, str) and role.lower() in ROLES:
+            role = ROLES[role.lower()]
+        else:
+            raise fail(f"message {i} has role {role!r}; expected user, assistant or system")
+        if isinstance(content, list):  # OpenAI-style parts: keep the text ones
+            content = "".join(
+                p.get("text", "") for p in content if isinstance(p, Mapping)
+                and p.get("type", "text") == "text"
+            )
+        if not isinstance(content, str) or not content.strip():
+            raise fail(f"message {i} ({role}) has no text; every message needs content")
+        out.append({"role": role, "content": _fill(content, placeholders)})
+    return out
+
+
+def _turn_problem(messages: list[dict]) -> str | None:
+    """Conversations must go [system] user assistant user assistant ... so that every
+    chat template renders them and every user turn has a reply to learn."""
+    turns = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    for i, msg in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if msg["role"] != expected:
+            n = i + 1 + (len(messages) - len(turns))
+            return (f"message {n} is a {msg['role']} turn where a {expected} turn was "
+                    "expected; turns must alternate user, assistant (one system first)")
+    if not turns or turns[-1]["role"] != "assistant":
+        return "the conversation must end with an assistant reply"
+    return None
+
+
+def validate_file(
+    path: str | Path, fmt: str, columns: Mapping[str, str] | None = None
+) -> list[DataError]:
+    """Every problem in a file, one DataError per bad row (empty list: the file is fine)."""
+    from core.data.reader import read_rows
+
+    try:
+        rows, present = read_rows(path)
+        cols = check_columns(fmt, columns, present, path)
+    except DataError as exc:
+        return [exc]
+    if not rows:
+        return [DataError("the file has no rows", file=path)]
+    problems = []
+    for i, row in enumerate(rows, 1):
+        try:
+            to_example(row, fmt, cols, file=path, row_number=i)
+        except DataError as exc:
+            problems.append(exc)
+    return problems

@@ -1,0 +1,204 @@
+"""The dataset registry: data_dir()/dataset_info.json maps a name to a file and its format.
+
+Entry shape: {"file": "identity.json", "format": "alpaca", "columns": {...},
+"description": "...", "split": "test", "test_of": "sentiment"} (all but file and format
+optional). Only `register` writes the file, atomically, so a crash or a second browser tab
+never leaves it half written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.data.formats import FORMATS, DataError, detect_format, validate_file
+from core.data.reader import SUFFIXES, read_rows
+from core.paths import data_dir
+
+INFO_FILE = "dataset_info.json"
+# No dots or slashes: a name can then never be mistaken for a path, or escape data_dir().
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    path: Path
+    format: str
+    columns: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+    split: str | None = None  # "test" marks a held-out split, offered by the Evaluate tab
+    test_of: str | None = None  # the training dataset a test split belongs to
+    registered: bool = True
+
+
+def info_path() -> Path:
+    return data_dir() / INFO_FILE
+
+
+def load_info() -> dict[str, dict[str, Any]]:
+    path = info_path()
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"line {exc.lineno}: not valid JSON ({exc.msg})", file=path) from None
+    if not isinstance(info, dict):
+        raise DataError("expected an object of name: entry", file=path)
+    return info
+
+
+def test_sets() -> dict[str, str]:
+    """Registered test splits: {test dataset name: the dataset it is the test split of}."""
+    return {
+        name: entry.get("test_of", "")
+        for name, entry in load_info().items()
+        if entry.get("split") == "test"
+    }
+
+
+def resolve(name_or_path: str) -> DatasetEntry:
+    """A registered name, or a path to a file whose format is detected from its columns."""
+    info = load_info()
+    if name_or_path in info:
+        return _entry(name_or_path, info[name_or_path])
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return _detected(path)
+    if path.suffix.lower() in SUFFIXES or "/" in name_or_path or os.sep in name_or_path:
+        raise DataError("file not found", file=name_or_path)
+    raise DataError(
+        f"unknown dataset {name_or_path!r}; registered datasets: "
+        f"{', '.join(sorted(info)) or 'none'} (or give a path to a "
+        f"{'/'.join(s[1:] for s in SUFFIXES)} file)"
+    )
+
+
+def _entry(name: str, entry: Mapping[str, Any]) -> DatasetEntry:
+    if "file" not in entry:
+        raise DataError(f"dataset {name!r} has no 'file'", file=info_path())
+    path = Path(entry["file"])
+    if not path.is_absolute():
+        path = data_dir() / path
+    fmt = entry.get("format")
+    if fmt not in FORMATS:
+        raise DataError(
+            f"dataset {name!r} has format {fmt!r}; expected one of {', '.join(FORMATS)}",
+            file=info_path(),
+        )
+    return DatasetEntry(
+        name=name, path=path, format=fmt, columns=dict(entry.get("columns") or {}),
+        description=entry.get("description", ""), split=entry.get("split"),
+        test_of=entry.get("test_of"),
+    )
+
+
+def _detected(path: Path) -> DatasetEntry:
+    _, columns = read_rows(path)
+    found = detect_format(columns)
+    if found.format is None:
+        raise DataError(f"cannot tell the format from its columns: {found.note}", file=path)
+    return DatasetEntry(name=path.stem, path=path, format=found.format,
+                        columns=found.columns, registered=False)
+
+
+def register(
+    name: str,
+    file: str | Path,
+    format: str,
+    columns: dict[str, str] | None = None,
+    *,
+    description: str = "",
+    split: str | None = None,
+    test_of: str | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Validate `file`, copy it into data_dir() (unless it is there already) and add it to
+    dataset_info.json. Nothing is changed when any check fails."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise DataError(
+            f"bad dataset name {name!r}: use 1-64 letters, digits, '_' or '-', starting with "
+            "a letter or digit"
+        )
+    src = Path(file).expanduser().resolve()
+    with _locked():
+        info = load_info()
+        if name in info and not overwrite:
+            raise DataError(f"a dataset named {name!r} already exists; choose another name")
+        problems = validate_file(src, format, columns)
+        if problems:
+            more = f" (and {len(problems) - 1} more bad rows)" if len(problems) > 1 else ""
+            first = problems[0]
+            raise DataError(first.reason + more, file=first.file, row=first.row,
+                            field=first.field)
+
+        root = data_dir().resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        if src.parent == root:
+            target, copied = src, False
+        else:
+            target, copied = root / f"{name}{src.suffix.lower()}", True
+            owner = next((n for n, e in info.items() if e.get("file") == target.name), None)
+            if owner not in (None, name):
+                raise DataError(f"{target.name} already belongs to dataset {owner!r}")
+            shutil.copyfile(src, target.with_name(target.name + ".tmp"))
+            os.replace(target.with_name(target.name + ".tmp"), target)
+        entry: dict[str, Any] = {"file": target.name, "format": format}
+        if columns:
+            entry["columns"] = dict(columns)
+        if description:
+            entry["description"] = description
+        if split:
+            entry["split"] = split
+        if test_of:
+            entry["test_of"] = test_of
+        try:
+            _write_info({**info, name: entry})
+        except OSError:
+            if copied and name not in info:
+                target.unlink(missing_ok=True)
+            raise
+
+
+def _write_info(info: dict[str, Any]) -> None:
+    path = info_path()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".dataset_info.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """Two uploads at once must not each write their own copy of the info file and lose
+    the other's entry."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; registering is rare enough to go without
+        yield
+        return
+    data_dir().mkdir(parents=True, exist_ok=True)
+    # Lock the folder itself: the info file is replaced on write (a lock on it would be
+    # lost with the old inode) and a lock file would litter data/.
+    fd = os.open(data_dir(), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

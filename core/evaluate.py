@@ -1,0 +1,361 @@
+"""Evaluate a finished run against its base model: `python -m core.evaluate JOB/eval.yaml`.
+
+A job folder per evaluation, RUN/evals/<time>/: eval.yaml (what to do), events.jsonl
+(progress, end), log.txt, process.json and, when done, results.json. The run's past
+evaluations are the list of those folders. The job is a subprocess for the same reasons
+as training: the UI polls files, holds no weights, and a closed tab stops nothing.
+
+For the base and the fine-tuned model it reports the loss on the reference answers
+(assistant tokens only, exactly the tokens training learned) with its perplexity, and
+greedy answers scored with exact match, BLEU-4 and ROUGE-L (core.metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.chat import base_target, resolve_run, run_target
+from core.events import EventWriter, read_events
+
+SPEC_FILE = "eval.yaml"
+RESULTS = "results.json"
+
+
+@dataclass
+class EvalSpec:
+    run_dir: str
+    dataset: list[str]
+    checkpoint: str = "final"
+    max_samples: int = 50
+    max_new_tokens: int = 64
+    batch_size: int = 8
+    cutoff_len: int = 1024
+    include_base: bool = True
+
+    @classmethod
+    def load(cls, path: Path) -> EvalSpec:
+        return cls(**yaml.safe_load(path.read_text(encoding="utf-8")))
+
+
+# -- starting and listing (UI and CLI side: no torch) ------------------------------------
+def default_dataset(run_dir: Path) -> str | None:
+    """The held-out split of the run's training data, when the registry has one."""
+    from core.config import RunConfig
+    from core.data.registry import test_sets
+
+    try:
+        trained_on = set(RunConfig.load(run_dir / "config.yaml").dataset)
+    except Exception:
+        return None
+    return next((t for t, of in test_sets().items() if of in trained_on), None)
+
+
+def start(spec: EvalSpec) -> Path:
+    """Start an evaluation job; return its folder."""
+    from core.runner import spawn
+
+    evals = Path(spec.run_dir) / "evals"
+    evals.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for i in range(1, 1000):
+        job = evals / (stamp if i == 1 else f"{stamp}-{i}")
+        try:
+            job.mkdir()
+            break
+        except FileExistsError:
+            continue
+    (job / SPEC_FILE).write_text(yaml.safe_dump(asdict(spec), sort_keys=False))
+    spawn(job, ["-m", "core.evaluate", str(job / SPEC_FILE)])
+    return job
+
+
+@dataclass
+class EvalJob:
+    path: Path
+    status: str
+    done: int = 0
+    total: int = 0
+    message: str = ""
+    error: str | None = None
+    results: dict[str, Any] | None = None
+    spec: dict[str, Any] = field(default_factory=dict)
+
+
+def job_state(job: Path) -> EvalJob:
+    from core.runner import run_status
+
+    events, _ = read_events(job)
+    status, end = run_status(job, events)
+    progress = next((e for e in reversed(events) if e["type"] == "progress"), {})
+    results = None
+    if (job / RESULTS).is_file():
+        results = json.loads((job / RESULTS).read_text(encoding="utf-8"))
+    try:
+        spec = yaml.safe_load((job / SPEC_FILE).read_text(encoding="utf-8")) or {}
+    except OSError:
+        spec = {}
+    return EvalJob(job, status, progress.get("done", 0), progress.get("total", 0),
+                   progress.get("message", ""), end.get("error"), results, spec)
+
+
+def past_evaluations(run_dir: Path) -> list[EvalJob]:
+    """Every evaluation of a run, newest first."""
+    jobs = [p for p in (Path(run_dir) / "evals").glob("*") if (p / SPEC_FILE).is_file()]
+    return [job_state(p) for p in sorted(jobs, key=lambda p: p.name, reverse=True)]
+
+
+# -- the job (subprocess side) -----------------------------------------------------------
+@dataclass
+class Sample:
+    messages: list[dict[str, str]]  # the conversation up to the reply to predict
+    reference: str
+
+
+def load_samples(dataset: list[str], max_samples: int) -> list[Sample]:
+    from types import SimpleNamespace
+
+    from core.data.loader import load_examples
+
+    cfg = SimpleNamespace(max_samples=0, identity_name="Studio Assistant",
+                          identity_author="the PEFT Studio team")
+    samples = []
+    for ex in load_examples(dataset, cfg):
+        messages = ex.get("messages")
+        if not messages or messages[-1]["role"] != "assistant":
+            continue  # raw text has no answer to compare with
+        samples.append(Sample(messages[:-1], messages[-1]["content"]))
+    if not samples:
+        raise ValueError(f"{', '.join(dataset)} has no prompts with reference answers "
+                         "(raw text datasets cannot be scored)")
+    return samples[:max_samples] if max_samples > 0 else samples
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def reference_loss(entry: Any, samples: list[Sample], spec: EvalSpec,
+                   tick: Any) -> dict[str, float]:
+    """Mean loss per reference-answer token, and its perplexity."""
+    import torch
+    import torch.nn.functional as F
+
+    from core.data.encode import IGNORE_INDEX, encode_messages
+
+    tok = entry.tokenizer
+    encoded = [encode_messages(tok, s.messages + [{"role": "assistant", "content": s.reference}],
+                               spec.cutoff_len) for s in samples]
+    total_nll, total_tokens = 0.0, 0
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    for batch in _batches(encoded, spec.batch_size):
+        width = max(len(e.input_ids) for e in batch)
+        ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in batch])
+        labels = torch.tensor([e.labels + [IGNORE_INDEX] * (width - len(e.labels))
+                               for e in batch])
+        mask = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids))
+                             for e in batch])
+        with entry.active() as module, torch.inference_mode():
+            device = module.device
+            logits = module(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        logits, labels = logits[:, :-1].float(), labels[:, 1:].to(logits.device)
+        total_nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                     ignore_index=IGNORE_INDEX, reduction="sum").item()
+        total_tokens += int((labels != IGNORE_INDEX).sum())
+        tick(len(batch))
+    loss = total_nll / max(total_tokens, 1)
+    return {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50.0)), 3),
+            "loss_tokens": total_tokens}
+
+
+def greedy_answers(entry: Any, samples: list[Sample], spec: EvalSpec, tick: Any) -> list[str]:
+    import torch
+
+    from core.data.encode import chat_template
+
+    tok = entry.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    side = tok.padding_side
+    tok.padding_side = "left"  # generation continues from the right end of each row
+    answers: list[str] = []
+    try:
+        for batch in _batches(samples, spec.batch_size):
+            texts = [tok.apply_chat_template(s.messages, tokenize=False,
+                                             add_generation_prompt=True,
+                                             chat_template=chat_template(tok)) for s in batch]
+            with entry.active() as module, torch.inference_mode():
+                inputs = tok(texts, return_tensors="pt", padding=True,
+                             add_special_tokens=False).to(module.device)
+                out = module.generate(**inputs, max_new_tokens=spec.max_new_tokens,
+                                      do_sample=False, temperature=None, top_p=None,
+                                      top_k=None, pad_token_id=pad)
+            new = out[:, inputs["input_ids"].shape[1]:]
+            answers += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+            tick(len(batch))
+    finally:
+        tok.padding_side = side
+    return answers
+
+
+def evaluate(spec: EvalSpec, events: EventWriter) -> dict[str, Any]:
+    from core.chat import Engine
+    from core.metrics import corpus_scores, sample_scores
+
+    run_dir = Path(spec.run_dir)
+    tuned = run_target(run_dir, spec.checkpoint)
+    targets = [("fine_tuned", tuned)]
+    if spec.include_base:
+        targets.append(("base", base_target(tuned.model)))
+    samples = load_samples(spec.dataset, spec.max_samples)
+    total = 2 * len(samples) * len(targets)
+    done = 0
+
+    def progress(message: str) -> Any:
+        def tick(n: int) -> None:
+            nonlocal done
+            done += n
+            events.emit("progress", done=done, total=total, message=message)
+        return tick
+
+    events.emit("progress", done=0, total=total, message="loading the model")
+    engine = Engine()
+    models: dict[str, dict[str, Any]] = {}
+    answers: dict[str, list[str]] = {}
+    for name, target in targets:
+        t0 = time.time()
+        entry = engine.entry(target)
+        label = "base model" if name == "base" else "fine-tuned model"
+        scores = reference_loss(entry, samples, spec, progress(f"{label}: loss"))
+        answers[name] = greedy_answers(entry, samples, spec, progress(f"{label}: answering"))
+        scores.update(corpus_scores(answers[name], [s.reference for s in samples]))
+        models[name] = {"label": target.label, **scores, "seconds": round(time.time() - t0, 1)}
+        print(f"{name}: {models[name]}", flush=True)
+        if not hasattr(entry.model, "disable_adapter"):
+            engine.unload(target)  # a whole fine-tuned model: make room for the base
+    rows = []
+    for i, s in enumerate(samples):
+        row: dict[str, Any] = {"prompt": s.messages[-1]["content"], "reference": s.reference}
+        for name in answers:
+            row[name] = answers[name][i]
+            row[f"{name}_scores"] = sample_scores(answers[name][i], s.reference)
+        rows.append(row)
+    return {
+        "run": run_dir.name, "checkpoint": spec.checkpoint, "trained_dir": tuned.trained,
+        "base_model": tuned.model, "dataset": spec.dataset, "samples": len(samples),
+        "max_new_tokens": spec.max_new_tokens, "time": time.time(),
+        "models": models, "rows": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m core.evaluate JOB_DIR/eval.yaml", file=sys.stderr)
+        return 2
+    job = Path(argv[0]).parent
+    events = EventWriter(job)
+    try:
+        results = evaluate(EvalSpec.load(Path(argv[0])), events)
+    except Exception as exc:  # every failure must reach the UI as an end event
+        traceback.print_exc()
+        events.emit("end", status="failed", error=f"{type(exc).__name__}: {exc}",
+                    output_dir=None)
+        return 1
+    tmp = job / (RESULTS + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(job / RESULTS)
+    events.emit("end", status="done", error=None, output_dir=str(job),
+                summary={k: {m: v.get(m) for m in ("loss", "perplexity", "exact_match",
+                                                   "bleu", "rouge_l")}
+                         for k, v in results["models"].items()})
+    return 0
+
+
+# -- `peft-studio evaluate` --------------------------------------------------------------
+def add_command(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="score a finished run against its base model on a dataset",
+        description="Loss/perplexity on the reference answers and exact match, BLEU-4 and "
+        "ROUGE-L of greedy answers, for the base and the fine-tuned model. Results go to "
+        "RUN/evals/<time>/results.json.")
+    p.add_argument("run", help="run name (folder under saves/) or path")
+    p.add_argument("--dataset", nargs="+",
+                   help="registered names or files (default: the held-out split of the "
+                   "run's dataset, e.g. sentiment_test)")
+    p.add_argument("--checkpoint", default="final", help="'final' or step-N")
+    p.add_argument("--max-samples", type=int, default=50, help="0 = all")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--cutoff-len", type=int, default=1024)
+    p.add_argument("--no-base", action="store_true", help="skip the base model")
+    p.set_defaults(func=_main)
+
+
+def follow_job(job: Path) -> str:
+    """Print a job's progress until it ends; Ctrl-C aborts it. Returns its status."""
+    from core.runner import RUNNING, abort, run_status
+
+    offset = 0
+    try:
+        while True:
+            new, offset = read_events(job, offset)
+            for e in new:
+                if e["type"] == "progress":
+                    print(f"[{e['done']}/{e['total']}] {e['message']}", flush=True)
+            status = run_status(job)[0]
+            if status != RUNNING and not new:
+                return status
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("aborting ...", file=sys.stderr)
+        return abort(job, timeout=5)
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
+        run_dir = resolve_run(args.run)
+        run_target(run_dir, args.checkpoint)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    dataset = args.dataset or [d for d in [default_dataset(run_dir)] if d]
+    if not dataset:
+        print("error: this run's dataset has no registered test split; pass --dataset",
+              file=sys.stderr)
+        return 2
+    job = start(EvalSpec(str(run_dir), dataset, args.checkpoint, args.max_samples,
+                         args.max_new_tokens, args.batch_size, args.cutoff_len,
+                         not args.no_base))
+    print(f"evaluation: {job}", flush=True)
+    if follow_job(job) == "aborted":
+        return 1
+    state = job_state(job)
+    if state.status != "done" or not state.results:
+        print(f"failed: {state.error}\n(log: {job / 'log.txt'})", file=sys.stderr)
+        return 1
+    print(summary_table(state.results))
+    return 0
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    models = results["models"]
+    names = [n for n in ("base", "fine_tuned") if n in models]
+    lines = [f"{'metric':14}" + "".join(f"{n:>14}" for n in names)]
+    for metric in ("loss", "perplexity", "exact_match", "bleu", "rouge_l"):
+        lines.append(f"{metric:14}" + "".join(f"{models[n][metric]:>14.4g}" for n in names))
+    lines.append(f"({results['samples']} samples of {', '.join(results['dataset'])})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""What every method shares: loading the base for training (QLoRA included), applying a
+method, counting parameters, and saving/loading a trained result as a self-describing
+folder.
+
+A trained folder holds the method's own files (a peft adapter, our bottleneck adapter, or a
+whole model), the tokenizer, and `studio.json`:
+
+    {"method": "lora", "model": "embedded", "settings": {...every setting of the run...}}
+
+so Chat, Evaluate and Export can open it knowing only its path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from core.settings import Setting
+
+MANIFEST = "studio.json"
+
+# Shared by the prompt-learning methods (prefix, prompt, ptuning): one setting, one widget.
+NUM_VIRTUAL_TOKENS = Setting(
+    "num_virtual_tokens", 16, "How many trainable virtual tokens are put before every "
+    "input. More learns more; prompt and P-tuning tokens also take room in the context.",
+    "method", label="Virtual tokens", label_zh="虚拟词元数", minimum=1, maximum=512,
+)
+
+
+# -- parameters --------------------------------------------------------------------------
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameters. Tied weights count once; a bitsandbytes 4-bit
+    weight counts as the number of weights it stores, not its packed bytes."""
+    if hasattr(model, "get_nb_trainable_parameters"):  # a peft model: its own counts
+        trainable, total = model.get_nb_trainable_parameters()
+        return int(trainable), int(total)
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            n *= 2 * (p.quant_storage.itemsize if hasattr(p, "quant_storage") else 1)
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def target_candidates(model: Any) -> list[str]:
+    """Distinct leaf names of the model's linear layers (q_proj, v_proj, ...), in model
+    order, without lm_head: the choices for a target-module picker. A layer already
+    wrapped by a method (peft's or ours, both keep it as `base_layer`) is listed under
+    its own name; the method's inner layers are not listed."""
+    from torch import nn
+
+    wrappers = [name for name, m in model.named_modules()
+                if name and isinstance(getattr(m, "base_layer", None), nn.Module)]
+    names: list[str] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        inside = next((w for w in wrappers if name.startswith(w + ".")), None)
+        if inside is not None:
+            if name != inside + ".base_layer":
+                continue  # lora_A, an adapter's down/up, ...
+            name = inside
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf != "lm_head" and leaf not in names:
+            names.append(leaf)
+    return names
+
+
+# -- loading the base for training -----------------------------------------------------------
+def training_dtype(cfg: Any) -> Any:
+    """The dtype the base weights are loaded in: bfloat16 on a GPU that has it (unless
+    the run asks for fp32/fp16 precision), else float32. fp16 runs keep float32 weights:
+    mixed precision computes in fp16 but needs float32 weights to update."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.float32
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float32
+
+
+def quantization_config(cfg: Any) -> Any:
+    """The BitsAndBytesConfig for the run's quantization, or None when it has none."""
+    if getattr(cfg, "quantization", "none") == "none":
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if cfg.compute_dtype == "auto":
+        gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        compute = torch.bfloat16 if gpu_bf16 else torch.float32
+    else:
+        compute = getattr(torch, cfg.compute_dtype)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.quant_type,
+        bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_compute_dtype=compute,
+    )
+
+
+def load_base_for_training(cfg: Any) -> Any:
+    """The base model as the run trains it: float32 on CPU, bfloat16 on a GPU that has
+    it; with quantization, loaded in 8 or 4 bits by bitsandbytes (this works on CPU
+    too, slowly) and prepared for k-bit training (frozen, norms in float32, and gradient
+    checkpointing when the run asks for it)."""
+    import torch
+
+    from core import models
+
+    quant = quantization_config(cfg)
+    device_map = None
+    if quant is not None and torch.cuda.is_available():
+        # bitsandbytes places the weights as it quantizes them: one GPU per process
+        # (LOCAL_RANK under torchrun).
+        device_map = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    model = models.load_model(
+        cfg.model,
+        dtype=training_dtype(cfg),
+        quantization_config=quant,
+        trust_remote_code=cfg.trust_remote_code,
+        device_map=device_map,
+    )
+    if quant is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.gradient_checkpointing
+        )
+    return model
+
+
+def apply_method(model: Any, cfg: Any) -> Any:
+    """Wrap `model` with the run's method so that only the method's parameters train.
+    Trainable half-precision weights are kept in float32 (mixed precision wants float32
+    weights to update; the frozen rest stays in the loading dtype)."""
+    import torch
+
+    from core.methods import implementation
+
+    model = implementation(cfg.method).wrap(model, cfg)
+    for p in model.parameters():
+        if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16):
+            p.data = p.data.float()
+    return model
+
+
+# -- saving and loading a trained result ---------------------------------------------------
+def save_trained(model: Any, out_dir: str | Path, cfg: Any, tokenizer: Any = None) -> Path:
+    """Write the method's weights, the tokenizer and studio.json into `out_dir`."""
+    from core.methods import implementation
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    implementation(cfg.method).save(model, out, cfg)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    manifest = {"method": cfg.method, "model": cfg.model, "settings": cfg.to_dict()}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
+                                encoding="utf-8")
+    return out
+
+
+def read_manifest(out_dir: str | Path) -> dict[str, Any]:
+    path = Path(out_dir) / MANIFEST
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{out_dir} is not a trained result of PEFT Studio: it has no {MANIFEST}"
+        ) from None
+
+
+def load_trained(out_dir: str | Path, base_model: Any = None, *,
+                 quantized: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) from a folder written by `save_trained`.
+
+    The base is `base_model` when given, else the run's model loaded afresh: in full
+    precision by default (what export and merging need), or, with `quantized=True`,
+    quantized as it was in training (a QLoRA adapter then gives exactly its training-time
+    outputs). A method that saves a whole model (full, freeze) is loaded from the folder
+    alone, without loading the base first."""
+    from core import models
+    from core.config import RunConfig
+    from core.methods import METHODS, implementation
+
+    out = Path(out_dir)
+    manifest = read_manifest(out)
+    cfg = RunConfig(**manifest["settings"])
+    impl = implementation(cfg.method)
+    if METHODS[cfg.method].saves_full_model and base_model is None:
+        model = models.load_model(str(out), trust_remote_code=cfg.trust_remote_code)
+    else:
+        if base_model is None:
+            if quantized and cfg.quantization != "none":
+                base_model = _load_quantized(cfg)
+            else:
+                base_model = models.load_model(cfg.model,
+                                               trust_remote_code=cfg.trust_remote_code)
+        model = impl.load(base_model, out, cfg)
+    return model, _load_tokenizer(out, cfg)
+
+
+def _load_quantized(cfg: Any) -> Any:
+    import torch
+
+    from core import models
+
+    return models.load_model(
+        cfg.model, dtype=training_dtype(cfg), quantization_config=quantization_config(cfg),
+        trust_remote_code=cfg.trust_remote_code,
+        device_map={"": 0} if torch.cuda.is_available() else None,
+    )
+
+
+def _load_tokenizer(out: Path, cfg: Any) -> Any:
+    from transformers import AutoTokenizer
+
+    from core import models
+
+    if not (out / "tokenizer_config.json").is_file():
+        return models.load_tokenizer(cfg.model, cfg.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(str(out), trust_remote_code=cfg.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

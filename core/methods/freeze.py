@@ -1,0 +1,74 @@
+"""Freeze tuning: train only some decoder layers (and chosen extra modules) in full."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from core.methods import MethodSpec
+from core.settings import Setting as S
+
+SPEC = MethodSpec(
+    id="freeze",
+    label="Freeze tuning (last layers)",
+    label_zh="冻结微调（只训练部分层）",
+    help="Trains the last (or first) few decoder layers in full and keeps the rest frozen. "
+    "Between LoRA and full tuning in memory and capacity; the result is a whole model. "
+    "Training the last layers suits adapting the output style.",
+    saves_full_model=True,
+    settings=(
+        S("freeze_trainable_layers", 2, "How many decoder layers train (all of them when "
+          "the model has fewer).", "method", label="Trainable layers",
+          label_zh="可训练层数", minimum=1, maximum=1024),
+        S("freeze_from", "last", "Train the layers nearest the output (last) or the "
+          "input (first).", "method", label="Which layers", label_zh="训练哪一端的层",
+          choices=("last", "first")),
+        S("freeze_extra_modules", [], "Also train these modules in full, by name: for "
+          "example embed_tokens (the input embeddings; tied models share them with the "
+          "output head), norm (the final norm) or lm_head.", "method",
+          label="Extra trainable modules", label_zh="额外可训练模块", item_type=str,
+          choices=("embed_tokens", "norm", "lm_head"), allow_custom=True, advanced=True),
+    ),
+)
+
+
+def decoder_layers(model: Any) -> tuple[str, Any]:
+    """(name, ModuleList) of the model's stack of decoder layers: its longest ModuleList."""
+    from torch import nn
+
+    stacks = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList)]
+    if not stacks:
+        raise ValueError("freeze: cannot find the decoder layers of this model")
+    return max(stacks, key=lambda item: len(item[1]))
+
+
+def wrap(model: Any, cfg: Any) -> Any:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    _, layers = decoder_layers(model)
+    n = min(cfg.freeze_trainable_layers, len(layers))
+    chosen = list(layers)[-n:] if cfg.freeze_from == "last" else list(layers)[:n]
+    for layer in chosen:
+        layer.requires_grad_(True)
+    modules = dict(model.named_modules())
+    for extra in cfg.freeze_extra_modules:
+        found = [m for name, m in modules.items() if name == extra or name.endswith("." + extra)]
+        if not found:
+            raise ValueError(f"freeze_extra_modules: no module named {extra!r} in this model")
+        for m in found:
+            m.requires_grad_(True)
+    return model
+
+
+def save(model: Any, out_dir: Path, cfg: Any = None) -> None:
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+
+
+def load(base_model: Any, out_dir: Path, cfg: Any = None) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(out_dir), dtype=base_model.dtype)
+
+
+def merge(model: Any) -> Any:
+    return model

@@ -1,0 +1,38 @@
+"""Full fine-tuning: every weight trains; the result is a whole model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from core.methods import MethodSpec
+
+SPEC = MethodSpec(
+    id="full",
+    label="Full fine-tuning",
+    label_zh="全参数微调",
+    help="Trains every weight of the model. The most capable and by far the most "
+    "memory-hungry (weights, gradients and optimizer state for all parameters); use a "
+    "small learning rate such as 1e-5.",
+    saves_full_model=True,
+)
+
+
+def wrap(model: Any, cfg: Any) -> Any:
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def save(model: Any, out_dir: Path, cfg: Any = None) -> None:
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+
+
+def load(base_model: Any, out_dir: Path, cfg: Any = None) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(out_dir), dtype=base_model.dtype)
+
+
+def merge(model: Any) -> Any:
+    return model

@@ -1,0 +1,91 @@
+"""LoRA and its variants: DoRA, rsLoRA, PiSSA initialisation, LoRA+; QLoRA when the base
+is quantized (see `quantization` in core.config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from core.methods import MethodSpec, _peft
+from core.settings import Setting as S
+
+SPEC = MethodSpec(
+    id="lora",
+    label="LoRA (DoRA, rsLoRA, PiSSA, LoRA+, QLoRA)",
+    label_zh="LoRA（含 DoRA、rsLoRA、PiSSA、LoRA+、QLoRA）",
+    help="Learns a small low-rank update beside each chosen weight matrix; the base stays "
+    "frozen. The default choice: cheap, good quality, and it merges back into the model. "
+    "Turn on 4-bit quantization for QLoRA when memory is short.",
+    mergeable=True,
+    quantizable=True,
+    settings=(
+        S("lora_rank", 8, "Rank of the update: higher learns more and costs more.",
+          "method", label="LoRA rank", label_zh="LoRA 秩", minimum=1, maximum=1024),
+        S("lora_alpha", 16, "Scale of the update (the update is multiplied by alpha/rank; "
+          "about twice the rank is usual).", "method", label="LoRA alpha",
+          label_zh="LoRA 缩放系数", minimum=1, maximum=4096),
+        S("lora_dropout", 0.05, "Dropout on the LoRA input.", "method", label="LoRA dropout",
+          label_zh="LoRA 随机丢弃", minimum=0.0, maximum=0.9),
+        S("lora_target", ["all-linear"], "Layers that get an update: 'all-linear' or the "
+          "names of linear layers (q_proj, v_proj, ...).", "method", label="Target modules",
+          label_zh="目标模块", item_type=str),
+        S("lora_bias", "none", "Also train biases: none, all, or only those of LoRA layers.",
+          "method", label="Bias", label_zh="偏置", choices=("none", "all", "lora_only"),
+          advanced=True),
+        S("use_dora", False, "DoRA: split each weight into magnitude and direction and "
+          "adapt both; often better at low rank, somewhat slower.", "method",
+          label="DoRA", label_zh="使用 DoRA"),
+        S("use_rslora", False, "rsLoRA: scale by alpha/sqrt(rank), which keeps high "
+          "ranks stable.", "method", label="rsLoRA", label_zh="使用 rsLoRA"),
+        S("lora_init", "default", "How the update starts: default (zero update), gaussian, "
+          "or pissa (from the principal singular vectors of the weight: converges faster).",
+          "method", label="Initialisation", label_zh="初始化方式",
+          choices=("default", "gaussian", "pissa"), advanced=True),
+        S("loraplus_lr_ratio", 0.0, "LoRA+: train the B matrices this many times faster "
+          "than A (16 is the paper's choice; 0 = off).", "method", label="LoRA+ LR ratio",
+          label_zh="LoRA+ 学习率比例", minimum=0.0, maximum=1024.0),
+    ),
+)
+
+
+def wrap(model: Any, cfg: Any) -> Any:
+    from peft import LoraConfig, TaskType
+
+    init: Any = {"default": True, "gaussian": "gaussian", "pissa": "pissa"}[cfg.lora_init]
+    config = LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=_peft.target_modules(cfg.lora_target),
+        bias=cfg.lora_bias,
+        use_dora=cfg.use_dora,
+        use_rslora=cfg.use_rslora,
+        init_lora_weights=init,
+    )
+    return _peft.wrap_with(model, config)
+
+
+def create_optimizer(model: Any, cfg: Any, args: Any) -> Any:
+    if not cfg.loraplus_lr_ratio:
+        return None
+    from peft.optimizers import create_loraplus_optimizer
+    from transformers import Trainer
+
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    return create_loraplus_optimizer(
+        model,
+        optimizer_cls,
+        lr=cfg.learning_rate,
+        loraplus_lr_ratio=cfg.loraplus_lr_ratio,
+        weight_decay=cfg.weight_decay,
+        **{k: v for k, v in optimizer_kwargs.items() if k != "lr"},
+    )
+
+
+def save(model: Any, out_dir: Path, cfg: Any = None) -> None:
+    _peft.save(model, out_dir, cfg)
+
+
+load = _peft.load
+merge = _peft.merge

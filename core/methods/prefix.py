@@ -1,0 +1,50 @@
+"""Prefix tuning: trainable key/value vectors put before every layer's attention."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from core.methods import MethodSpec, _peft
+from core.methods.common import NUM_VIRTUAL_TOKENS
+from core.settings import Setting as S
+
+SPEC = MethodSpec(
+    id="prefix",
+    label="Prefix tuning (P-tuning v2)",
+    label_zh="前缀微调（P-tuning v2）",
+    help="Learns virtual key/value vectors that every attention layer sees before the "
+    "input; the model itself is untouched. Small and quick to swap; with the projection "
+    "off it is P-tuning v2 (deep prompts). Usually below LoRA in quality.",
+    not_mergeable_reason="Prefix tuning adds virtual key/value tokens at run time; there is "
+    "no weight to merge them into, so the adapter is exported as it is.",
+    settings=(
+        NUM_VIRTUAL_TOKENS,
+        S("prefix_projection", False, "Produce the prefixes with a small MLP (the original "
+          "prefix tuning re-parameterisation: steadier training, more parameters while "
+          "training). Off: learn them directly (P-tuning v2 deep prompts).", "method",
+          label="Prefix projection (MLP)", label_zh="前缀投影（MLP）"),
+        S("prefix_hidden_size", 512, "Hidden size of the prefix projection MLP.", "method",
+          label="Projection hidden size", label_zh="投影隐藏层大小", minimum=1,
+          maximum=65536, advanced=True),
+    ),
+)
+
+
+def wrap(model: Any, cfg: Any) -> Any:
+    from peft import PrefixTuningConfig, TaskType
+
+    config = PrefixTuningConfig(
+        task_type=TaskType.CAUSAL_LM,
+        num_virtual_tokens=cfg.num_virtual_tokens,
+        prefix_projection=cfg.prefix_projection,
+        encoder_hidden_size=cfg.prefix_hidden_size,
+    )
+    return _peft.wrap_with(model, config)
+
+
+def save(model: Any, out_dir: Path, cfg: Any = None) -> None:
+    _peft.save(model, out_dir, cfg)
+
+
+load = _peft.load

@@ -1,0 +1,53 @@
+"""Prompt tuning: trainable embeddings put before the input tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from core.methods import MethodSpec, _peft
+from core.methods.common import NUM_VIRTUAL_TOKENS
+from core.settings import Setting as S
+
+SPEC = MethodSpec(
+    id="prompt",
+    label="Prompt tuning",
+    label_zh="提示词微调（Prompt Tuning）",
+    help="Learns a few virtual token embeddings put before every input (a 'soft prompt'); "
+    "the model is untouched and the result is tiny. Works best on large models and for a "
+    "single task; on small models LoRA learns much more.",
+    not_mergeable_reason="A soft prompt is extra input, not a change to the weights, so "
+    "there is nothing to merge; the adapter is exported as it is.",
+    settings=(
+        NUM_VIRTUAL_TOKENS,
+        S("prompt_init_text", "", "Start the soft prompt from the embeddings of this text "
+          "(for example a description of the task); empty starts from random values.",
+          "method", label="Initial prompt text", label_zh="初始提示词文本"),
+    ),
+)
+
+
+def wrap(model: Any, cfg: Any) -> Any:
+    from peft import PromptTuningConfig, PromptTuningInit, TaskType
+
+    from core import models
+
+    text = cfg.prompt_init_text.strip()
+    extra: dict[str, Any] = {"prompt_tuning_init": PromptTuningInit.RANDOM}
+    if text:
+        extra = {
+            "prompt_tuning_init": PromptTuningInit.TEXT,
+            "prompt_tuning_init_text": text,
+            "tokenizer_name_or_path": models.local_folder(cfg.model),
+        }
+    config = PromptTuningConfig(
+        task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens, **extra
+    )
+    return _peft.wrap_with(model, config)
+
+
+def save(model: Any, out_dir: Path, cfg: Any = None) -> None:
+    _peft.save(model, out_dir, cfg)
+
+
+load = _peft.load

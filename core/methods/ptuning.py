@@ -1,0 +1,49 @@
+"""P-tuning: virtual token embeddings produced by a small MLP or LSTM encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from core.methods import MethodSpec, _peft
+from core.methods.common import NUM_VIRTUAL_TOKENS
+from core.settings import Setting as S
+
+SPEC = MethodSpec(
+    id="ptuning",
+    label="P-tuning",
+    label_zh="P-tuning",
+    help="Like prompt tuning, but the virtual tokens come out of a small MLP or LSTM "
+    "encoder, which trains more steadily. Only the final tokens are saved, so the result "
+    "is as tiny as a soft prompt. For deep prompts on every layer, use prefix tuning.",
+    not_mergeable_reason="P-tuning adds virtual input tokens, not a change to the weights, "
+    "so there is nothing to merge; the adapter is exported as it is.",
+    settings=(
+        NUM_VIRTUAL_TOKENS,
+        S("ptuning_encoder", "mlp", "The encoder that produces the virtual tokens: mlp "
+          "(fast) or lstm (the original P-tuning).", "method", label="Encoder",
+          label_zh="编码器", choices=("mlp", "lstm")),
+        S("ptuning_hidden_size", 256, "Hidden size of the encoder.", "method",
+          label="Encoder hidden size", label_zh="编码器隐藏层大小", minimum=1,
+          maximum=65536, advanced=True),
+    ),
+)
+
+
+def wrap(model: Any, cfg: Any) -> Any:
+    from peft import PromptEncoderConfig, TaskType
+
+    config = PromptEncoderConfig(
+        task_type=TaskType.CAUSAL_LM,
+        num_virtual_tokens=cfg.num_virtual_tokens,
+        encoder_reparameterization_type=cfg.ptuning_encoder.upper(),
+        encoder_hidden_size=cfg.ptuning_hidden_size,
+    )
+    return _peft.wrap_with(model, config)
+
+
+def save(model: Any, out_dir: Path, cfg: Any = None) -> None:
+    _peft.save(model, out_dir, cfg)
+
+
+load = _peft.load

@@ -1,0 +1,303 @@
+"""One training run: `python -m core.train RUN_DIR/config.yaml`.
+
+Reads the run's settings, trains with transformers' Trainer and the chosen method, and
+reports only through files in RUN_DIR: events.jsonl (see core.events), the adapter or
+model, and loss.png. stdout/stderr go to log.txt (the runner redirects them there).
+
+Why Trainer and not TRL's SFTTrainer: our encoder (core.data.encode) already renders with
+the model's chat template and masks everything but the assistant replies, for any
+template; SFTTrainer's assistant-only loss needs templates that carry {% generation %}
+markers, which most (SmolLM2's included) do not.
+
+Abort: SIGTERM or an ABORT file in the run directory asks the loop to stop at the next
+step; what has been trained is saved and the end event says "aborted".
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from core.config import RunConfig
+from core.events import EventWriter
+
+ABORT_FILE = "ABORT"
+
+
+class StopRequest:
+    def __init__(self, run_dir: Path):
+        self.flag_file = run_dir / ABORT_FILE
+        self.signalled = False
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.signalled:  # a second signal means: stop now, unsaved
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        self.signalled = True
+
+    @property
+    def requested(self) -> bool:
+        return self.signalled or self.flag_file.exists()
+
+
+def pick_device() -> tuple[str, str]:
+    """(device, precision) for this machine: bf16 on a GPU that has it, fp16 on older
+    GPUs, fp32 on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        return f"cuda ({name})", "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "cpu", "fp32"
+
+
+def _event_callback(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest,
+                    tokenizer: Any, start_info: dict[str, Any]):
+    from transformers import TrainerCallback
+
+    from core.methods.common import save_trained
+
+    class EventCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.t0 = time.time()
+            self.last_tokens = 0
+            self.last_time = self.t0
+            self.last_loss: float | None = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = self.last_time = time.time()
+            events.emit("start", total_steps=state.max_steps, **start_info)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            now = time.time()
+            if "loss" in logs:
+                tokens = state.num_input_tokens_seen
+                rate = (tokens - self.last_tokens) / max(now - self.last_time, 1e-9)
+                self.last_tokens, self.last_time = tokens, now
+                elapsed = now - self.t0
+                step = state.global_step
+                eta = elapsed / step * (state.max_steps - step) if step else None
+                self.last_loss = float(logs["loss"])
+                events.emit(
+                    "step", step=step, total_steps=state.max_steps,
+                    epoch=round(state.epoch or 0.0, 4), loss=self.last_loss,
+                    learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
+                    tokens_per_second=round(rate, 1), tokens_seen=tokens,
+                    elapsed=round(elapsed, 2), eta=None if eta is None else round(eta, 1),
+                )
+            if "eval_loss" in logs:
+                events.emit("eval", step=state.global_step, eval_loss=float(logs["eval_loss"]))
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if cfg.save_steps and state.global_step % cfg.save_steps == 0 \
+                    and state.global_step < state.max_steps:
+                # Our own checkpoints rather than Trainer's: each is a loadable result
+                # (adapter + tokenizer + manifest) that Chat and Export can open, without
+                # gigabytes of optimizer state.
+                path = run_dir / "checkpoints" / f"step-{state.global_step}"
+                save_trained(model, path, cfg, tokenizer)
+                events.emit("checkpoint", step=state.global_step, path=str(path))
+            if stop.requested:
+                control.should_training_stop = True
+            return control
+
+    return EventCallback()
+
+
+def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
+
+    from core import models
+    from core.data.encode import build_datasets
+    from core.methods import METHODS, implementation
+    from core.methods.common import (
+        apply_method,
+        count_parameters,
+        load_base_for_training,
+        save_trained,
+    )
+
+    set_seed(cfg.seed)
+    device, auto_precision = pick_device()
+    precision = auto_precision if cfg.precision == "auto" else cfg.precision
+    print(f"device: {device}, precision: {precision}", flush=True)
+
+    tokenizer = models.load_tokenizer(cfg.model, cfg.trust_remote_code)
+    train_items, eval_items, stats = build_datasets(cfg, tokenizer)
+    print(f"data: {stats}", flush=True)
+    if stop.requested:
+        raise KeyboardInterrupt
+
+    model = load_base_for_training(cfg)
+    model = apply_method(model, cfg)
+    trainable, total = count_parameters(model)
+    print(f"trainable parameters: {trainable:,} of {total:,}", flush=True)
+
+    has_eval = bool(eval_items)
+    args = TrainingArguments(
+        output_dir=str(run_dir / "trainer"),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        optim=cfg.optim,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=cfg.eval_steps,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+    )
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    spec = METHODS[cfg.method]
+    impl = implementation(cfg.method)
+    optimizer = None
+    if hasattr(impl, "create_optimizer"):
+        optimizer = impl.create_optimizer(model, cfg, args)
+    start_info = {
+        "device": device, "precision": precision, "method": cfg.method,
+        "trainable_params": trainable, "total_params": total,
+        "trainable_share": trainable / total if total else 0.0, **stats,
+    }
+    callback = _event_callback(cfg, run_dir, events, stop, tokenizer, start_info)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_items),
+        eval_dataset=Dataset.from_list(eval_items) if has_eval else None,
+        data_collator=collator,
+        callbacks=[callback],
+        optimizers=(optimizer, None),
+    )
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.time()
+    result = trainer.train()
+    runtime = time.time() - t0
+    final_eval = None
+    if has_eval and not stop.requested:
+        final_eval = trainer.evaluate().get("eval_loss")
+    out_dir = run_dir / ("model" if spec.saves_full_model else "adapter")
+    save_trained(trainer.model, out_dir, cfg, tokenizer)
+    steps = trainer.state.global_step
+    return {
+        "output_dir": str(out_dir),
+        "final_loss": callback.last_loss if callback.last_loss is not None
+        else result.training_loss,
+        "final_eval_loss": final_eval,
+        "steps": steps,
+        "train_runtime": round(runtime, 2),
+        "seconds_per_step": round(runtime / steps, 4) if steps else None,
+        "peak_memory_mb": _peak_memory_mb(),
+        "trainable_params": trainable,
+        "total_params": total,
+    }
+
+
+def _peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    # ru_maxrss is in KiB on Linux: the whole process's peak resident memory.
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def plot_losses(run_dir: Path) -> Path | None:
+    """loss.png from the run's own events, so it matches what the UI showed."""
+    from core.events import read_events
+
+    events, _ = read_events(run_dir)
+    steps = [(e["step"], e["loss"]) for e in events if e["type"] == "step"]
+    evals = [(e["step"], e["eval_loss"]) for e in events if e["type"] == "eval"]
+    if not steps:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(*zip(*steps, strict=True), label="training loss")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="evaluation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(run_dir.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = run_dir / "loss.png"
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def readable_error(exc: BaseException) -> str:
+    """The message a person should read: our own errors already say what to do."""
+    text = str(exc).strip() or type(exc).__name__
+    if type(exc).__module__.startswith("core"):
+        return text
+    return f"{type(exc).__name__}: {text}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m core.train RUN_DIR/config.yaml", file=sys.stderr)
+        return 2
+    config_path = Path(argv[0])
+    run_dir = config_path.parent
+    events = EventWriter(run_dir)
+    stop = StopRequest(run_dir)
+    try:
+        cfg = RunConfig.load(config_path)
+        result = train(cfg, run_dir, events, stop)
+    except KeyboardInterrupt:
+        events.emit("end", status="aborted", error=None, final_loss=None, output_dir=None)
+        return 0
+    except Exception as exc:  # every failure must reach the UI as an end event
+        traceback.print_exc()
+        sys.stdout.flush()
+        events.emit("end", status="failed", error=readable_error(exc), final_loss=None,
+                    output_dir=None)
+        return 1
+    plot = plot_losses(run_dir)
+    status = "aborted" if stop.requested else "done"
+    if not (result["final_loss"] is None or math.isfinite(result["final_loss"])):
+        status, error = "failed", "the loss became infinite or NaN; lower the learning rate"
+    else:
+        error = None
+    events.emit("end", status=status, error=error, plot=str(plot) if plot else None, **result)
+    print(f"{status}: {result['output_dir']}", flush=True)
+    return 0 if status != "failed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The app in a real browser: headless Chromium drives a training run end to end, reloads
+the page mid-run, and switches methods. Screenshots of each step go to
+tests/output/browser/."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, serve_app, wait_for
+
+# Long enough to reload the page mid-run on a slow machine, short enough for a quick test.
+STEPS = 60
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture()
+def app(tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed (make browser installs it)")
+    with serve_app(tmp_path) as served:
+        yield served
+    # The run is a detached process: it must have finished on its own, not with the UI.
+    from core import runner
+
+    for run_dir in served.saves.iterdir():
+        if (run_dir / "config.yaml").exists() and runner.process_alive(run_dir):
+            runner.abort(run_dir, timeout=10)
+
+
+def step_of(page) -> int:
+    text = page.locator(".ps-detail").inner_text()
+    match = re.search(r"step (\d+) /", text)
+    return int(match.group(1)) if match else 0
+
+
+def loss_image(page) -> str:
+    img = page.locator("#run-loss img")
+    return img.get_attribute("src") if img.count() else ""
+
+
+def test_train_reload_and_reattach(app, tiny_model_dir, output_dir):
+    from playwright.sync_api import sync_playwright
+
+    url, saves, startup = app.url, app.saves, app.startup_seconds
+    shots = output_dir / "browser"
+    shots.mkdir(parents=True, exist_ok=True)
+    assert startup < 30, f"the app took {startup:.1f} s to come up"
+
+    def shot(page, name: str, full: bool = True) -> None:
+        page.screenshot(path=str(shots / f"{name}.png"), full_page=full)
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=VIEWPORT)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url)
+        page.wait_for_selector("text=Registered datasets", timeout=30_000)
+
+        # -- Data tab: what the model sees of a sample ---------------------------------------
+        page.locator("#preview-cutoff_len input").fill("64")
+        page.locator("#preview-cutoff_len input").press("Tab")
+        page.get_by_role("button", name="Show", exact=True).click()
+        page.get_by_text("Sample 1 of 52", exact=False).wait_for(timeout=90_000)
+        assert "cut at 64" in page.get_by_text("Sample 1 of 52", exact=False).inner_text()
+        page.locator(".ps-plot img").first.wait_for(timeout=10_000)
+        shot(page, "01_data_tab")
+
+        # -- language switch -------------------------------------------------------------------
+        page.get_by_label("中文").check()
+        page.get_by_role("tab", name="训练").wait_for(timeout=10_000)
+        page.get_by_label("English").check()
+        page.get_by_role("tab", name="Train").wait_for(timeout=10_000)
+
+        # -- Train tab: a non-LoRA method shows its own settings, not LoRA's ------------------
+        page.get_by_role("tab", name="Train").click()
+        # The preview's cut-off is the run's cut-off.
+        assert page.locator("#setting-cutoff_len input").input_value() == "64"
+        lora_rank = page.locator("#setting-lora_rank")
+        adapter_size = page.locator("#setting-adapter_size")
+        assert lora_rank.is_visible() and not adapter_size.is_visible()
+        page.locator("#setting-method input").click()
+        page.get_by_role("option", name="Bottleneck adapter (Houlsby)").click()
+        adapter_size.wait_for(state="visible", timeout=10_000)
+        assert not lora_rank.is_visible()
+        assert not page.locator("#setting-quantization").is_visible()
+        wait_for(lambda: "Bottleneck adapter" in page.locator("#method-help").inner_text(), 10,
+                 "the method's help text")
+        shot(page, "02_adapter_settings", full=False)
+        page.locator("#setting-method input").click()
+        page.get_by_role("option", name=re.compile(r"^LoRA")).click()
+        lora_rank.wait_for(state="visible", timeout=10_000)
+        assert not adapter_size.is_visible()
+
+        # -- a short run on the tiny model ---------------------------------------------------
+        model = page.locator("#setting-model input")
+        model.fill(str(tiny_model_dir))
+        model.press("Enter")
+        page.get_by_text("Local folder", exact=False).wait_for(timeout=10_000)
+        # The count comes from a helper process that builds the model without weights.
+        wait_for(lambda: "parameters trainable" in page.locator("#param-count").inner_text(),
+                 90, "the trainable-parameter count")
+        page.locator("#setting-dataset [title=Clear]").click()
+        page.locator("#setting-dataset input").click()
+        page.get_by_role("option", name="identity", exact=True).click()
+        page.keyboard.press("Escape")
+        assert page.locator("#setting-dataset .token").all_inner_texts() == ["identity"]
+        for name, value in [("max_steps", str(STEPS)), ("batch_size", "2"), ("cutoff_len", "128"),
+                            ("gradient_accumulation_steps", "1")]:
+            page.locator(f"#setting-{name} input").fill(value)
+        page.get_by_text("Logging, evaluation and checkpoints").click()
+        page.locator("#setting-logging_steps input").fill("1")
+        page.locator("#setting-logging_steps input").press("Tab")
+        shot(page, "03_train_settings")
+
+        page.get_by_role("button", name="▶ Start").click()
+        page.get_by_text("Started run", exact=False).wait_for(timeout=20_000)
+        wait_for(lambda: step_of(page) >= 2, 120, "the first logged steps")
+        # The progress line and the plot are separate outputs of one update: the image can
+        # land a moment after the text.
+        first_plot = wait_for(lambda: loss_image(page), 10, "the first loss plot")
+        first_step = step_of(page)
+        wait_for(lambda: loss_image(page) != first_plot and step_of(page) > first_step, 30,
+                 "the loss plot to gain points")
+        shot(page, "04_training_live", full=False)
+
+        # -- reload mid-run: the page re-attaches and progress keeps moving -----------------
+        assert step_of(page) < STEPS, "the run ended before the reload; make it longer"
+        page.reload()
+        page.wait_for_selector("text=Registered datasets", timeout=30_000)
+        page.get_by_role("tab", name="Train").click()
+        reattached = wait_for(lambda: step_of(page), 15, "the page to re-attach to the run")
+        wait_for(lambda: step_of(page) > reattached, 30, "progress after the reload")
+        assert "running" in page.locator(".ps-detail").inner_text()
+        shot(page, "05_reattached", full=False)
+
+        # -- the end, and the history --------------------------------------------------------
+        page.get_by_text("Done", exact=False).first.wait_for(timeout=180_000)
+        assert step_of(page) == STEPS
+        run_name = next(p.name for p in saves.iterdir() if (p / "config.yaml").exists())
+        # The history lists the run (its table renders only rows in the viewport, so ask
+        # the run picker, which is filled from the same list).
+        page.locator("#history-runs input").click()
+        page.get_by_role("option", name=run_name).click()
+        page.keyboard.press("Escape")
+        page.locator("#history-loss img").wait_for(timeout=15_000)
+        wait_for(lambda: "done" in page.locator("#history-details").inner_text(), 10,
+                 "the selected run's details")
+        shot(page, "06_done_and_history")
+        assert not errors, errors
+        browser.close()

@@ -1,0 +1,179 @@
+"""Chat: replies stream from a worker subprocess, compare mode, unload, the terminal command.
+
+One tiny run, trained through the runner on a single row with a high learning rate, so
+that its greedy reply is that row's answer: a trained adapter visibly changes the answer.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from core import runner
+from core.chat import (
+    ChatClient,
+    GenerationSettings,
+    base_target,
+    checkpoints,
+    finished_runs,
+    run_target,
+)
+from core.config import RunConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "Say the code word."
+ANSWER = "The code word is pineapple."
+GREEDY = GenerationSettings(max_new_tokens=16, do_sample=False)
+
+
+def train_code_word_run(tiny_model_dir: Path, saves: Path, **kw) -> Path:
+    """A finished tiny LoRA run whose greedy answer to PROMPT is ANSWER."""
+    data = saves.parent / "code_word.json"
+    data.write_text(json.dumps([{"instruction": PROMPT, "input": "", "output": ANSWER}]))
+    settings = dict(model=str(tiny_model_dir), dataset=[str(data)], max_steps=30,
+                    learning_rate=1e-2, lr_scheduler_type="constant", batch_size=1,
+                    gradient_accumulation_steps=1, cutoff_len=64, lora_rank=16,
+                    lora_dropout=0.0, logging_steps=10, save_steps=15, run_name="code-word")
+    run_dir = runner.start(RunConfig(**{**settings, **kw}), saves)
+    status = runner.wait(run_dir, timeout=600)
+    assert status == "done", (run_dir / "log.txt").read_text()[-3000:]
+    return run_dir
+
+
+_SHARED: dict[str, Path] = {}
+
+
+def shared_code_run(tiny_model_dir: Path, tmp_path_factory) -> Path:
+    """The code-word run, trained once per session and shared by the chat, evaluate,
+    export and browser tests (each module's `code_run` fixture calls this): starting
+    processes is most of their time on a small machine."""
+    if "run" not in _SHARED:
+        saves = tmp_path_factory.mktemp("code-word") / "saves"
+        saves.mkdir()
+        _SHARED["run"] = train_code_word_run(tiny_model_dir, saves)
+    return _SHARED["run"]
+
+
+@pytest.fixture(scope="module")
+def code_run(tiny_model_dir, tmp_path_factory) -> Path:
+    return shared_code_run(tiny_model_dir, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def client():
+    c = ChatClient()
+    yield c
+    c.unload()
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def test_run_lists_its_result_and_checkpoints(code_run):
+    assert code_run in finished_runs(code_run.parent)
+    assert list(checkpoints(code_run)) == ["final", "step-15"]
+    target = run_target(code_run)
+    assert target.trained == str(code_run / "adapter")
+
+
+def test_reply_streams_in_chunks_from_the_worker(code_run, client):
+    events = list(client.events(run_target(code_run), user(PROMPT), GREEDY))
+    kinds = [e["type"] for e in events]
+    assert kinds[:2] == ["loading", "loaded"] and kinds[-1] == "done"
+    chunks = [e["text"] for e in events if e["type"] == "chunk"]
+    assert len(chunks) >= 3, chunks
+    assert "".join(chunks) == events[-1]["text"] == ANSWER
+    assert events[-1]["tokens"] > 3 and not events[-1]["stopped"]
+    assert client.pid != os.getpid()
+
+
+def test_compare_mode_base_and_fine_tuned_answer_differently(code_run, client):
+    tuned = run_target(code_run)
+    base = base_target(tuned.model)
+    assert client.load(tuned)["shared_base"] is False
+    # The base answers through the loaded adapter model with the adapter switched off.
+    assert client.load(base)["shared_base"] is True
+    answers = {t.label: "".join(client.stream(t, user(PROMPT), GREEDY)) for t in (base, tuned)}
+    assert answers[tuned.label] == ANSWER
+    assert answers[base.label] != ANSWER
+    checkpoint = run_target(code_run, "step-15")
+    assert "".join(client.stream(checkpoint, user(PROMPT), GREEDY))
+
+
+def test_stop_ends_a_reply_early(code_run, client):
+    base = base_target(run_target(code_run).model)
+    long = GenerationSettings(max_new_tokens=400, do_sample=True, temperature=1.0)
+    done = None
+    for event in client.events(base, user("Tell me a story."), long):
+        if event["type"] == "chunk":
+            client.stop()
+        if event["type"] == "done":
+            done = event
+    assert done["stopped"] and done["tokens"] < 400
+    # An abandoned stream leaves the worker in step for the next request.
+    stream = client.stream(base, user("Again."), long)
+    next(stream)
+    stream.close()
+    assert "".join(client.stream(run_target(code_run), user(PROMPT), GREEDY)) == ANSWER
+
+
+def test_worker_errors_reach_the_caller_and_it_stays_up(client):
+    from core.chat import ChatError, Target
+
+    with pytest.raises(ChatError, match="not found"):
+        list(client.stream(Target("/no/such/model"), user("hi"), GREEDY))
+    assert client.alive
+
+
+def test_unload_ends_the_worker_and_frees_its_memory(code_run, client):
+    pid = client.pid
+    assert pid and Path(f"/proc/{pid}").exists() and client.loaded
+    client.unload()
+    assert not client.alive and client.loaded == {}
+    assert not Path(f"/proc/{pid}").exists()  # ended and reaped: its memory is back
+    # Lazy again: the next message starts a fresh worker and loads the model.
+    assert "".join(client.stream(run_target(code_run), user(PROMPT), GREEDY)) == ANSWER
+    assert client.pid != pid
+
+
+def test_cli_one_prompt_interactive_session_and_base_only(code_run, monkeypatch, capsys):
+    # In-process: `peft-studio chat` runs its engine in its own process anyway, so this is
+    # the terminal's code path without paying for another interpreter start.
+    from core.cli import main
+
+    monkeypatch.setenv("PEFT_STUDIO_SAVES", str(code_run.parent))
+    assert main(["chat", code_run.name, "--prompt", PROMPT, "--greedy"]) == 0
+    assert capsys.readouterr().out.strip() == ANSWER
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{PROMPT}\n/reset\n{PROMPT}\n\n"))
+    assert main(["chat", code_run.name, "--greedy"]) == 0
+    assert capsys.readouterr().out.count(ANSWER) == 2
+    assert main(["chat", str(code_run), "--base-only", "--prompt", PROMPT, "--greedy",
+                 "--max-new-tokens", "8"]) == 0
+    assert "pineapple" not in capsys.readouterr().out
+
+
+def test_cli_unknown_run_is_an_error(saves, capsys):
+    from core.cli import main
+
+    assert main(["chat", "nope", "--prompt", "hi"]) == 2
+    assert "no run named 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_embedded_model_streams_a_sentence():
+    c = ChatClient()
+    try:
+        settings = GenerationSettings(max_new_tokens=24, do_sample=False)
+        events = list(c.events(base_target("embedded"),
+                               user("What is the capital of France? One short sentence."),
+                               settings))
+    finally:
+        c.unload()
+    chunks = [e["text"] for e in events if e["type"] == "chunk"]
+    assert len(chunks) >= 3
+    assert "Paris" in events[-1]["text"]

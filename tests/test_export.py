@@ -1,0 +1,192 @@
+"""Export: a merged model that plain transformers loads with the adapter's logits, shard
+sizes, refused names, no silent overwrite, adapter-only for methods that cannot merge,
+and resharding of whole-model runs. Every run is a real tiny run through the runner."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from test_chat import ANSWER, PROMPT, shared_code_run
+
+from core import export as ex
+from core import runner
+from core.config import RunConfig
+from core.methods import METHODS
+
+
+@pytest.fixture(scope="module")
+def code_run(tiny_model_dir, tmp_path_factory) -> Path:
+    return shared_code_run(tiny_model_dir, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def module_saves(tmp_path_factory) -> Path:
+    saves = tmp_path_factory.mktemp("export") / "saves"
+    saves.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PEFT_STUDIO_SAVES", str(saves))
+        yield saves
+
+
+@pytest.fixture()
+def lora_run(code_run, module_saves) -> Path:
+    return code_run
+
+
+def quick_run(tiny_model_dir: Path, saves: Path, **kw) -> Path:
+    settings = dict(model=str(tiny_model_dir), dataset=["identity"], max_steps=2,
+                    batch_size=2, gradient_accumulation_steps=1, cutoff_len=64,
+                    logging_steps=1, learning_rate=1e-3)
+    run_dir = runner.start(RunConfig(**{**settings, **kw}), saves)
+    assert runner.wait(run_dir, timeout=600) == "done", (run_dir / "log.txt").read_text()
+    return run_dir
+
+
+def run_export(run_dir: Path, name: str, **kw) -> dict:
+    job = ex.start(ex.ExportSpec(str(run_dir), name, **kw))
+    assert job.parent == run_dir / "exports"
+    deadline = time.time() + 600
+    while (state := ex.job_state(job))["status"] == "running":
+        assert time.time() < deadline
+        time.sleep(0.3)
+    assert state["status"] == "done", (job / "log.txt").read_text()[-3000:]
+    return state["end"]
+
+
+def probe_logits(model, tokenizer):
+    import torch
+
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}],
+                                        add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)
+    with torch.inference_mode():
+        return model(**ids).logits
+
+
+def test_merged_export_loads_with_plain_transformers_and_matches(lora_run, module_saves):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core.methods.common import load_trained
+
+    end = run_export(lora_run, "code-merged")
+    out = Path(end["output_dir"])
+    assert out == module_saves / "exports" / "code-merged"
+    assert end["plan"] == "merge" and end["max_abs_diff"] < 1e-4
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "generation_config.json", "tokenizer.json", "README.md",
+            "chat_template.jinja"} <= names
+    assert not any(n.startswith("adapter") for n in names)
+    assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no temp left
+
+    # Checked here again, independently of the job's own check.
+    merged = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    adapter_model, _ = load_trained(lora_run / "adapter")
+    diff = (probe_logits(merged, tokenizer) - probe_logits(adapter_model.eval(), tokenizer))
+    assert float(diff.abs().max()) < 1e-4
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}],
+                                        add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)
+    new = merged.generate(**ids, max_new_tokens=12, do_sample=False)[0, ids["input_ids"].shape[1]:]
+    assert tokenizer.decode(new, skip_special_tokens=True) == ANSWER
+
+    card = (out / "README.md").read_text()
+    assert lora_run.name in card and "learning_rate" in card and "final training loss" in card
+    assert "AutoModelForCausalLM.from_pretrained" in card
+    assert ex.past_exports(lora_run)[0]["end"]["output_dir"] == str(out)  # newest first
+
+
+def test_full_run_is_resharded_within_the_max_shard_size(tiny_model_dir, module_saves):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    run_dir = quick_run(tiny_model_dir, module_saves, method="full", learning_rate=1e-5)
+    # In-process: the job's subprocess plumbing is covered by the other exports.
+    end = ex.export(ex.ExportSpec(str(run_dir), "full-sharded", max_shard_size="100KB"),
+                    ex.EventWriter(module_saves))
+    out = Path(end["output_dir"])
+    assert end["plan"] == "full" and end["max_abs_diff"] < 1e-5
+    shards = sorted(out.glob("*.safetensors"))
+    assert len(shards) >= 3 and len(shards) == len(end["shards"])
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == {p.name for p in shards}
+    for shard in shards:
+        if shard.stat().st_size > 100_000:
+            # transformers cannot split one tensor: only a lone oversized tensor may exceed.
+            with safe_open(str(shard), "pt") as f:
+                assert len(list(f.keys())) == 1, shard.name
+    AutoModelForCausalLM.from_pretrained(str(out))  # loads from the shards
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs", "a/b", "", ".hidden", "..", "x" * 101,
+                                  "a b"])
+def test_names_that_leave_the_exports_folder_are_refused(lora_run, module_saves, name):
+    jobs_before = sorted((lora_run / "exports").glob("*"))
+    with pytest.raises(ex.ExportError, match="not allowed"):
+        ex.start(ex.ExportSpec(str(lora_run), name))
+    assert sorted((lora_run / "exports").glob("*")) == jobs_before  # nothing started
+    assert not (module_saves / "x").exists() and not Path("/abs").exists()
+
+
+def test_cli_refuses_an_out_path_outside_exports(lora_run, capsys):
+    from core.cli import main
+
+    assert main(["export", str(lora_run), "--out", "../elsewhere"]) == 2
+    assert "exports are written in" in capsys.readouterr().err
+    assert ex.name_from_out(str(ex.exports_dir() / "ok")) == "ok"
+    with pytest.raises(ex.ExportError):
+        ex.parse_size("lots")
+
+
+def test_existing_export_is_never_overwritten_without_the_flag(lora_run, module_saves,
+                                                               monkeypatch):
+    existing = module_saves / "exports" / "taken"
+    existing.mkdir(parents=True)
+    (existing / "keep.txt").write_text("mine")
+    with pytest.raises(ex.ExportError, match="already exists"):
+        ex.start(ex.ExportSpec(str(lora_run), "taken"))
+    assert (existing / "keep.txt").read_text() == "mine"
+
+    # With the flag, a failure half-way still loses nothing (the job writes to a temp
+    # folder and swaps it in only at the end).
+    def broken(*args, **kw):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ex, "_write_adapter", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        ex.export(ex.ExportSpec(str(lora_run), "taken", adapter_only=True, overwrite=True),
+                  ex.EventWriter(module_saves))
+    assert (existing / "keep.txt").read_text() == "mine"
+    assert not [p for p in existing.parent.iterdir() if p.name.startswith(".")]
+    monkeypatch.undo()
+
+    end = ex.export(ex.ExportSpec(str(lora_run), "taken", adapter_only=True, overwrite=True),
+                    ex.EventWriter(module_saves))
+    assert not (existing / "keep.txt").exists()
+    assert (existing / "adapter_config.json").is_file() and end["plan"] == "adapter"
+    assert not [p for p in existing.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_method_that_cannot_merge_exports_its_adapter_with_the_reason(tiny_model_dir,
+                                                                       module_saves):
+    from core.chat import checkpoints
+    from core.methods.common import load_trained
+
+    reason = METHODS["prompt"].not_mergeable_reason
+    assert reason and ex.plan("prompt", False) == ("adapter", reason)
+    run_dir = quick_run(tiny_model_dir, module_saves, method="prompt", num_virtual_tokens=4)
+    out, how, why = ex.check(ex.ExportSpec(str(run_dir), "soft-prompt"))
+    assert (how, why) == ("adapter", reason)
+    end = run_export(run_dir, "soft-prompt")
+    assert end["plan"] == "adapter" and end["why"] == reason and end["max_abs_diff"] == 0
+    assert (out / "adapter_config.json").is_file() and (out / "studio.json").is_file()
+    assert reason in (out / "README.md").read_text()
+    model, _ = load_trained(out)  # the exported folder loads like the run's own result
+    assert model.peft_config["default"].num_virtual_tokens == 4
+    assert "final" in checkpoints(run_dir)
+    from webui.tabs.export import plan_text
+
+    assert reason in plan_text(run_dir.name, "final", False, "en")

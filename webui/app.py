@@ -1,0 +1,78 @@
+"""PEFT Studio's browser app: the top bar and the tabs.
+
+`build_app()` builds the Blocks; `launch()` serves it (`peft-studio webui`, `make run`).
+The app only reads and writes files and starts subprocesses: training runs detached
+(core.runner), and anything that needs torch runs in a short helper (webui.probe), so the
+page is up in a few seconds and closing it never touches a run.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import gradio as gr
+
+from webui import topbar
+from webui.i18n import I18n
+
+# (module under webui.tabs, English title, Chinese title), in display order.
+TABS = (
+    ("data", "Data", "数据"),
+    ("train", "Train", "训练"),
+    ("evaluate", "Evaluate", "评估"),
+    ("chat", "Chat", "对话"),
+    ("export", "Export", "导出"),
+)
+
+CSS = """
+.ps-header h1 { margin: 0; font-size: 1.5rem; }
+.ps-header p { margin: 0; opacity: .75; }
+.ps-note { font-size: .9rem; }
+/* Gradio groups consecutive form fields in one .form box: lay them out two a row. */
+.ps-grid .form { flex-wrap: wrap !important; }
+.ps-grid .form > .block { flex: 1 1 calc(50% - 16px) !important; min-width: 240px !important; }
+.ps-progress { margin: 4px 0 8px; }
+.ps-bar { height: 14px; border-radius: 7px; background: var(--neutral-200); overflow: hidden; }
+.ps-fill { height: 100%; background: var(--color-accent); transition: width .5s; }
+.ps-done .ps-fill { background: #2da44e; }
+.ps-failed .ps-fill { background: #e5484d; }
+.ps-aborted .ps-fill { background: #bf8700; }
+/* The plot's floating label would cover the figure's top-left corner. */
+.ps-plot { padding-top: 34px !important; }
+.ps-detail { font-size: .85rem; margin-top: 4px; opacity: .85; }
+"""
+
+
+def build_app() -> gr.Blocks:
+    i18n = I18n()
+    with gr.Blocks(title="PEFT Studio") as demo:
+        header = gr.Markdown("# PEFT Studio\nParameter-efficient fine-tuning of language "
+                             "models, without code.", elem_classes="ps-header")
+        i18n.add(header, "# PEFT Studio\nParameter-efficient fine-tuning of language models, "
+                 "without code.", "# PEFT Studio\n无需编程的大语言模型参数高效微调。")
+        shared = topbar.build(i18n, demo)
+        with gr.Tabs():
+            for name, en, zh in TABS:
+                with i18n.add(gr.Tab(en, id=name), en, zh):
+                    importlib.import_module(f"webui.tabs.{name}").build(shared)
+        # Last, so that every tab's components are registered.
+        shared.lang.change(i18n.updates, shared.lang, i18n.components, show_progress="hidden")
+    return demo
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> None:
+    demo = build_app()
+    demo.queue(default_concurrency_limit=4)
+    demo.launch(server_name=host, server_port=port, share=share, css=CSS,
+                theme=gr.themes.Soft(), footer_links=["gradio", "settings"],
+                run_history=False, show_error=True)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Serve the PEFT Studio web UI")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7860)
+    args = parser.parse_args()
+    launch(args.host, args.port)

@@ -1,0 +1,105 @@
+"""The Train tab's method comparison: the current settings queued across several methods,
+one table and overlaid loss curves. The queue is a detached job (core.compare), so like a
+run it goes on with the page closed, and any page re-reads it from its files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from core import compare, runner
+from core.config import ConfigError
+from core.events import read_events
+from core.methods import METHODS
+from webui import history
+from webui.plots import loss_figure
+from webui.shared import Shared
+from webui.training import problems_markdown
+from webui.widgets import SettingsForm, config_values
+
+
+def start(values: dict[str, Any], methods: list[str], eval_dataset: str | None,
+          eval_samples: int, lang: str = "en") -> tuple[str, str | None]:
+    """(message, comparison folder or None when refused)."""
+    spec = compare.CompareSpec(methods=list(methods or []), settings=config_values(values),
+                               eval_dataset=eval_dataset or None,
+                               eval_max_samples=int(eval_samples or 30))
+    try:
+        job = compare.start(spec)
+    except ConfigError as exc:
+        return problems_markdown(exc, lang), None
+    except ValueError as exc:
+        return f"✗ {exc}", None
+    return f"Queued **{job.name}**: {', '.join(methods)}, one after another.", str(job)
+
+
+def view(job: str | None) -> tuple[str, pd.DataFrame, Any]:
+    """(progress line, table, overlaid loss curves) of a comparison."""
+    if not job or not Path(job).is_dir():
+        return "", pd.DataFrame(columns=list(compare.COLUMNS.values())), None
+    path = Path(job)
+    events, _ = read_events(path)
+    status, end = runner.run_status(path, events)
+    progress = next((e for e in reversed(events) if e["type"] == "progress"), {})
+    line = f"**{path.name}**: {status}"
+    if status == runner.RUNNING and progress:
+        line += f" · {progress['message']} ({progress['done']}/{progress['total']} done)"
+    if end.get("error"):
+        line += f" · {end['error']}"
+    rows = compare.table(path)
+    frame = pd.DataFrame(rows, columns=list(compare.COLUMNS)).rename(columns=compare.COLUMNS)
+    runs = [e["run"] for e in events if e["type"] == "run"]
+    curves, _, _ = history.curves(runs)
+    return line, frame, loss_figure(curves, "loss by method")
+
+
+def latest() -> str | None:
+    found = compare.list_comparisons()
+    return str(found[0]) if found else None
+
+
+def build(form: SettingsForm, shared: Shared) -> None:
+    from core.data.registry import test_sets
+
+    i18n = shared.i18n
+    with i18n.add(gr.Accordion("Compare methods", open=False), "Compare methods", "方法对比"):
+        gr.Markdown("Train the settings above once per chosen method (same data and step "
+                    "budget; each method keeps its own defaults), then compare them in one "
+                    "table.")
+        with gr.Row():
+            methods = i18n.add(gr.CheckboxGroup(
+                [(spec.label.split(" (")[0], mid) for mid, spec in METHODS.items()],
+                value=["lora", "ia3", "adapter"], label="Methods"), "Methods", "方法")
+        with gr.Row():
+            eval_dataset = i18n.add(gr.Dropdown(
+                [("(no evaluation)", "")] + [(t, t) for t in test_sets()], value="",
+                label="Evaluate each on"), "Evaluate each on", "评估数据集")
+            eval_samples = i18n.add(gr.Number(30, label="Evaluation samples", precision=0,
+                                              minimum=1), "Evaluation samples", "评估样本数")
+            go = i18n.add(gr.Button("Start comparison", variant="primary"),
+                          "Start comparison", "开始对比")
+        message = gr.Markdown()
+        progress = gr.Markdown()
+        table = gr.Dataframe(interactive=False, wrap=True)
+        plot = gr.Plot(show_label=False)
+        job = gr.State(None)
+        timer = gr.Timer(2.0)
+
+    def on_start(lang: str, m: list[str], ds: str, n: float, *values: Any) -> list[Any]:
+        text, folder = start(form.named(values), m, ds, int(n or 30), lang)
+        return [text, folder or gr.skip(), *view(folder)] if folder else \
+            [text, gr.skip(), gr.skip(), gr.skip(), gr.skip()]
+
+    go.click(on_start, [shared.lang, methods, eval_dataset, eval_samples, *form.components],
+             [message, job, progress, table, plot])
+    timer.tick(lambda j: view(j), job, [progress, table, plot], show_progress="hidden",
+               concurrency_limit=None)
+
+    def on_load() -> list[Any]:
+        folder = latest()
+        return [folder, *view(folder)]
+
+    shared.blocks.load(on_load, None, [job, progress, table, plot])

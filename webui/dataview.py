@@ -1,0 +1,94 @@
+"""Looking at registered datasets: the list, rows page by page, and what the model will see
+(rendered with its chat template, trained tokens set apart, lengths against the cut-off)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from core.config import SETTINGS
+from core.data.reader import read_rows
+from core.data.registry import load_info, resolve
+from webui import probe
+from webui.plots import length_histogram
+from webui.upload import cell_text
+
+PAGE_SIZE = 10
+TRAINED, MASKED = "trained", "masked"
+COLOR_MAP = {TRAINED: "#2da44e", MASKED: "#d8dee4"}
+
+
+def table() -> pd.DataFrame:
+    rows = [[name, e.get("format", ""), e.get("file", ""), e.get("split", "train"),
+             e.get("description", "")] for name, e in load_info().items()]
+    return pd.DataFrame(rows, columns=["name", "format", "file", "split", "description"])
+
+
+def names() -> list[str]:
+    return list(load_info())
+
+
+@dataclass
+class Page:
+    rows: pd.DataFrame
+    page: int
+    pages: int
+    total: int
+
+    @property
+    def caption(self) -> str:
+        return f"page {self.page} of {self.pages} · {self.total} rows"
+
+
+def page(name: str, number: int = 1, size: int = PAGE_SIZE) -> Page:
+    """Rows of page `number` (1-based, clamped); raises DataError."""
+    entry = resolve(name)
+    rows, columns = read_rows(entry.path)
+    pages = max(1, math.ceil(len(rows) / size))
+    number = min(max(1, int(number or 1)), pages)
+    chunk = rows[(number - 1) * size: number * size]
+    frame = pd.DataFrame([[(number - 1) * size + i + 1, *(cell_text(r.get(c)) for c in columns)]
+                          for i, r in enumerate(chunk)], columns=["#", *columns])
+    return Page(frame, number, pages, len(rows))
+
+
+@dataclass
+class ModelView:
+    segments: list[tuple[str, str]]  # for gr.HighlightedText: (text, trained | masked)
+    figure: Any
+    summary: str
+    sample: int
+    count: int
+
+
+def model_view(model: str | None, dataset: str, sample: int, cutoff_len: int,
+               train_on_prompt: bool) -> ModelView:
+    """Ask the probe how the model tokenizes `dataset`; raises probe.ProbeError."""
+    payload = {
+        "model": model or SETTINGS["model"].default,
+        "dataset": dataset,
+        "cutoff_len": int(cutoff_len),
+        "train_on_prompt": bool(train_on_prompt),
+        "identity_name": SETTINGS["identity_name"].default,
+        "identity_author": SETTINGS["identity_author"].default,
+    }
+    answer = probe.ask("preview", payload)
+    lengths, samples = answer["lengths"], answer["samples"]
+    count = answer["count"]
+    index = min(max(1, int(sample or 1)), max(1, len(samples)))
+    segments = [(text, TRAINED if trained else MASKED)
+                for text, trained in (samples[index - 1] if samples else [])]
+    cut = sum(n > cutoff_len for n in lengths)
+    title = (f"{cut} of {count} samples are longer than the cut-off and would be cut"
+             if cut else f"all {count} samples fit in the cut-off")
+    longest = max(lengths, default=0)
+    summary = (f"Sample **{index}** of {count}: {lengths[index - 1] if lengths else 0} tokens · "
+               f"longest {longest} · mean {sum(lengths) / max(1, len(lengths)):.0f} · "
+               f"**{cut}** cut at {cutoff_len}")
+    if answer.get("kind") == "text":
+        summary += " · raw text: every token is trained (stage pt)"
+    return ModelView(segments, length_histogram(lengths, int(cutoff_len), title), summary,
+                     index, count)

@@ -1,0 +1,181 @@
+"""Following one run from its files: what the Train tab's timer calls every second.
+
+A `Watch` (kept in a gr.State per browser tab) remembers the run folder, the byte offset
+read so far in its events.jsonl and the events themselves; each poll reads only what is
+new. Nothing here holds a process handle, so a reloaded page, a second browser or a
+restarted server re-attaches just by finding the live run in saves/.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core import runner
+from core.events import EVENTS, LOG, read_events, tail_log
+from webui.plots import clock, progress_html
+
+# Looking for a run started elsewhere (CLI, another browser) scans saves/: not every tick.
+SCAN_EVERY = 3.0
+LOG_TAIL_BYTES = 6000
+
+
+@dataclass
+class Watch:
+    run: str | None = None
+    offset: int = 0
+    events: list[dict[str, Any]] = field(default_factory=list)
+    status: str = ""
+    end: dict[str, Any] = field(default_factory=dict)
+    log_size: int = -1
+    scanned: float = 0.0
+
+    @property
+    def live(self) -> bool:
+        return self.status == runner.RUNNING
+
+
+@dataclass
+class Changes:
+    events: bool = False
+    log: bool = False
+    status: bool = False
+
+    @property
+    def any(self) -> bool:
+        return self.events or self.log or self.status
+
+
+def attach(run_dir: str | Path | None) -> Watch:
+    watch = Watch(run=str(run_dir) if run_dir else None)
+    return poll(watch)[0] if run_dir else watch
+
+
+def find_run() -> Path | None:
+    """The live run if there is one, else the newest run (to show how it ended)."""
+    live = runner.active_run()
+    if live is not None:
+        return live
+    runs = runner.list_runs()
+    return runs[0].path if runs else None
+
+
+def poll(watch: Watch, now: float | None = None) -> tuple[Watch, Changes]:
+    """Read what is new. When the watched run is over (or there is none), look every few
+    seconds for a live run started elsewhere and switch to it."""
+    now = time.time() if now is None else now
+    if not watch.live and now - watch.scanned >= SCAN_EVERY:
+        watch.scanned = now
+        live = runner.active_run()
+        if live is not None and str(live) != watch.run:
+            fresh = Watch(run=str(live), scanned=now)
+            return poll(fresh, now)[0], Changes(True, True, True)
+    if watch.run is None:
+        return watch, Changes()
+    run_dir = Path(watch.run)
+    changes = Changes()
+    new, watch.offset = read_events(run_dir, watch.offset)
+    if new:
+        watch.events = watch.events + new
+        changes.events = True
+    status, end = runner.run_status(run_dir, watch.events)
+    if status != watch.status:
+        watch.status, watch.end = status, end
+        changes.status = True
+    size = _size(run_dir / LOG)
+    if size != watch.log_size:
+        watch.log_size = size
+        changes.log = True
+    return watch, changes
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+# -- what the Train tab shows ------------------------------------------------------------
+def progress(watch: Watch) -> str:
+    if watch.run is None:
+        return progress_html(0, 0, None, None, "idle", "no run yet")
+    steps = [e for e in watch.events if e["type"] == "step"]
+    start = _first(watch.events, "start")
+    last = steps[-1] if steps else {}
+    total = last.get("total_steps") or start.get("total_steps") or 0
+    step = last.get("step", 0)
+    if watch.status == runner.DONE:
+        step = total or step
+    eta = last.get("eta") if watch.live else 0.0
+    elapsed = last.get("elapsed")
+    if watch.live and start:
+        elapsed = time.time() - start["time"]
+    caption = f"{Path(watch.run).name}: {watch.status}"
+    if watch.live and not start:
+        caption += " (loading model and data)"
+    return progress_html(step, total, elapsed, eta if steps else None, watch.status, caption)
+
+
+def stats(watch: Watch) -> str:
+    if watch.run is None:
+        return ""
+    start = _first(watch.events, "start")
+    steps = [e for e in watch.events if e["type"] == "step"]
+    evals = [e for e in watch.events if e["type"] == "eval"]
+    lines = []
+    if start:
+        trainable, total = start.get("trainable_params", 0), start.get("total_params", 0)
+        share = 100 * trainable / total if total else 0
+        cut = start.get("truncated_samples") or 0
+        lines.append(
+            f"**{start.get('method', '')}** on {start.get('device', '?')} "
+            f"({start.get('precision', '?')}) · {trainable:,} of {total:,} parameters "
+            f"trainable ({share:.3g}%) · {start.get('train_samples', '?')} training samples"
+            + (f", {cut} cut at the cut-off" if cut else "")
+        )
+    if steps:
+        e = steps[-1]
+        parts = [f"loss **{e['loss']:.4f}**"]
+        if evals:
+            parts.append(f"eval loss **{evals[-1]['eval_loss']:.4f}**")
+        if e.get("learning_rate") is not None:
+            parts.append(f"learning rate {e['learning_rate']:.3g}")
+        if e.get("tokens_per_second") is not None:
+            parts.append(f"**{e['tokens_per_second']:,.0f}** tokens/s")
+        parts.append(f"epoch {e.get('epoch', 0):.2f}")
+        lines.append(" · ".join(parts))
+    if watch.end:
+        lines.append(_ending(watch))
+    return "\n\n".join(lines)
+
+
+def _ending(watch: Watch) -> str:
+    end = watch.end
+    status = watch.status
+    if status == runner.FAILED:
+        return f"✗ **Failed:** {end.get('error') or 'see the log below'}"
+    text = "✓ **Done**" if status == runner.DONE else "■ **Aborted**"
+    if end.get("final_loss") is not None:
+        text += f" · final loss {end['final_loss']:.4f}"
+    if end.get("train_runtime") is not None:
+        text += f" · {clock(end['train_runtime'])}"
+    if end.get("output_dir"):
+        text += f" · saved to `{end['output_dir']}`"
+    return text
+
+
+def log_tail(watch: Watch) -> str:
+    if watch.run is None:
+        return ""
+    return tail_log(watch.run, LOG_TAIL_BYTES)
+
+
+def _first(events: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    return next((e for e in events if e["type"] == kind), {})
+
+
+def events_of(run_dir: str | Path) -> list[dict[str, Any]]:
+    return read_events(run_dir)[0] if (Path(run_dir) / EVENTS).exists() else []

@@ -1,0 +1,161 @@
+"""Questions about a model that need torch or a tokenizer, answered in a short subprocess.
+
+The UI process never imports torch or transformers: it would take seconds and hundreds of
+megabytes at start-up, and a model loaded there would compete with training for memory.
+`ask(command, payload)` runs `python -m webui.probe COMMAND` with the payload as JSON on
+stdin and reads one JSON answer from stdout; answers are cached per payload, so asking
+again about the same model and settings is instant.
+
+Commands:
+  inspect  payload: a run's settings. Builds the model on the "meta" device (no weights
+           are read) with the method applied: trainable and total parameters, and the
+           names of its linear layers (the choices for target modules).
+  preview  payload: model, dataset, cutoff_len, train_on_prompt, stage and the identity
+           placeholders. Every sample's token length, and for the first PREVIEW_LIMIT
+           samples the rendered text as (segment, trained) pieces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MARK = "@@probe@@ "  # libraries may print to stdout too; our answer is the marked line
+PREVIEW_LIMIT = 500
+TIMEOUT = 600
+CACHE_SIZE = 32  # answers about previews hold every sample's text: keep only the recent
+
+_cache: dict[str, dict[str, Any]] = {}
+_lock = threading.Lock()
+
+
+class ProbeError(RuntimeError):
+    pass
+
+
+def ask(command: str, payload: dict[str, Any], timeout: float = TIMEOUT) -> dict[str, Any]:
+    """The probe's answer; raises ProbeError with the probe's own message on failure."""
+    key = command + json.dumps(payload, sort_keys=True, default=str)
+    with _lock:
+        if key in _cache:
+            return _cache[key]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "webui.probe", command],
+            input=json.dumps(payload, default=str), capture_output=True, text=True,
+            timeout=timeout, cwd=str(ROOT), env=env,
+        )
+    except subprocess.TimeoutExpired:
+        raise ProbeError(f"the model check took longer than {timeout:g} s") from None
+    answer = next((line[len(MARK):] for line in reversed(proc.stdout.splitlines())
+                   if line.startswith(MARK)), None)
+    if answer is None:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise ProbeError("the model check crashed: " + " | ".join(tail))
+    result = json.loads(answer)
+    if "error" in result:
+        raise ProbeError(result["error"])
+    with _lock:
+        _cache[key] = result
+        while len(_cache) > CACHE_SIZE:
+            _cache.pop(next(iter(_cache)))
+    return result
+
+
+# -- inside the subprocess ----------------------------------------------------------------
+def inspect_model(settings: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from core import models
+    from core.config import RunConfig
+    from core.methods.common import apply_method, count_parameters, target_candidates
+
+    cfg = RunConfig(**settings)
+    # Counting needs shapes only: no quantization (it needs real weights and a GPU; it
+    # changes no count) and no data-dependent initialisation such as PiSSA's SVD.
+    changes: dict[str, Any] = {}
+    if "quantization" in cfg.to_dict():
+        changes["quantization"] = "none"
+    if "lora_init" in cfg.to_dict():
+        changes["lora_init"] = "default"
+    cfg = cfg.replace(**changes) if changes else cfg
+    location = models.local_folder(cfg.model)
+    config = AutoConfig.from_pretrained(location, trust_remote_code=cfg.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    targets = target_candidates(model)
+    model = apply_method(model, cfg)
+    trainable, total = count_parameters(model)
+    return {"trainable": trainable, "total": total, "targets": targets,
+            "model_type": getattr(config, "model_type", "")}
+
+
+def preview_data(payload: dict[str, Any]) -> dict[str, Any]:
+    from types import SimpleNamespace
+
+    from core import models
+    from core.data.encode import preview, token_lengths
+    from core.data.loader import load_examples
+
+    tokenizer = models.load_tokenizer(payload["model"], payload.get("trust_remote_code", False))
+    opts = SimpleNamespace(max_samples=0, identity_name=payload.get("identity_name", ""),
+                           identity_author=payload.get("identity_author", ""))
+    examples = load_examples([payload["dataset"]], opts)
+    cutoff = int(payload["cutoff_len"])
+    lengths = token_lengths(examples, tokenizer)
+    samples = []
+    for ex in examples[:PREVIEW_LIMIT]:
+        if "messages" in ex:
+            samples.append(preview(tokenizer, ex["messages"], cutoff,
+                                   bool(payload.get("train_on_prompt"))))
+        else:
+            samples.append(_text_preview(tokenizer, ex["text"], cutoff))
+    return {"lengths": lengths, "samples": samples, "count": len(examples),
+            "kind": "messages" if examples and "messages" in examples[0] else "text"}
+
+
+def _text_preview(tokenizer: Any, text: str, cutoff: int) -> list[tuple[str, bool]]:
+    """Raw text is trained on entirely; show where cutoff_len cuts it."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    end = offsets[min(cutoff, len(offsets)) - 1][1] if offsets else len(text)
+    return [(text[:end], True)]
+
+
+COMMANDS = {"inspect": inspect_model, "preview": preview_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0] not in COMMANDS:
+        print(f"usage: python -m webui.probe {{{','.join(COMMANDS)}}} < payload.json",
+              file=sys.stderr)
+        return 2
+    payload = json.loads(sys.stdin.read() or "{}")
+    try:
+        result = COMMANDS[argv[0]](payload)
+    except Exception as exc:  # the UI shows the message; the details go to stderr
+        import traceback
+
+        traceback.print_exc()
+        result = {"error": _readable(exc)}
+    print(MARK + json.dumps(result), flush=True)
+    return 0
+
+
+def _readable(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if type(exc).__module__.startswith("core") else f"{type(exc).__name__}: {text}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per tab, each with `build(shared)`; see webui.shared for the contract."""

@@ -1,0 +1,141 @@
+"""The Train tab's actions as plain functions of setting values (a {setting: value} dict),
+so tests call them without a browser: start, abort, count parameters, preview the command,
+save and load settings as YAML files and named presets."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core import runner
+from core.config import SETTINGS, ConfigError, RunConfig
+from core.paths import saves_dir
+from webui import probe
+from webui.i18n import Text
+from webui.widgets import config_values, from_config, to_config
+
+PRESET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+PROBLEMS = Text("**Cannot start: {n} problem(s) in the settings**",
+                "**无法开始：设置中有 {n} 个问题**")
+STARTED = Text("Started run **{name}**.", "已开始运行 **{name}**。")
+BUSY = Text("⚠ {error}", "⚠ {error}")
+ABORTING = Text("Stopping **{name}**: it finishes the current step and saves what it has "
+                "trained.", "正在停止 **{name}**：完成当前步骤后保存已训练的结果。")
+NOTHING_TO_ABORT = Text("No run is training.", "当前没有正在训练的运行。")
+
+
+@dataclass
+class Started:
+    run_dir: Path | None
+    message: str
+
+
+def problems_markdown(exc: ConfigError, lang: str = "en") -> str:
+    items = "\n".join(f"- `{p.split(':', 1)[0]}`:{p.split(':', 1)[1]}" if ":" in p else f"- {p}"
+                      for p in exc.problems)
+    return f"{PROBLEMS(lang, n=len(exc.problems))}\n\n{items}"
+
+
+def start(values: dict[str, Any], lang: str = "en") -> Started:
+    """Validate and start a run; on bad settings nothing starts and every problem is
+    listed."""
+    try:
+        cfg = to_config(values)
+    except ConfigError as exc:
+        return Started(None, problems_markdown(exc, lang))
+    try:
+        run_dir = runner.start(cfg)
+    except runner.BusyError as exc:
+        return Started(None, BUSY(lang, error=exc))
+    return Started(run_dir, STARTED(lang, name=run_dir.name))
+
+
+def abort(run_dir: str | Path | None, lang: str = "en") -> str:
+    """Ask the run to stop, in a background thread: runner.abort waits for the trainer
+    to save (up to a minute) and the UI must stay responsive meanwhile."""
+    if not run_dir or runner.run_status(Path(run_dir))[0] != runner.RUNNING:
+        return NOTHING_TO_ABORT(lang)
+    threading.Thread(target=runner.abort, args=(Path(run_dir),), daemon=True).start()
+    return ABORTING(lang, name=Path(run_dir).name)
+
+
+# -- parameters ---------------------------------------------------------------------------
+def inspect_payload(values: dict[str, Any]) -> dict[str, Any]:
+    """The settings a parameter count depends on: the model and the method's own. Other
+    settings (data, schedule) are left out so that the probe's cache keeps hitting."""
+    usable = config_values(values)
+    keep = {"model", "method", "trust_remote_code"}
+    payload = {k: v for k, v in usable.items() if k in keep or SETTINGS[k].group == "method"}
+    RunConfig(**payload)  # raises ConfigError listing every problem
+    return payload
+
+
+def count_parameters(values: dict[str, Any]) -> dict[str, Any]:
+    """{"trainable", "total", "share", "targets", "model_type"} from the probe; raises
+    ConfigError or probe.ProbeError."""
+    result = dict(probe.ask("inspect", inspect_payload(values)))
+    result["share"] = result["trainable"] / result["total"] if result["total"] else 0.0
+    return result
+
+
+def parameters_markdown(result: dict[str, Any]) -> str:
+    return (f"**{result['trainable']:,}** of {result['total']:,} parameters trainable "
+            f"(**{100 * result['share']:.3g}%**) · {result.get('model_type') or 'model'}")
+
+
+# -- command and YAML ---------------------------------------------------------------------
+def preview(values: dict[str, Any], lang: str = "en") -> tuple[str, str, str]:
+    """(CLI command, YAML, problems markdown)."""
+    try:
+        cfg = to_config(values)
+    except ConfigError as exc:
+        return "", "", problems_markdown(exc, lang)
+    return cfg.to_cli(), cfg.to_yaml(), ""
+
+
+def save_yaml(values: dict[str, Any]) -> Path:
+    """The settings as a YAML file to download; raises ConfigError."""
+    cfg = to_config(values)
+    folder = Path(tempfile.mkdtemp(prefix="peft-studio-"))
+    path = folder / f"{cfg.run_name or cfg.method}.yaml"
+    cfg.save(path)
+    return path
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Widget values from a YAML file; raises ConfigError listing every problem."""
+    return from_config(RunConfig.load(path))
+
+
+# -- presets ------------------------------------------------------------------------------
+def presets_dir() -> Path:
+    return saves_dir() / "presets"
+
+
+def list_presets() -> list[str]:
+    folder = presets_dir()
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def save_preset(name: str, values: dict[str, Any]) -> Path:
+    name = (name or "").strip()
+    # "config" would make saves/presets/ look like a run folder (runs hold config.yaml).
+    if not PRESET_RE.match(name) or name == "config":
+        raise ConfigError([f"preset name {name!r}: use letters, digits, '_', '-' or '.' "
+                           "(not 'config')"])
+    cfg = to_config(values)
+    presets_dir().mkdir(parents=True, exist_ok=True)
+    path = presets_dir() / f"{name}.yaml"
+    cfg.save(path)
+    return path
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    if name not in list_presets():
+        raise ConfigError([f"no preset named {name!r}"])
+    return load_yaml(presets_dir() / f"{name}.yaml")

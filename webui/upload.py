@@ -1,0 +1,124 @@
+"""Adding a dataset from an uploaded file: detect its format, let the user map columns to
+roles when the guess is unsure, validate every row, and register it only when all rows are
+good (core.data.registry.register writes dataset_info.json atomically)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from core.data.formats import FIELDS, FORMATS, REQUIRED, DataError, detect_format, validate_file
+from core.data.reader import read_rows
+from core.data.registry import NAME_RE, load_info, register
+
+UPLOAD_TYPES = [".json", ".jsonl", ".csv", ".parquet"]
+# Every role any format reads, in the order the mapping dropdowns are laid out.
+ROLES: tuple[str, ...] = tuple(dict.fromkeys(r for fmt in FORMATS for r in FIELDS[fmt]))
+PROBLEM_COLUMNS = ["row", "field", "reason"]
+MAX_PROBLEMS_SHOWN = 500
+
+
+@dataclass
+class Inspection:
+    columns: list[str]
+    rows: int
+    format: str | None
+    mapping: dict[str, str]
+    confident: bool
+    note: str
+    sample: pd.DataFrame
+    name: str
+
+
+@dataclass
+class Registration:
+    ok: bool
+    message: str
+    problems: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=PROBLEM_COLUMNS))
+
+
+def suggested_name(path: str | Path) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(path).stem).strip("_-") or "dataset"
+    name, n = stem[:60], 2
+    taken = load_info()
+    while name in taken:
+        name, n = f"{stem[:56]}_{n}", n + 1
+    return name
+
+
+def inspect_upload(path: str | Path) -> Inspection:
+    """Read the file and guess its format; raises DataError if it cannot be read."""
+    if Path(path).suffix.lower() not in UPLOAD_TYPES:
+        raise DataError(f"upload a {', '.join(UPLOAD_TYPES)} file", file=path)
+    rows, columns = read_rows(path)
+    found = detect_format(columns)
+    sample = pd.DataFrame([{c: cell_text(r.get(c)) for c in columns} for r in rows[:5]],
+                          columns=columns)
+    return Inspection(columns, len(rows), found.format, dict(found.columns), found.confident,
+                      found.note, sample, suggested_name(path))
+
+
+def roles(fmt: str | None) -> dict[str, bool]:
+    """{role: required} for a format's mapping dropdowns."""
+    if fmt not in FIELDS:
+        return {}
+    return {r: r in REQUIRED[fmt] for r in FIELDS[fmt]}
+
+
+def default_mapping(fmt: str | None, columns: list[str], detected: dict[str, str]) -> dict:
+    """Each role's column: the detected one, else a column named like the role, else none."""
+    return {r: detected.get(r) or (r if r in columns else "") for r in roles(fmt)}
+
+
+def register_upload(path: str | Path | None, name: str, fmt: str | None,
+                    mapping: dict[str, str]) -> Registration:
+    """Validate every row, then register. A bad file registers nothing; its problems are
+    returned one per row."""
+    if not path:
+        return Registration(False, "Upload a file first.")
+    name = (name or "").strip()
+    if not NAME_RE.match(name):
+        return Registration(False, f"Bad dataset name {name!r}: use 1-64 letters, digits, "
+                                   "'_' or '-', starting with a letter or digit.")
+    if name in load_info():
+        return Registration(False, f"A dataset named {name!r} already exists; choose "
+                                   "another name.")
+    if fmt not in FORMATS:
+        return Registration(False, f"Choose a format: {', '.join(FORMATS)}.")
+    wanted = roles(fmt)
+    missing = [r for r, required in wanted.items() if required and not mapping.get(r)]
+    if missing:
+        return Registration(False, "Choose the column for: " + ", ".join(missing) + ".")
+    # Only the roles whose column differs from the role's own name need recording.
+    columns = {r: c for r, c in mapping.items() if r in wanted and c and c != r}
+    problems = validate_file(path, fmt, columns)
+    if problems:
+        table = pd.DataFrame(
+            [[p.row if p.row is not None else "", p.field or "", p.reason]
+             for p in problems[:MAX_PROBLEMS_SHOWN]], columns=PROBLEM_COLUMNS)
+        rows = len({p.row for p in problems if p.row is not None})
+        what = f"{rows} bad row(s)" if rows else "a problem with the file"
+        return Registration(False, f"✗ Not registered: {what}. Fix the file and upload it "
+                                   "again; nothing was changed.", table)
+    try:
+        register(name, path, fmt, columns or None)
+    except DataError as exc:
+        return Registration(False, f"✗ Not registered: {exc}")
+    return Registration(True, f"✓ Registered **{name}** ({fmt}). It is now in the dataset "
+                              "lists of the Train tab.")
+
+
+def cell_text(value: Any, limit: int = 300) -> str:
+    """A cell as short text for a table: lists and objects as JSON."""
+    import json
+
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False,
+                                                            default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
