@@ -74,6 +74,17 @@ def checkpoints(run_dir: Path) -> dict[str, Path]:
     return found
 
 
+def checkpoint_names(run: str | None) -> list[str]:
+    """The choices of a run's result picker: "final" first, then its checkpoints; just
+    "final" for no run, or one that is gone."""
+    if not run:
+        return ["final"]
+    try:
+        return list(checkpoints(resolve_run(run))) or ["final"]
+    except ValueError:
+        return ["final"]
+
+
 # -- what to talk to ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Target:

@@ -19,7 +19,6 @@ import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,21 +62,9 @@ def default_dataset(run_dir: Path) -> str | None:
 
 def start(spec: EvalSpec) -> Path:
     """Start an evaluation job; return its folder."""
-    from core.runner import spawn
+    from core.runner import start_job
 
-    evals = Path(spec.run_dir) / "evals"
-    evals.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for i in range(1, 1000):
-        job = evals / (stamp if i == 1 else f"{stamp}-{i}")
-        try:
-            job.mkdir()
-            break
-        except FileExistsError:
-            continue
-    (job / SPEC_FILE).write_text(yaml.safe_dump(asdict(spec), sort_keys=False))
-    spawn(job, ["-m", "core.evaluate", str(job / SPEC_FILE)])
-    return job
+    return start_job(Path(spec.run_dir) / "evals", "core.evaluate", asdict(spec), SPEC_FILE)
 
 
 @dataclass

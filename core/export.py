@@ -28,7 +28,6 @@ import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -134,22 +133,10 @@ def check(spec: ExportSpec) -> tuple[Path, str, str]:
 # -- starting and listing (UI and CLI side: no torch) ------------------------------------
 def start(spec: ExportSpec) -> Path:
     """Check the request, start the export job, return its folder."""
-    from core.runner import spawn
+    from core.runner import start_job
 
     check(spec)
-    jobs = Path(spec.run_dir) / "exports"
-    jobs.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for i in range(1, 1000):
-        job = jobs / (stamp if i == 1 else f"{stamp}-{i}")
-        try:
-            job.mkdir()
-            break
-        except FileExistsError:
-            continue
-    (job / SPEC_FILE).write_text(yaml.safe_dump(asdict(spec), sort_keys=False))
-    spawn(job, ["-m", "core.export", str(job / SPEC_FILE)])
-    return job
+    return start_job(Path(spec.run_dir) / "exports", "core.export", asdict(spec), SPEC_FILE)
 
 
 def job_state(job: Path) -> dict[str, Any]:

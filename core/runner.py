@@ -21,6 +21,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from core.config import RunConfig
 from core.events import LOG, EventWriter, read_events
 from core.paths import ROOT, saves_dir
@@ -168,19 +170,32 @@ def active_run(saves: Path | None = None) -> Path | None:
     return None
 
 
-def new_run_dir(cfg: RunConfig, saves: Path | None = None) -> Path:
-    """A fresh folder; an existing run is never reused, a suffix is added instead."""
-    saves = saves or saves_dir()
-    saves.mkdir(parents=True, exist_ok=True)
-    base = cfg.run_name or f"{cfg.method}-{datetime.now():%Y%m%d-%H%M%S}"
+def unique_dir(parent: Path, base: str) -> Path:
+    """Create parent/base, or parent/base-2, -3, ... if taken: a job never reuses a folder."""
+    parent.mkdir(parents=True, exist_ok=True)
     for i in range(1, 10_000):
-        path = saves / (base if i == 1 else f"{base}-{i}")
+        path = parent / (base if i == 1 else f"{base}-{i}")
         try:
             path.mkdir()
             return path
         except FileExistsError:
             continue
-    raise RuntimeError(f"no free run folder name for {base!r} in {saves}")
+    raise RuntimeError(f"no free folder name for {base!r} in {parent}")
+
+
+def new_run_dir(cfg: RunConfig, saves: Path | None = None) -> Path:
+    """A fresh folder; an existing run is never reused, a suffix is added instead."""
+    return unique_dir(saves or saves_dir(),
+                      cfg.run_name or f"{cfg.method}-{datetime.now():%Y%m%d-%H%M%S}")
+
+
+def start_job(parent: Path, module: str, spec: dict[str, Any], spec_file: str) -> Path:
+    """Start `python -m module SPEC` (an evaluation, an export) in a fresh time-stamped
+    folder under `parent` holding its spec; return the folder."""
+    job = unique_dir(parent, f"{datetime.now():%Y%m%d-%H%M%S}")
+    (job / spec_file).write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    spawn(job, ["-m", module, str(job / spec_file)])
+    return job
 
 
 def start(cfg: RunConfig, saves: Path | None = None) -> Path:

@@ -25,9 +25,10 @@ from browser_support import (  # noqa: E402
 )
 
 STEPS = 16
+# From sentiment_test (held out): the base model calls it positive, the tuned one negative.
 REVIEW = ("Classify the sentiment of this review. Answer with exactly one word: positive or "
-          "negative.\n\nThe soup arrived cold and the waiter ignored us for twenty minutes, "
-          "though the bread was fresh.")
+          "negative.\n\nThe rain jacket looks beautifully designed in the photos and the "
+          "price was great, but it cracked the first time I used it.")
 TRAIN_SETTINGS = {  # the slow test's recipe (tests/test_evaluate.py), logged every step
     "max_steps": str(STEPS), "learning_rate": "1e-3", "batch_size": "4",
     "gradient_accumulation_steps": "1", "cutoff_len": "128", "warmup_steps": "2",
@@ -61,6 +62,7 @@ def main() -> int:
 
         # -- Train: a short LoRA on sentiment, watched live -----------------------------------
         page.get_by_role("tab", name="Train").click()
+        page.get_by_role("button", name="Count parameters").click()
         wait_for(lambda: "parameters trainable" in page.locator("#param-count").inner_text(),
                  120, "the trainable-parameter count")
         page.locator("#setting-dataset [title=Clear]").click()
@@ -85,9 +87,10 @@ def main() -> int:
         page.get_by_role("tab", name="Evaluate").click()
         page.get_by_role("button", name="Refresh").first.click()
         page.wait_for_timeout(1500)
-        page.get_by_label("Max samples").fill("30")
-        page.get_by_label("Max new tokens").fill("4")
-        page.get_by_label("Batch size").fill("10")
+        for name, value in (("max-samples", "30"), ("max-new-tokens", "4"),
+                            ("batch-size", "10")):
+            page.locator(f"#eval-{name} input").fill(value)
+            page.locator(f"#eval-{name} input").press("Tab")
         page.locator("#eval-start").click()
         wait_for(lambda: "Exact match" in page.locator("#eval-metrics").inner_text(), 600,
                  "the evaluation")

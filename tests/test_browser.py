@@ -150,5 +150,10 @@ def test_train_reload_and_reattach(app, tiny_model_dir, output_dir):
         wait_for(lambda: "done" in page.locator("#history-details").inner_text(), 10,
                  "the selected run's details")
         shot(page, "06_done_and_history")
+
+        # -- the finished run is offered in Chat without a reload ----------------------------
+        page.get_by_role("tab", name="Chat").click()
+        wait_for(lambda: page.locator("#chat-run input").input_value() == run_name, 15,
+                 "the new run in the Chat tab")
         assert not errors, errors
         browser.close()

@@ -21,7 +21,7 @@ CASES = [
     ("lora", {"use_dora": True}),
     ("lora", {"use_rslora": True}),
     ("lora", {"lora_init": "pissa"}),
-    ("lora", {"loraplus_lr_ratio": 16.0}),
+    ("lora", {"use_loraplus": True}),
     ("lora", {"quantization": "4bit"}),  # QLoRA, bitsandbytes on CPU
     ("ia3", {}),
     ("prefix", {}),
@@ -238,11 +238,23 @@ def test_ia3_names_the_layers_it_could_target(tiny_model_dir):
         apply_method(load_base_for_training(cfg), cfg)
 
 
-def test_prefix_refuses_gradient_checkpointing():
-    # peft's prefix key/values break under activation recomputation: refuse it before any run
-    with pytest.raises(ConfigError, match="gradient_checkpointing: does not work with prefix"):
-        RunConfig(method="prefix", gradient_checkpointing=True)
-    assert RunConfig(method="prompt", gradient_checkpointing=True).gradient_checkpointing
+def test_loraplus_gives_b_matrices_the_higher_learning_rate(tiny_model_dir, tmp_path):
+    from transformers import TrainingArguments
+
+    from core.methods.common import apply_method, load_base_for_training
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    lora = implementation("lora")
+    for use, ratio in ((False, 16.0), (True, 16.0), (True, 4.0)):
+        cfg = RunConfig(model=str(tiny_model_dir), learning_rate=1e-3, use_loraplus=use,
+                        loraplus_lr_ratio=ratio)
+        optimizer = lora.create_optimizer(apply_method(load_base_for_training(cfg), cfg),
+                                          cfg, args)
+        if not use:
+            assert optimizer is None  # the Trainer builds its usual optimizer
+            continue
+        rates = {round(g["lr"], 9) for g in optimizer.param_groups if g["params"]}
+        assert rates == {1e-3, round(1e-3 * ratio, 9)}, rates
 
 
 def test_config_rejects_another_methods_setting():

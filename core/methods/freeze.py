@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from core.methods import MethodSpec
+
+# The result is a whole model, saved, loaded and "merged" exactly as full tuning's.
+from core.methods.full import load, merge, save  # noqa: F401
 from core.settings import Setting as S
 
 SPEC = MethodSpec(
@@ -57,18 +59,4 @@ def wrap(model: Any, cfg: Any) -> Any:
             raise ValueError(f"freeze_extra_modules: no module named {extra!r} in this model")
         for m in found:
             m.requires_grad_(True)
-    return model
-
-
-def save(model: Any, out_dir: Path, cfg: Any = None) -> None:
-    model.save_pretrained(str(out_dir), safe_serialization=True)
-
-
-def load(base_model: Any, out_dir: Path, cfg: Any = None) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(out_dir), dtype=base_model.dtype)
-
-
-def merge(model: Any) -> Any:
     return model

@@ -41,9 +41,12 @@ SPEC = MethodSpec(
           "or pissa (from the principal singular vectors of the weight: converges faster).",
           "method", label="Initialisation", label_zh="初始化方式",
           choices=("default", "gaussian", "pissa"), advanced=True),
-        S("loraplus_lr_ratio", 0.0, "LoRA+: train the B matrices this many times faster "
-          "than A (16 is the paper's choice; 0 = off).", "method", label="LoRA+ LR ratio",
-          label_zh="LoRA+ 学习率比例", minimum=0.0, maximum=1024.0),
+        S("use_loraplus", False, "LoRA+: give the B matrices a higher learning rate than "
+          "A; often learns faster at the same cost.", "method", label="LoRA+",
+          label_zh="使用 LoRA+"),
+        S("loraplus_lr_ratio", 16.0, "With LoRA+: how many times A's learning rate the B "
+          "matrices get (16 is the paper's choice).", "method", label="LoRA+ LR ratio",
+          label_zh="LoRA+ 学习率比例", minimum=1.0, maximum=1024.0),
     ),
 )
 
@@ -67,7 +70,7 @@ def wrap(model: Any, cfg: Any) -> Any:
 
 
 def create_optimizer(model: Any, cfg: Any, args: Any) -> Any:
-    if not cfg.loraplus_lr_ratio:
+    if not cfg.use_loraplus:
         return None
     from peft.optimizers import create_loraplus_optimizer
     from transformers import Trainer

@@ -19,7 +19,7 @@ from core.chat import (
     GenerationSettings,
     Target,
     base_target,
-    checkpoints,
+    checkpoint_names,
     finished_runs,
     resolve_run,
     run_target,
@@ -54,12 +54,7 @@ def run_choices() -> list[str]:
 
 
 def _checkpoint_choices(run: str | None) -> list[str]:
-    if not run or run in (BASE_ONLY, NONE):
-        return ["final"]
-    try:
-        return list(checkpoints(resolve_run(run))) or ["final"]
-    except ValueError:
-        return ["final"]
+    return checkpoint_names(None if run in (BASE_ONLY, NONE) else run)
 
 
 def targets(model: str | None, run: str, checkpoint: str, compare: bool,
@@ -134,7 +129,7 @@ def build(shared: Shared) -> None:
     runs = run_choices()
     with gr.Row(equal_height=True):
         run = i18n.add(gr.Dropdown([BASE_ONLY, *runs], value=runs[0] if runs else BASE_ONLY,
-                                   label="Run", scale=3),
+                                   label="Run", scale=3, elem_id="chat-run"),
                        "Run", "训练结果", "A finished run, or the base model chosen at the top",
                        "已完成的训练，或顶部选择的基础模型")
         checkpoint = i18n.add(gr.Dropdown(_checkpoint_choices(runs[0] if runs else None),
@@ -146,6 +141,7 @@ def build(shared: Shared) -> None:
         second = i18n.add(gr.Dropdown([NONE, *runs], value=NONE, label="Also compare with",
                                       scale=2), "Also compare with", "再对比另一个训练结果")
         refresh = i18n.add(gr.Button("Refresh", scale=0, min_width=80), "Refresh", "刷新")
+    known = gr.State(runs)  # the finished runs this page has listed
     with gr.Row(equal_height=True):
         load = i18n.add(gr.Button("Load", variant="secondary", scale=0, min_width=100,
                                   elem_id="chat-load"),
@@ -208,11 +204,16 @@ def build(shared: Shared) -> None:
         choices = _checkpoint_choices(run_)
         return gr.update(choices=choices, value=choices[0])
 
-    def on_refresh(run_: str, second_: str) -> list[Any]:
+    def on_refresh(run_: str, second_: str, known_: list[str]) -> list[Any]:
         runs_ = run_choices()
-        return [gr.update(choices=[BASE_ONLY, *runs_],
-                          value=run_ if run_ in runs_ else BASE_ONLY),
-                gr.update(choices=[NONE, *runs_], value=second_ if second_ in runs_ else NONE)]
+        if run_ not in runs_:
+            # A run that just finished is what the person wants to talk to; a choice they
+            # made among the runs they already had stays.
+            fresh = [r for r in runs_ if r not in known_]
+            run_ = fresh[0] if fresh else BASE_ONLY
+        return [gr.update(choices=[BASE_ONLY, *runs_], value=run_),
+                gr.update(choices=[NONE, *runs_], value=second_ if second_ in runs_ else NONE),
+                runs_]
 
     def on_load(model, run_, ckpt, compare_, second_, lang) -> Iterator[str]:
         try:
@@ -270,9 +271,8 @@ def build(shared: Shared) -> None:
                     shared.model.change):
         trigger(show_panes, [*selection, shared.lang], pane_outputs)
     run.change(on_run, run, checkpoint)
-    refresh.click(on_refresh, [run, second], [run, second])
-    shared.runs_changed.change(on_refresh, [run, second], [run, second])
-    shared.blocks.load(on_refresh, [run, second], [run, second])
+    for event in (refresh.click, shared.runs_changed.change, shared.blocks.load):
+        event(on_refresh, [run, second, known], [run, second, known])
     load.click(on_load, [*selection, shared.lang], status)
     unload.click(on_unload, shared.lang, status)
     inputs = [message, *selection, system, max_new_tokens, greedy, temperature, top_p, top_k,

@@ -33,14 +33,16 @@ class _Upload:
 def build(shared: Shared) -> None:
     i18n = shared.i18n
     with gr.Row(equal_height=False):
-        with gr.Column(scale=5):
+        with gr.Column(scale=3):
             i18n.add(gr.Markdown("### Registered datasets"), "### Registered datasets",
                      "### 已注册的数据集")
-            listing = gr.Dataframe(interactive=False, wrap=True,
-                                   max_height=300)
-            browse, page_no, caption, rows = _browser(shared)
-        with gr.Column(scale=4):
+            listing = gr.Dataframe(interactive=False, wrap=True, max_height=480,
+                                   column_widths=["17%", "10%", "20%", "9%", "44%"])
+        with gr.Column(scale=2):
             up = _uploader(shared)
+    # Full width: rows of instruction data are long, and half a page hid all but the
+    # first column.
+    browse, page_no, caption, rows = _browser(shared)
     _model_view(shared, browse)
     show = _wire_browser(browse, page_no, caption, rows)
     _wire_upload(shared, up, listing, browse)
@@ -58,6 +60,7 @@ def build(shared: Shared) -> None:
 def _browser(shared: Shared) -> tuple[gr.Dropdown, gr.Number, gr.Markdown, gr.Dataframe]:
     i18n = shared.i18n
     names = dataview.names()
+    i18n.add(gr.Markdown("### Rows"), "### Rows", "### 数据行")
     with gr.Row():
         browse = i18n.add(gr.Dropdown(names, value=names[0] if names else None,
                                       label="Dataset", scale=3, elem_id="data-browse"),
@@ -83,7 +86,11 @@ def _wire_browser(browse: gr.Dropdown, page_no: gr.Number, caption: gr.Markdown,
             p = dataview.page(name, int(number or 1))
         except DataError as exc:
             return None, gr.skip(), f"✗ {exc}"
-        return p.rows, p.page, p.caption
+        # Equal shares after a narrow row number: left to itself the table gives the first
+        # long column the whole width and hides the rest behind a horizontal scroll.
+        share = f"{94 / max(1, len(p.rows.columns) - 1):.1f}%"
+        widths = ["6%", *[share] * (len(p.rows.columns) - 1)]
+        return gr.update(value=p.rows, column_widths=widths), p.page, p.caption
 
     browse.change(lambda n: show(n, 1), browse, [rows, page_no, caption])
     page_no.change(show, [browse, page_no], [rows, page_no, caption],

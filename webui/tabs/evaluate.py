@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 
 from core import evaluate as ev
-from core.chat import checkpoints, finished_runs, resolve_run
+from core.chat import checkpoint_names, finished_runs, resolve_run
 from webui.i18n import Text
 from webui.shared import Shared
 
@@ -202,7 +202,7 @@ def build(shared: Shared) -> None:
     datasets = dataset_choices(first)
     with gr.Row(equal_height=True):
         run = i18n.add(gr.Dropdown(runs, value=first, label="Run", scale=3), "Run", "训练结果")
-        checkpoint = i18n.add(gr.Dropdown(_checkpoints(first), value="final",
+        checkpoint = i18n.add(gr.Dropdown(checkpoint_names(first), value="final",
                                           label="Checkpoint", scale=1), "Checkpoint", "检查点")
         dataset = i18n.add(gr.Dropdown(datasets, value=_default_dataset(first, datasets),
                                        label="Dataset", scale=3),
@@ -210,12 +210,15 @@ def build(shared: Shared) -> None:
                            "generalises", "留出的测试集能说明微调是否泛化")
         refresh = i18n.add(gr.Button("Refresh", scale=0, min_width=80), "Refresh", "刷新")
     with gr.Row(equal_height=True):
-        max_samples = i18n.add(gr.Number(50, precision=0, minimum=0, label="Max samples"),
+        max_samples = i18n.add(gr.Number(50, precision=0, minimum=0, label="Max samples",
+                                         elem_id="eval-max-samples"),
                                "Max samples", "最大样本数", "0 = all", "0 表示全部")
         max_new_tokens = i18n.add(gr.Number(64, precision=0, minimum=1,
-                                            label="Max new tokens"),
+                                            label="Max new tokens",
+                                            elem_id="eval-max-new-tokens"),
                                   "Max new tokens", "最大生成词元数")
-        batch_size = i18n.add(gr.Number(8, precision=0, minimum=1, label="Batch size"),
+        batch_size = i18n.add(gr.Number(8, precision=0, minimum=1, label="Batch size",
+                                        elem_id="eval-batch-size"),
                               "Batch size", "批大小")
         include_base = i18n.add(gr.Checkbox(True, label="Also evaluate the base model"),
                                 "Also evaluate the base model", "同时评估基础模型")
@@ -238,7 +241,7 @@ def build(shared: Shared) -> None:
     def on_run(run_: str | None) -> list[Any]:
         choices = _past_choices(run_)
         latest = choices[0][1] if choices else None
-        return [gr.update(choices=_checkpoints(run_), value="final"),
+        return [gr.update(choices=checkpoint_names(run_), value="final"),
                 gr.update(choices=dataset_choices(run_),
                           value=_default_dataset(run_, dataset_choices(run_))),
                 gr.update(choices=choices, value=latest)]
@@ -298,15 +301,6 @@ def build(shared: Shared) -> None:
                [progress, message, metrics, predictions, past, timer])
     abort.click(on_abort, job, None)
     past.change(_show, past, [metrics, predictions])
-
-
-def _checkpoints(run: str | None) -> list[str]:
-    if not run:
-        return ["final"]
-    try:
-        return list(checkpoints(resolve_run(run))) or ["final"]
-    except ValueError:
-        return ["final"]
 
 
 def _default_dataset(run: str | None, choices: list[tuple[str, str]]) -> str | None:

@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 
 from core import export as ex
-from core.chat import checkpoints, finished_runs, resolve_run
+from core.chat import checkpoint_names, checkpoints, finished_runs, resolve_run
 from core.methods import METHODS
 from core.methods.common import read_manifest
 from webui.i18n import Text
@@ -59,15 +59,6 @@ def _default_name(run: str | None, adapter_only: bool) -> str:
     return f"{run}-{'adapter' if adapter_only else 'merged'}" if run else ""
 
 
-def _checkpoints(run: str | None) -> list[str]:
-    if not run:
-        return ["final"]
-    try:
-        return list(checkpoints(resolve_run(run))) or ["final"]
-    except ValueError:
-        return ["final"]
-
-
 def _history(run: str | None) -> str:
     if not run:
         return ""
@@ -93,7 +84,7 @@ def build(shared: Shared) -> None:
     first = runs[0] if runs else None
     with gr.Row(equal_height=True):
         run = i18n.add(gr.Dropdown(runs, value=first, label="Run", scale=3), "Run", "训练结果")
-        checkpoint = i18n.add(gr.Dropdown(_checkpoints(first), value="final",
+        checkpoint = i18n.add(gr.Dropdown(checkpoint_names(first), value="final",
                                           label="Checkpoint", scale=1), "Checkpoint", "检查点")
         refresh = i18n.add(gr.Button("Refresh", scale=0, min_width=80), "Refresh", "刷新")
     plan = gr.Markdown(plan_text(first, "final", False, "en"), elem_id="export-plan")
@@ -122,7 +113,7 @@ def build(shared: Shared) -> None:
     timer = gr.Timer(1.0, active=False)
 
     def on_run(run_: str | None, only: bool, lang: str) -> list[Any]:
-        return [gr.update(choices=_checkpoints(run_), value="final"),
+        return [gr.update(choices=checkpoint_names(run_), value="final"),
                 plan_text(run_, "final", only, lang), _default_name(run_, only),
                 _history(run_)]
 
