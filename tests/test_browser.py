@@ -77,6 +77,11 @@ def test_train_reload_and_reattach(app, tiny_model_dir, output_dir):
 
         # -- Train tab: a non-LoRA method shows its own settings, not LoRA's ------------------
         page.get_by_role("tab", name="Train").click()
+        # The trainable-parameter count is in view before anything is pressed; it comes
+        # from a helper process that builds the model without weights.
+        count = page.locator("#param-count")
+        embedded_count = wait_for(lambda: "parameters trainable" in count.inner_text()
+                                  and count.inner_text(), 90, "the count on page load")
         # The preview's cut-off is the run's cut-off.
         assert page.locator("#setting-cutoff_len input").input_value() == "64"
         lora_rank = page.locator("#setting-lora_rank")
@@ -100,9 +105,8 @@ def test_train_reload_and_reattach(app, tiny_model_dir, output_dir):
         model.fill(str(tiny_model_dir))
         model.press("Enter")
         page.get_by_text("Local folder", exact=False).wait_for(timeout=10_000)
-        # The count comes from a helper process that builds the model without weights.
-        wait_for(lambda: "parameters trainable" in page.locator("#param-count").inner_text(),
-                 90, "the trainable-parameter count")
+        wait_for(lambda: "parameters trainable" in count.inner_text()
+                 and count.inner_text() != embedded_count, 90, "the tiny model's count")
         page.locator("#setting-dataset [title=Clear]").click()
         page.locator("#setting-dataset input").click()
         page.get_by_role("option", name="identity", exact=True).click()

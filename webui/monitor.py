@@ -101,7 +101,8 @@ def _size(path: Path) -> int:
 # -- what the Train tab shows ------------------------------------------------------------
 def progress(watch: Watch) -> str:
     if watch.run is None:
-        return progress_html(0, 0, None, None, "idle", "no run yet")
+        return progress_html(0, 0, None, None, "idle",
+                             "No run yet: choose the settings, then press ▶ Start.")
     steps = [e for e in watch.events if e["type"] == "step"]
     start = _first(watch.events, "start")
     last = steps[-1] if steps else {}

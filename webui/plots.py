@@ -103,7 +103,9 @@ def progress_html(step: int, total: int, elapsed: float | None, eta: float | Non
                   status: str, caption: str = "") -> str:
     share = min(1.0, step / total) if total else 0.0
     detail = f"step {step} / {total or '?'} · elapsed {clock(elapsed)} · ETA {clock(eta)}"
-    if caption:
+    if status == "idle":  # nothing to count yet
+        detail = caption
+    elif caption:
         detail = f"{caption} · {detail}"
     return (
         f'<div class="ps-progress ps-{html.escape(status)}">'

@@ -132,7 +132,7 @@ def _uploader(shared: Shared) -> _Upload:
     result = gr.Markdown()
     problems = i18n.add(gr.Dataframe(visible=False, interactive=False, wrap=True,
                                      max_height=300, label="Problems by row",
-                                     column_widths=["10%", "20%", "70%"]),
+                                     column_widths=["12%", "28%", "60%"]),
                         "Problems by row", "逐行问题")
     return _Upload(file, options, detected, sample, fmt, name, role_boxes, register, result,
                    problems)

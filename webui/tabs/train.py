@@ -186,6 +186,16 @@ def _wire_count(form: SettingsForm, shared: Shared, panel: _Panel) -> None:
                        show_progress="hidden").then(count, inputs, outputs,
                                                     trigger_mode="always_last", **kw)
 
+    def count_if_idle(lang: str, *values: Any) -> list[Any]:
+        # The count belongs in view before anyone presses Start; but while a run trains,
+        # a page load must not start a torch process beside it (the count is cached per
+        # setting, so later loads are free).
+        if runner.active_run() is not None:
+            return [gr.skip()] * len(outputs)
+        return count(lang, *values)
+
+    shared.blocks.load(count_if_idle, inputs, outputs, **kw)
+
 
 # -- the live run --------------------------------------------------------------------------
 def _run_panel(i18n: I18n) -> _Panel:
