@@ -42,90 +42,129 @@ COMMON: tuple[Setting, ...] = (
     S("model", "embedded", "Which model to fine-tune: 'embedded' (SmolLM2-135M-Instruct, "
       "works offline), a local Hugging Face folder, a local .gguf file, or a hub id such "
       "as 'Qwen/Qwen2.5-0.5B-Instruct' (needs internet).", "model",
-      label="Model", label_zh="模型", allow_custom=True, choices=("embedded",)),
+      label="Model", label_zh="模型", allow_custom=True, choices=("embedded",),
+      help_zh="要微调的模型：'embedded'（内置 SmolLM2-135M-Instruct，可离线使用）、本地 Hugging "
+              "Face 模型文件夹、本地 .gguf 文件，或 Hub 上的模型 ID，如 "
+              "'Qwen/Qwen2.5-0.5B-Instruct'（需要联网）。"),
     S("method", "lora", "The fine-tuning method; each has its own settings below.", "model",
-      label="Method", label_zh="微调方法", choices=tuple(METHODS)),
+      label="Method", label_zh="微调方法", choices=tuple(METHODS),
+      help_zh="微调方法；每种方法的参数显示在下方。"),
     S("stage", "sft", "sft: learn to answer prompts (chat/instruction data). pt: continue "
       "pre-training on raw text.", "model", label="Stage", label_zh="训练阶段",
-      choices=("sft", "pt")),
+      choices=("sft", "pt"),
+      help_zh="sft：学习回答提示（对话/指令数据）。pt：在纯文本上继续预训练。"),
     S("trust_remote_code", False, "Run Python code shipped with a hub model. Only for "
-      "models you trust.", "model", label_zh="信任远程代码", advanced=True),
+      "models you trust.", "model", label_zh="信任远程代码", advanced=True,
+      help_zh="运行 Hub 模型自带的 Python 代码。只对你信任的模型开启。"),
     # -- quantization (QLoRA) --------------------------------------------------------------
     S("quantization", "none", "Load the frozen base in 8 or 4 bits with bitsandbytes to "
       "save memory (4-bit + LoRA is QLoRA).", "quantization", label_zh="量化位数",
-      choices=("none", "8bit", "4bit"), methods=QUANTIZABLE),
+      choices=("none", "8bit", "4bit"), methods=QUANTIZABLE,
+      help_zh="用 bitsandbytes 以 8 或 4 比特加载冻结的基础模型以节省显存（4 比特 + LoRA 即 "
+              "QLoRA）。"),
     S("quant_type", "nf4", "4-bit number format: nf4 suits normally distributed weights; "
       "fp4 is the plain float format.", "quantization", label="4-bit type",
-      label_zh="4 比特类型", choices=("nf4", "fp4"), methods=QUANTIZABLE),
+      label_zh="4 比特类型", choices=("nf4", "fp4"), methods=QUANTIZABLE,
+      help_zh="4 比特数值格式：nf4 适合正态分布的权重；fp4 是普通浮点格式。"),
     S("double_quant", True, "Also quantize the quantization constants (saves about "
       "0.4 bits per weight).", "quantization", label="Double quantization",
-      label_zh="双重量化", methods=QUANTIZABLE),
+      label_zh="双重量化", methods=QUANTIZABLE,
+      help_zh="对量化常数再做一次量化（每个权重约省 0.4 比特）。"),
     S("compute_dtype", "auto", "The dtype 4/8-bit layers compute in; auto picks bfloat16 "
       "on a GPU that supports it, else float32.", "quantization", label_zh="计算精度",
-      choices=("auto", "bfloat16", "float16", "float32"), methods=QUANTIZABLE),
+      choices=("auto", "bfloat16", "float16", "float32"), methods=QUANTIZABLE,
+      help_zh="4/8 比特层的计算精度；auto 在支持的 GPU 上用 bfloat16，否则用 float32。"),
     # -- data ----------------------------------------------------------------------------
     S("dataset", ["identity"], "Registered dataset names (see the Data tab) or paths to "
       "json/jsonl/csv/parquet files; several are concatenated.", "data",
-      label_zh="数据集", item_type=str),
+      label_zh="数据集", item_type=str,
+      help_zh="已注册的数据集名称（见“数据”页）或 json/jsonl/csv/parquet 文件路径；多个数据集会"
+              "拼接在一起。"),
     S("cutoff_len", 1024, "Longest sequence in tokens; longer samples are cut and the "
       "number cut is reported.", "data", label="Cut-off length", label_zh="截断长度",
-      minimum=8, maximum=131072),
+      minimum=8, maximum=131072,
+      help_zh="序列的最大 token 数；更长的样本会被截断，并报告截断的数量。"),
     S("max_samples", 0, "Use at most this many samples from each dataset (0 = all).",
-      "data", label_zh="最大样本数", minimum=0),
+      "data", label_zh="最大样本数", minimum=0,
+      help_zh="每个数据集最多使用这么多样本（0 = 全部）。"),
     S("val_size", 0.0, "Fraction of the data held out to compute an evaluation loss "
       "during training (0 = none).", "data", label="Validation fraction",
-      label_zh="验证集比例", minimum=0.0, maximum=0.5),
+      label_zh="验证集比例", minimum=0.0, maximum=0.5,
+      help_zh="留出一部分数据，在训练中计算验证损失（0 = 不留）。"),
     S("packing", False, "Pack several short samples into each sequence for speed.",
-      "data", label_zh="序列打包", advanced=True),
+      "data", label_zh="序列打包", advanced=True,
+      help_zh="把多个短样本打包进同一序列以提高速度。"),
     S("train_on_prompt", False, "Also compute the loss on the prompt tokens, not only "
-      "on the assistant's replies.", "data", label_zh="在提示词上计算损失", advanced=True),
+      "on the assistant's replies.", "data", label_zh="在提示词上计算损失", advanced=True,
+      help_zh="在提示词 token 上也计算损失，而不只是在助手的回复上。"),
     S("identity_name", "Studio Assistant", "Fills {{name}} in the identity dataset.",
-      "data", label="Assistant name", label_zh="助手名称", advanced=True),
+      "data", label="Assistant name", label_zh="助手名称", advanced=True,
+      help_zh="填入 identity 数据集中的 {{name}}。"),
     S("identity_author", "the PEFT Studio team", "Fills {{author}} in the identity "
-      "dataset.", "data", label="Assistant author", label_zh="助手作者", advanced=True),
+      "dataset.", "data", label="Assistant author", label_zh="助手作者", advanced=True,
+      help_zh="填入 identity 数据集中的 {{author}}。"),
     # -- training ------------------------------------------------------------------------
     S("learning_rate", 2e-4, "Step size of the optimizer. LoRA-family methods like "
       "1e-4 to 1e-3; full tuning wants about 1e-5.", "train", label_zh="学习率",
-      minimum=1e-9, maximum=1.0),
+      minimum=1e-9, maximum=1.0,
+      help_zh="优化器的步长。LoRA 类方法常用 1e-4 到 1e-3；全参数微调约 1e-5。"),
     S("num_train_epochs", 3.0, "Passes over the data (ignored when max steps is set).",
-      "train", label="Epochs", label_zh="训练轮数", minimum=0.01, maximum=1000),
+      "train", label="Epochs", label_zh="训练轮数", minimum=0.01, maximum=1000,
+      help_zh="遍历数据的轮数（设置了最大步数时忽略）。"),
     S("max_steps", 0, "Stop after this many optimizer steps (0 = use epochs).", "train",
-      label_zh="最大步数", minimum=0),
+      label_zh="最大步数", minimum=0,
+      help_zh="训练这么多优化步后停止（0 = 按轮数）。"),
     S("batch_size", 2, "Samples per device per forward pass.", "train",
-      label_zh="批大小", minimum=1, maximum=4096),
+      label_zh="批大小", minimum=1, maximum=4096,
+      help_zh="每个设备每次前向传播的样本数。"),
     S("gradient_accumulation_steps", 4, "Forward passes summed into each optimizer step; "
       "the effective batch is batch size times this.", "train", label="Gradient accumulation",
-      label_zh="梯度累积", minimum=1, maximum=4096),
+      label_zh="梯度累积", minimum=1, maximum=4096,
+      help_zh="每个优化步累积的前向次数；有效批大小 = 批大小 × 该值。"),
     S("precision", "auto", "auto: bf16 on a GPU that supports it, fp16 on other GPUs, "
-      "fp32 on CPU.", "train", label_zh="计算精度", choices=("auto", "bf16", "fp16", "fp32")),
+      "fp32 on CPU.", "train", label_zh="计算精度", choices=("auto", "bf16", "fp16", "fp32"),
+      help_zh="auto：支持的 GPU 上用 bf16，其他 GPU 用 fp16，CPU 上用 fp32。"),
     S("gradient_checkpointing", False, "Recompute activations in the backward pass: "
-      "less memory, about 30% slower.", "train", label_zh="梯度检查点", advanced=True),
+      "less memory, about 30% slower.", "train", label_zh="梯度检查点", advanced=True,
+      help_zh="反向传播时重新计算激活：更省显存，约慢 30%。"),
     S("seed", 42, "Random seed for initialisation, shuffling and dropout.", "train",
-      label_zh="随机种子", advanced=True, minimum=0),
+      label_zh="随机种子", advanced=True, minimum=0,
+      help_zh="初始化、打乱数据和 dropout 使用的随机种子。"),
     # -- optimizer and schedule ----------------------------------------------------------
     S("optim", "adamw_torch", "Optimizer. paged_adamw_8bit (bitsandbytes) keeps its state "
       "in 8 bits and pages it out under memory pressure: the usual QLoRA choice.",
-      "schedule", label="Optimizer", label_zh="优化器", choices=OPTIMIZERS),
+      "schedule", label="Optimizer", label_zh="优化器", choices=OPTIMIZERS,
+      help_zh="优化器。paged_adamw_8bit（bitsandbytes）以 8 比特保存状态，显存紧张时换出：QLoRA "
+              "的常用选择。"),
     S("lr_scheduler_type", "cosine", "How the learning rate changes over the run.",
-      "schedule", label="LR scheduler", label_zh="学习率调度", choices=SCHEDULERS),
+      "schedule", label="LR scheduler", label_zh="学习率调度", choices=SCHEDULERS,
+      help_zh="学习率在训练过程中的变化方式。"),
     S("warmup_steps", 0, "Steps over which the learning rate ramps up from 0.",
-      "schedule", label_zh="预热步数", minimum=0),
+      "schedule", label_zh="预热步数", minimum=0,
+      help_zh="学习率从 0 逐步升高所用的步数。"),
     S("weight_decay", 0.0, "Decoupled weight decay.", "schedule", label_zh="权重衰减",
-      minimum=0.0, maximum=1.0, advanced=True),
+      minimum=0.0, maximum=1.0, advanced=True,
+      help_zh="解耦的权重衰减。"),
     S("max_grad_norm", 1.0, "Clip the gradient norm to this value (0 = no clipping).",
       "schedule", label="Max gradient norm", label_zh="梯度裁剪", minimum=0.0,
-      advanced=True),
+      advanced=True,
+      help_zh="把梯度范数裁剪到该值（0 = 不裁剪）。"),
     # -- logging -------------------------------------------------------------------------
     S("logging_steps", 5, "Log loss, learning rate and speed every N steps.", "logging",
-      label_zh="日志间隔", minimum=1),
+      label_zh="日志间隔", minimum=1,
+      help_zh="每 N 步记录一次损失、学习率和速度。"),
     S("eval_steps", 50, "Compute the validation loss every N steps (needs a validation "
-      "fraction above 0).", "logging", label_zh="评估间隔", minimum=1),
+      "fraction above 0).", "logging", label_zh="评估间隔", minimum=1,
+      help_zh="每 N 步计算一次验证损失（需要验证集比例大于 0）。"),
     S("save_steps", 0, "Save a checkpoint every N steps (0 = only the final result).",
-      "logging", label_zh="保存间隔", minimum=0),
+      "logging", label_zh="保存间隔", minimum=0,
+      help_zh="每 N 步保存一个检查点（0 = 只保存最终结果）。"),
     # -- output --------------------------------------------------------------------------
     S("run_name", "", "Name of the run folder under saves/ (empty = method and time). "
       "An existing run is never overwritten: a suffix is added.", "output",
-      label_zh="运行名称"),
+      label_zh="运行名称",
+      help_zh="saves/ 下运行文件夹的名称（留空 = 方法名加时间）。不会覆盖已有运行：会自动加后缀"
+              "。"),
 )
 
 

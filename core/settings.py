@@ -31,6 +31,7 @@ class Setting:
     group: str
     label: str = ""
     label_zh: str = ""
+    help_zh: str = ""  # the help text in the UI's Chinese mode
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None

@@ -106,7 +106,7 @@ def test_switching_method_in_flags_drops_the_yaml_methods_settings(tmp_path):
 
 def test_every_setting_is_described():
     for s in SETTINGS.values():
-        assert s.help and s.label_zh, s.name
+        assert s.help and s.label_zh and s.help_zh, s.name
         if s.choices and not s.allow_custom:
             assert s.default in s.choices or (s.kind is list), s.name
 

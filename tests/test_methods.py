@@ -270,7 +270,7 @@ def test_config_rejects_another_methods_setting():
 
 def test_declarations_are_complete():
     for spec in METHODS.values():
-        assert spec.help and spec.label and spec.label_zh, spec.id
+        assert spec.help and spec.help_zh and spec.label and spec.label_zh, spec.id
         if not spec.mergeable and not spec.saves_full_model:
             assert spec.not_mergeable_reason, spec.id
         for s in spec.settings:

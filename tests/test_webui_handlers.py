@@ -84,6 +84,20 @@ def test_language_switch_updates_each_kind_of_component():
     assert i18n.updates("zh")[-1]["value"] == "zh"
 
 
+def test_setting_widgets_switch_label_and_help_to_chinese():
+    from core.config import SETTINGS
+    from webui.i18n import I18n
+    from webui.widgets import make
+
+    with gr.Blocks():
+        i18n = I18n()
+        rank = make(SETTINGS["lora_rank"], i18n)
+    update = dict(zip(map(id, i18n.components), i18n.updates("zh"), strict=True))[id(rank)]
+    assert (update["label"], update["info"]) == ("LoRA 秩", SETTINGS["lora_rank"].help_zh)
+    back = dict(zip(map(id, i18n.components), i18n.updates("en"), strict=True))[id(rank)]
+    assert back["info"] == SETTINGS["lora_rank"].help
+
+
 def test_model_status_resolves_without_loading(tiny_model_dir):
     from webui.topbar import describe_model, method_help
 

@@ -55,8 +55,9 @@ def method_help(method: str | None, lang: str = "en") -> str:
     spec = METHODS.get(method or "")
     if spec is None:
         return ""
-    label = spec.label_zh if lang == "zh" else spec.label
-    return f"**{label}**: {spec.help}"
+    if lang == "zh":
+        return f"**{spec.label_zh}**：{spec.help_zh or spec.help}"
+    return f"**{spec.label}**: {spec.help}"
 
 
 def build(i18n: I18n, blocks: gr.Blocks) -> Shared:

@@ -61,7 +61,8 @@ def make(setting: Setting, i18n: I18n, **overrides: Any) -> Any:
     else:
         comp = gr.Textbox(**common)
     info = common.get("info")
-    return i18n.add(comp, s.title, s.label_zh or s.title, info, info)
+    info_zh = s.help_zh if info == s.help else info
+    return i18n.add(comp, s.title, s.label_zh or s.title, info, info_zh or info)
 
 
 def plot_box(label: str, **kwargs: Any) -> gr.Plot:

@@ -29,6 +29,7 @@ class MethodSpec:
     label: str
     label_zh: str
     help: str
+    help_zh: str = ""
     settings: tuple[Setting, ...] = ()
     # Merge into the base weights on export (LoRA family) or export the adapter alone.
     mergeable: bool = False
@@ -45,13 +46,7 @@ _MODULES = ("lora", "ia3", "prefix", "prompt", "ptuning", "adapter", "freeze", "
 def _load_specs() -> dict[str, MethodSpec]:
     specs = {}
     for name in _MODULES:
-        try:
-            module = importlib.import_module(f"core.methods.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"core.methods.{name}":
-                continue  # not written yet
-            raise
-        spec: MethodSpec = module.SPEC
+        spec: MethodSpec = importlib.import_module(f"core.methods.{name}").SPEC
         # A method's own settings apply to it alone unless it says otherwise.
         fixed = tuple(
             s if s.methods is not None else _with_methods(s, (spec.id,)) for s in spec.settings

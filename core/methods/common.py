@@ -26,6 +26,8 @@ NUM_VIRTUAL_TOKENS = Setting(
     "num_virtual_tokens", 16, "How many trainable virtual tokens are put before every "
     "input. More learns more; prompt and P-tuning tokens also take room in the context.",
     "method", label="Virtual tokens", label_zh="虚拟词元数", minimum=1, maximum=512,
+    help_zh="放在每个输入前的可训练虚拟 token 数。越多学得越多；提示微调和 P-tuning 的 token "
+            "也会占用上下文长度。",
 )
 
 

@@ -17,19 +17,25 @@ SPEC = MethodSpec(
     help="Trains the last (or first) few decoder layers in full and keeps the rest frozen. "
     "Between LoRA and full tuning in memory and capacity; the result is a whole model. "
     "Training the last layers suits adapting the output style.",
+    help_zh="完整训练最后（或最前）几个解码层，其余保持冻结。显存和能力介于 LoRA 与全参数微调之间"
+            "；结果是完整模型。训练最后几层适合调整输出风格。",
     saves_full_model=True,
     settings=(
         S("freeze_trainable_layers", 2, "How many decoder layers train (all of them when "
           "the model has fewer).", "method", label="Trainable layers",
-          label_zh="可训练层数", minimum=1, maximum=1024),
+          label_zh="可训练层数", minimum=1, maximum=1024,
+          help_zh="训练多少个解码层（模型层数更少时训练全部）。"),
         S("freeze_from", "last", "Train the layers nearest the output (last) or the "
           "input (first).", "method", label="Which layers", label_zh="训练哪一端的层",
-          choices=("last", "first")),
+          choices=("last", "first"),
+          help_zh="训练靠近输出（last）或靠近输入（first）的层。"),
         S("freeze_extra_modules", [], "Also train these modules in full, by name: for "
           "example embed_tokens (the input embeddings; tied models share them with the "
           "output head), norm (the final norm) or lm_head.", "method",
           label="Extra trainable modules", label_zh="额外可训练模块", item_type=str,
-          choices=("embed_tokens", "norm", "lm_head"), allow_custom=True, advanced=True),
+          choices=("embed_tokens", "norm", "lm_head"), allow_custom=True, advanced=True,
+          help_zh="按名称额外完整训练这些模块：例如 embed_tokens（输入嵌入；权重共享的模型与输出"
+                  "头共用）、norm（最后的归一化层）或 lm_head。"),
     ),
 )
 

@@ -14,6 +14,8 @@ SPEC = MethodSpec(
     help="Trains every weight of the model. The most capable and by far the most "
     "memory-hungry (weights, gradients and optimizer state for all parameters); use a "
     "small learning rate such as 1e-5.",
+    help_zh="训练模型的全部权重。能力最强，也最耗显存（所有参数的权重、梯度和优化器状态）；请使用"
+            "较小的学习率，如 1e-5。",
     saves_full_model=True,
 )
 

@@ -15,15 +15,19 @@ SPEC = MethodSpec(
     help="Learns one scaling vector per chosen layer (keys, values and the feed-forward "
     "input), so it trains far fewer parameters than LoRA. Pick it for the smallest "
     "adapters or very little data; it merges back into the model.",
+    help_zh="为每个选定的层（键、值和前馈输入）学习一个缩放向量，训练的参数比 LoRA 少得多。适合追"
+            "求最小的适配器或数据很少的情况；可以合并回模型。",
     mergeable=True,
     settings=(
         S("ia3_target", ["k_proj", "v_proj", "down_proj"], "Linear layers whose activations "
           "are rescaled (names of linear layers; Llama-style: k_proj, v_proj, down_proj).",
-          "method", label="Target modules", label_zh="目标模块", item_type=str),
+          "method", label="Target modules", label_zh="目标模块", item_type=str,
+          help_zh="激活被缩放的线性层（线性层名称；Llama 类模型：k_proj、v_proj、down_proj）。"),
         S("ia3_feedforward", ["down_proj"], "Which of the target layers are feed-forward "
           "layers: their input is rescaled rather than their output. Must be among the "
           "target modules.", "method", label="Feed-forward modules", label_zh="前馈模块",
-          item_type=str, advanced=True),
+          item_type=str, advanced=True,
+          help_zh="目标层中哪些是前馈层：缩放它们的输入而不是输出。必须包含在目标模块中。"),
     ),
 )
 

@@ -16,13 +16,16 @@ SPEC = MethodSpec(
     help="Learns a few virtual token embeddings put before every input (a 'soft prompt'); "
     "the model is untouched and the result is tiny. Works best on large models and for a "
     "single task; on small models LoRA learns much more.",
+    help_zh="学习放在每个输入前的几个虚拟 token 嵌入（“软提示”）；模型不变，结果极小。在大模型和"
+            "单一任务上效果最好；小模型上 LoRA 学到的多得多。",
     not_mergeable_reason="A soft prompt is extra input, not a change to the weights, so "
     "there is nothing to merge; the adapter is exported as it is.",
     settings=(
         NUM_VIRTUAL_TOKENS,
         S("prompt_init_text", "", "Start the soft prompt from the embeddings of this text "
           "(for example a description of the task); empty starts from random values.",
-          "method", label="Initial prompt text", label_zh="初始提示词文本"),
+          "method", label="Initial prompt text", label_zh="初始提示词文本",
+          help_zh="用这段文本的嵌入初始化软提示（例如对任务的描述）；留空则随机初始化。"),
     ),
 )
 

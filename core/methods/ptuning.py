@@ -16,16 +16,20 @@ SPEC = MethodSpec(
     help="Like prompt tuning, but the virtual tokens come out of a small MLP or LSTM "
     "encoder, which trains more steadily. Only the final tokens are saved, so the result "
     "is as tiny as a soft prompt. For deep prompts on every layer, use prefix tuning.",
+    help_zh="类似提示微调，但虚拟 token 由一个小的 MLP 或 LSTM 编码器生成，训练更稳定。只保存最终"
+            "的 token，结果和软提示一样小。需要每层都有深度提示时，请用前缀微调。",
     not_mergeable_reason="P-tuning adds virtual input tokens, not a change to the weights, "
     "so there is nothing to merge; the adapter is exported as it is.",
     settings=(
         NUM_VIRTUAL_TOKENS,
         S("ptuning_encoder", "mlp", "The encoder that produces the virtual tokens: mlp "
           "(fast) or lstm (the original P-tuning).", "method", label="Encoder",
-          label_zh="编码器", choices=("mlp", "lstm")),
+          label_zh="编码器", choices=("mlp", "lstm"),
+          help_zh="生成虚拟 token 的编码器：mlp（快）或 lstm（原始 P-tuning）。"),
         S("ptuning_hidden_size", 256, "Hidden size of the encoder.", "method",
           label="Encoder hidden size", label_zh="编码器隐藏层大小", minimum=1,
-          maximum=65536, advanced=True),
+          maximum=65536, advanced=True,
+          help_zh="编码器的隐藏层大小。"),
     ),
 )
 
