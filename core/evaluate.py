@@ -80,20 +80,15 @@ class EvalJob:
 
 
 def job_state(job: Path) -> EvalJob:
-    from core.runner import run_status
+    from core.runner import read_job
 
-    events, _ = read_events(job)
-    status, end = run_status(job, events)
-    progress = next((e for e in reversed(events) if e["type"] == "progress"), {})
+    state = read_job(job, SPEC_FILE)
     results = None
     if (job / RESULTS).is_file():
         results = json.loads((job / RESULTS).read_text(encoding="utf-8"))
-    try:
-        spec = yaml.safe_load((job / SPEC_FILE).read_text(encoding="utf-8")) or {}
-    except OSError:
-        spec = {}
-    return EvalJob(job, status, progress.get("done", 0), progress.get("total", 0),
-                   progress.get("message", ""), end.get("error"), results, spec)
+    progress = state.progress
+    return EvalJob(job, state.status, progress.get("done", 0), progress.get("total", 0),
+                   progress.get("message", ""), state.end.get("error"), results, state.spec)
 
 
 def past_evaluations(run_dir: Path) -> list[EvalJob]:

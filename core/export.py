@@ -141,18 +141,13 @@ def start(spec: ExportSpec) -> Path:
 
 def job_state(job: Path) -> dict[str, Any]:
     """{"status", "done", "total", "message", "end": end event or {}, "spec"}."""
-    from core.runner import run_status
+    from core.runner import read_job
 
-    events, _ = read_events(job)
-    status, end = run_status(job, events)
-    progress = next((e for e in reversed(events) if e["type"] == "progress"), {})
-    try:
-        spec = yaml.safe_load((job / SPEC_FILE).read_text(encoding="utf-8")) or {}
-    except OSError:
-        spec = {}
-    return {"path": job, "status": status, "done": progress.get("done", 0),
+    state = read_job(job, SPEC_FILE)
+    progress = state.progress
+    return {"path": job, "status": state.status, "done": progress.get("done", 0),
             "total": progress.get("total", STEPS), "message": progress.get("message", ""),
-            "end": end, "spec": spec}
+            "end": state.end, "spec": state.spec}
 
 
 def past_exports(run_dir: Path) -> list[dict[str, Any]]:

@@ -198,6 +198,27 @@ def start_job(parent: Path, module: str, spec: dict[str, Any], spec_file: str) -
     return job
 
 
+@dataclass
+class JobState:
+    """Where a job started by `start_job` stands, from its folder alone."""
+
+    status: str
+    end: dict[str, Any]  # the end event, or {}
+    progress: dict[str, Any]  # the last progress event, or {}
+    spec: dict[str, Any]  # what start_job wrote, or {} if it is gone
+
+
+def read_job(job: Path, spec_file: str) -> JobState:
+    events, _ = read_events(job)
+    status, end = run_status(job, events)
+    progress = next((e for e in reversed(events) if e["type"] == "progress"), {})
+    try:
+        spec = yaml.safe_load((job / spec_file).read_text(encoding="utf-8")) or {}
+    except OSError:
+        spec = {}
+    return JobState(status, end, progress, spec)
+
+
 def start(cfg: RunConfig, saves: Path | None = None) -> Path:
     """Start a training run in the background; return its folder.
 
