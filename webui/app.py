@@ -12,7 +12,7 @@ import importlib
 
 import gradio as gr
 
-from webui import topbar
+from webui import topbar, upload
 from webui.i18n import I18n
 
 # (module under webui.tabs, English title, Chinese title), in display order.
@@ -65,7 +65,8 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> No
     demo.queue(default_concurrency_limit=4)
     demo.launch(server_name=host, server_port=port, share=share, css=CSS,
                 theme=gr.themes.Soft(), footer_links=["gradio", "settings"],
-                run_history=False, show_error=True)
+                run_history=False, show_error=True,
+                max_file_size=upload.max_upload_mb() * 2**20)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from typing import Any
 import pandas as pd
 
 from core.config import SETTINGS
-from core.data.reader import read_rows
+from core.data.formats import DataError
+from core.data.reader import scan
 from core.data.registry import load_info, resolve
 from webui import probe
 from webui.plots import length_histogram
@@ -21,14 +22,28 @@ TRAINED, MASKED = "trained", "masked"
 COLOR_MAP = {TRAINED: "#2da44e", MASKED: "#d8dee4"}
 
 
+LISTING_COLUMNS = ["name", "format", "file", "split", "description"]
+
+
 def table() -> pd.DataFrame:
+    """The registered datasets; while the registry is unreadable, one row saying why and
+    what to do (the app still starts, see core.data.registry.load_info)."""
+    try:
+        info = load_info()
+    except DataError as exc:
+        return pd.DataFrame([["✗ registry unreadable", "", "", "", str(exc)]],
+                            columns=LISTING_COLUMNS)
     rows = [[name, e.get("format", ""), e.get("file", ""), e.get("split", "train"),
-             e.get("description", "")] for name, e in load_info().items()]
-    return pd.DataFrame(rows, columns=["name", "format", "file", "split", "description"])
+             e.get("description", "")] for name, e in info.items()]
+    return pd.DataFrame(rows, columns=LISTING_COLUMNS)
 
 
 def names() -> list[str]:
-    return list(load_info())
+    """Registered names; none while the registry is unreadable (table() says why)."""
+    try:
+        return list(load_info())
+    except DataError:
+        return []
 
 
 @dataclass
@@ -46,13 +61,17 @@ class Page:
 def page(name: str, number: int = 1, size: int = PAGE_SIZE) -> Page:
     """Rows of page `number` (1-based, clamped); raises DataError."""
     entry = resolve(name)
-    rows, columns = read_rows(entry.path)
-    pages = max(1, math.ceil(len(rows) / size))
-    number = min(max(1, int(number or 1)), pages)
-    chunk = rows[(number - 1) * size: number * size]
+    number = max(1, int(number or 1))
+    # One pass keeps only the page's rows; a page past the end costs a second one.
+    found = scan(entry.path, (number - 1) * size, size)
+    pages = max(1, math.ceil(found.total / size))
+    if number > pages:
+        number = pages
+        found = scan(entry.path, (number - 1) * size, size)
+    columns = found.columns
     frame = pd.DataFrame([[(number - 1) * size + i + 1, *(cell_text(r.get(c)) for c in columns)]
-                          for i, r in enumerate(chunk)], columns=["#", *columns])
-    return Page(frame, number, pages, len(rows))
+                          for i, r in enumerate(found.rows)], columns=["#", *columns])
+    return Page(frame, number, pages, found.total)
 
 
 @dataclass

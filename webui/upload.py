@@ -4,6 +4,7 @@ good (core.data.registry.register writes dataset_info.json atomically)."""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,10 +13,12 @@ from typing import Any
 import pandas as pd
 
 from core.data.formats import FIELDS, FORMATS, REQUIRED, DataError, detect_format, validate_file
-from core.data.reader import read_rows
-from core.data.registry import NAME_RE, load_info, register
+from core.data.reader import scan
+from core.data.registry import load_info, name_problem, register
 
 UPLOAD_TYPES = [".json", ".jsonl", ".csv", ".parquet"]
+# Gradio refuses bigger uploads before they reach us (Blocks.launch(max_file_size=...)).
+DEFAULT_MAX_UPLOAD_MB = 1024
 # Every role any format reads, in the order the mapping dropdowns are laid out.
 ROLES: tuple[str, ...] = tuple(dict.fromkeys(r for fmt in FORMATS for r in FIELDS[fmt]))
 PROBLEM_COLUMNS = ["row", "field", "reason"]
@@ -42,25 +45,50 @@ class Registration:
         default_factory=lambda: pd.DataFrame(columns=PROBLEM_COLUMNS))
 
 
+def max_upload_mb() -> int:
+    """The upload size limit in MiB: PEFT_STUDIO_MAX_UPLOAD_MB, else 1024."""
+    try:
+        value = int(os.environ.get("PEFT_STUDIO_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB))
+    except ValueError:
+        return DEFAULT_MAX_UPLOAD_MB
+    return value if value > 0 else DEFAULT_MAX_UPLOAD_MB
+
+
+def shown_as_uploaded(exc: DataError, path: str | Path) -> DataError:
+    """The error with the file the user chose instead of the upload's temporary path
+    (/tmp/gradio/<hash>/x.jsonl): gradio keeps the original name as the basename."""
+    if not exc.file or Path(exc.file).resolve() != Path(path).resolve():
+        return exc
+    return DataError(exc.reason, file=Path(path).name, row=exc.row, field=exc.field)
+
+
 def suggested_name(path: str | Path) -> str:
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(path).stem).strip("_-") or "dataset"
     name, n = stem[:60], 2
-    taken = load_info()
-    while name in taken:
+    try:
+        taken = set(load_info())
+    except DataError:  # the registry's own message is shown when registering
+        taken = set()
+    while name in taken or name_problem(name):
         name, n = f"{stem[:56]}_{n}", n + 1
     return name
 
 
 def inspect_upload(path: str | Path) -> Inspection:
-    """Read the file and guess its format; raises DataError if it cannot be read."""
+    """Guess the file's format from its columns, with a count and the first rows (read in
+    one pass that keeps only those); raises DataError naming the uploaded file."""
     if Path(path).suffix.lower() not in UPLOAD_TYPES:
-        raise DataError(f"upload a {', '.join(UPLOAD_TYPES)} file", file=path)
-    rows, columns = read_rows(path)
+        raise DataError(f"upload a {', '.join(UPLOAD_TYPES)} file", file=Path(path).name)
+    try:
+        found_rows = scan(path, 0, 5)
+    except DataError as exc:
+        raise shown_as_uploaded(exc, path) from None
+    columns = found_rows.columns
     found = detect_format(columns)
-    sample = pd.DataFrame([{c: cell_text(r.get(c)) for c in columns} for r in rows[:5]],
+    sample = pd.DataFrame([{c: cell_text(r.get(c)) for c in columns} for r in found_rows.rows],
                           columns=columns)
-    return Inspection(columns, len(rows), found.format, dict(found.columns), found.confident,
-                      found.note, sample, suggested_name(path))
+    return Inspection(columns, found_rows.total, found.format, dict(found.columns),
+                      found.confident, found.note, sample, suggested_name(path))
 
 
 def roles(fmt: str | None) -> dict[str, bool]:
@@ -82,10 +110,14 @@ def register_upload(path: str | Path | None, name: str, fmt: str | None,
     if not path:
         return Registration(False, "Upload a file first.")
     name = (name or "").strip()
-    if not NAME_RE.match(name):
-        return Registration(False, f"Bad dataset name {name!r}: use 1-64 letters, digits, "
-                                   "'_' or '-', starting with a letter or digit.")
-    if name in load_info():
+    problem = name_problem(name)
+    if problem:
+        return Registration(False, problem[0].upper() + problem[1:] + ".")
+    try:
+        taken = load_info()
+    except DataError as exc:
+        return Registration(False, f"✗ Not registered: {exc}")
+    if name in taken:
         return Registration(False, f"A dataset named {name!r} already exists; choose "
                                    "another name.")
     if fmt not in FORMATS:
@@ -96,19 +128,20 @@ def register_upload(path: str | Path | None, name: str, fmt: str | None,
         return Registration(False, "Choose the column for: " + ", ".join(missing) + ".")
     # Only the roles whose column differs from the role's own name need recording.
     columns = {r: c for r, c in mapping.items() if r in wanted and c and c != r}
-    problems = validate_file(path, fmt, columns)
+    problems = [shown_as_uploaded(p, path) for p in validate_file(path, fmt, columns)]
     if problems:
         table = pd.DataFrame(
             [[p.row if p.row is not None else "", p.field or "", p.reason]
              for p in problems[:MAX_PROBLEMS_SHOWN]], columns=PROBLEM_COLUMNS)
         rows = len({p.row for p in problems if p.row is not None})
         what = f"{rows} bad row(s)" if rows else "a problem with the file"
-        return Registration(False, f"✗ Not registered: {what}. Fix the file and upload it "
-                                   "again; nothing was changed.", table)
+        first = "" if rows else f" {problems[0]}."
+        return Registration(False, f"✗ Not registered: {what}.{first} Fix the file and upload "
+                                   "it again; nothing was changed.", table)
     try:
         register(name, path, fmt, columns or None)
     except DataError as exc:
-        return Registration(False, f"✗ Not registered: {exc}")
+        return Registration(False, f"✗ Not registered: {shown_as_uploaded(exc, path)}")
     return Registration(True, f"✓ Registered **{name}** ({fmt}). It is now in the dataset "
                               "lists of the Train tab.")
 

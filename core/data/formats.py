@@ -7,6 +7,8 @@ which row and which field, so a user can fix their file without reading a traceb
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import json
 import math
 from collections.abc import Mapping
@@ -222,14 +224,19 @@ def to_example(
 
 
 def _as_text(value: Any) -> str:
-    """Cells as text: CSV and parquet give None/NaN for empty cells and numbers for
-    numeric-looking ones, which are fine answers ("42")."""
+    """A cell as text. Readers keep text exact (core.data.reader); what is left to turn
+    into text here are parquet's typed cells and JSON's true/false: booleans as JSON
+    writes them, numbers as Python does, dates and times in ISO 8601, null/NaN as ""."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, str):
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, decimal.Decimal)):
         return str(value)
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
     raise TypeError(f"expected text, got {type(value).__name__} {_short(value)}")
 
 
@@ -247,8 +254,10 @@ def _fill(text: str, placeholders: Mapping[str, str] | None) -> str:
 def _maybe_json(value: Any) -> Any:
     # CSV has no lists: a list column arrives as its JSON text.
     if isinstance(value, str) and value.strip().startswith("["):
+        from core.data.reader import loads
+
         try:
-            return json.loads(value)
+            return loads(value)
         except json.JSONDecodeError as exc:
             raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos})") from None
     return value
@@ -321,20 +330,27 @@ def _turn_problem(messages: list[dict]) -> str | None:
 def validate_file(
     path: str | Path, fmt: str, columns: Mapping[str, str] | None = None
 ) -> list[DataError]:
-    """Every problem in a file, one DataError per bad row (empty list: the file is fine)."""
-    from core.data.reader import read_rows
+    """Every problem in a file, one DataError per bad row (empty list: the file is fine).
+    Rows are checked as they are read, so a big file is never all in memory."""
+    from core.data.reader import open_rows
 
+    problems = []
     try:
-        rows, present = read_rows(path)
-        cols = check_columns(fmt, columns, present, path)
+        cols = column_map(fmt, columns)
+        declared, rows = open_rows(path)
+        present = dict.fromkeys(declared or [])
+        count = 0
+        for count, row in enumerate(rows, 1):
+            if declared is None:
+                present.update(dict.fromkeys(row))
+            try:
+                to_example(row, fmt, cols, file=path, row_number=count)
+            except DataError as exc:
+                problems.append(exc)
+        # A missing column is one problem, not one per row.
+        check_columns(fmt, columns, list(present), path)
     except DataError as exc:
         return [exc]
-    if not rows:
+    if not count:
         return [DataError("the file has no rows", file=path)]
-    problems = []
-    for i, row in enumerate(rows, 1):
-        try:
-            to_example(row, fmt, cols, file=path, row_number=i)
-        except DataError as exc:
-            problems.append(exc)
     return problems

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.data.formats import FORMATS, DataError, detect_format, validate_file
-from core.data.reader import SUFFIXES, read_rows
+from core.data.formats import FORMATS, DataError, detect_format, display_path, validate_file
+from core.data.reader import SUFFIXES, scan
 from core.paths import data_dir
 
 INFO_FILE = "dataset_info.json"
@@ -45,25 +45,75 @@ def info_path() -> Path:
 
 
 def load_info() -> dict[str, dict[str, Any]]:
+    """The registry; a DataError saying what is wrong and what to do when the file is not
+    valid (bad JSON, not UTF-8, not an object of entries, an entry without file/format)."""
     path = info_path()
     if not path.is_file():
         return {}
+
+    def broken(reason: str) -> DataError:
+        shown = display_path(path)
+        return DataError(f"{reason}. The dataset registry cannot be read: fix or delete "
+                         f"{shown} (deleting it forgets the registered names, not the files; "
+                         "`python data/make_bundled.py` registers the bundled ones again)",
+                         file=path)
+
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise broken(f"byte {exc.start} is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
-        raise DataError(f"line {exc.lineno}: not valid JSON ({exc.msg})", file=path) from None
+        raise broken(f"line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg})") \
+            from None
+    except OSError as exc:
+        raise broken(f"cannot be read ({exc.strerror})") from None
     if not isinstance(info, dict):
-        raise DataError("expected an object of name: entry", file=path)
+        raise broken("expected an object of name: entry, found "
+                     f"{type(info).__name__.replace('dict', 'object')}")
+    for name, entry in info.items():
+        if not isinstance(entry, dict):
+            raise broken(f"entry {name!r} is not an object")
+        if not isinstance(entry.get("file"), str) or not entry["file"]:
+            raise broken(f"entry {name!r} has no 'file'")
+        if entry.get("format") not in FORMATS:
+            raise broken(f"entry {name!r} has format {entry.get('format')!r}; expected one "
+                         f"of {', '.join(FORMATS)}")
     return info
 
 
+def info_problem() -> str | None:
+    """Why the registry cannot be read, or None: for lists shown when the app starts,
+    which must show this message instead of failing."""
+    try:
+        load_info()
+    except DataError as exc:
+        return str(exc)
+    return None
+
+
 def test_sets() -> dict[str, str]:
-    """Registered test splits: {test dataset name: the dataset it is the test split of}."""
+    """Registered test splits: {test dataset name: the dataset it is the test split of}.
+    None while the registry is unreadable (the error is shown where a dataset is read)."""
+    try:
+        info = load_info()
+    except DataError:
+        return {}
     return {
         name: entry.get("test_of", "")
-        for name, entry in load_info().items()
+        for name, entry in info.items()
         if entry.get("split") == "test"
     }
+
+
+def name_problem(name: Any) -> str | None:
+    """Why `name` cannot name a dataset, or None."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        return (f"bad dataset name {name!r}: use 1-64 letters, digits, '_' or '-', starting "
+                "with a letter or digit")
+    if name.lower() == Path(INFO_FILE).stem:
+        return (f"the name {name!r} is taken by the registry file {INFO_FILE}; choose "
+                "another name")
+    return None
 
 
 def resolve(name_or_path: str) -> DatasetEntry:
@@ -103,8 +153,7 @@ def _entry(name: str, entry: Mapping[str, Any]) -> DatasetEntry:
 
 
 def _detected(path: Path) -> DatasetEntry:
-    _, columns = read_rows(path)
-    found = detect_format(columns)
+    found = detect_format(scan(path, 0, 0).columns)
     if found.format is None:
         raise DataError(f"cannot tell the format from its columns: {found.note}", file=path)
     return DatasetEntry(name=path.stem, path=path, format=found.format,
@@ -124,11 +173,9 @@ def register(
 ) -> None:
     """Validate `file`, copy it into data_dir() (unless it is there already) and add it to
     dataset_info.json. Nothing is changed when any check fails."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise DataError(
-            f"bad dataset name {name!r}: use 1-64 letters, digits, '_' or '-', starting with "
-            "a letter or digit"
-        )
+    problem = name_problem(name)
+    if problem:
+        raise DataError(problem)
     src = Path(file).expanduser().resolve()
     with _locked():
         info = load_info()
@@ -150,6 +197,9 @@ def register(
             owner = next((n for n, e in info.items() if e.get("file") == target.name), None)
             if owner not in (None, name):
                 raise DataError(f"{target.name} already belongs to dataset {owner!r}")
+            if owner is None and target.exists():
+                raise DataError(f"{display_path(target)} already exists and is not a "
+                                "registered dataset; choose another name")
             shutil.copyfile(src, target.with_name(target.name + ".tmp"))
             os.replace(target.with_name(target.name + ".tmp"), target)
         entry: dict[str, Any] = {"file": target.name, "format": format}

@@ -41,9 +41,13 @@ METRICS = (  # key, label, lower is better
 def dataset_choices(run: str | None = None) -> list[tuple[str, str]]:
     """(label, name): held-out splits first, then every other registered dataset, then
     the run's own training data when it is not registered (a file it was trained on)."""
+    from core.data.formats import DataError
     from core.data.registry import load_info
 
-    info = load_info()
+    try:
+        info = load_info()
+    except DataError:  # the Data tab says why; the run's own data is still offered
+        info = {}
     tests = [(f"{n} (held-out split of {e.get('test_of', '?')})", n)
              for n, e in info.items() if e.get("split") == "test"]
     others = [(n, n) for n, e in info.items() if e.get("split") != "test"]
