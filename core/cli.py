@@ -26,6 +26,14 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
+    from core.data.registry import info_problem
+
+    # Every dataset, even a path, is looked up in the registry first: say so now, in one
+    # line, rather than after a trainer has started and failed.
+    problem = info_problem()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         run_dir = runner.start(cfg)
     except runner.BusyError as exc:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.data import jsontext
 from core.data.formats import DataError
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
@@ -39,7 +40,6 @@ UTF8_HINT = "save the file as UTF-8 (in a spreadsheet: \"CSV UTF-8\"; in an edit
 
 # Numbers keep the text they are written with: "1.50" must not come back as "1.5".
 _DECODER = json.JSONDecoder(parse_float=str, parse_int=str, parse_constant=str)
-_SPACE = re.compile(r"[ \t\n\r]*")
 # Long documents in one cell are normal for training data; the default limit is 128 KiB.
 csv.field_size_limit(2**31 - 1)
 
@@ -179,63 +179,11 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _json(path: Path) -> Iterator[dict[str, Any]]:
-    """A list of objects, one object, or objects one after another (JSON lines saved as
-    .json). Items are decoded one by one from the text, never all at once."""
-    text = _text(path)
-    i = _SPACE.match(text).end()
-    if text[i] == "[":
-        yield from _json_list(path, text, i + 1)
-        return
-    if text[i] != "{":
-        raise DataError(f"expected a list of objects, one per row; the file starts with "
-                        f"{text[i:i + 20]!r}", file=path)
-    n = 0
-    while i < len(text):
-        n += 1
-        row, end = _decode_at(path, text, i)
-        if not isinstance(row, dict):
-            raise DataError(f"{_where(text, i)}: expected an object {{...}} per row, got "
-                            f"{_snippet(text[i:end])}", file=path, row=n)
-        yield row
-        i = _SPACE.match(text, end).end()
-
-
-def _json_list(path: Path, text: str, i: int) -> Iterator[dict[str, Any]]:
-    i = _SPACE.match(text, i).end()
-    n = 0
-    while text[i:i + 1] != "]":
-        n += 1
-        row, end = _decode_at(path, text, i)
-        if not isinstance(row, dict):
-            raise DataError(f"item {n} of the list is {_snippet(text[i:end])}, not an object "
-                            "{...}", file=path, row=n)
-        yield row
-        i = _SPACE.match(text, end).end()
-        if text[i:i + 1] == ",":
-            i = _SPACE.match(text, i + 1).end()
-            if text[i:i + 1] == "]":
-                raise DataError(f"{_where(text, i)}: not valid JSON (a ',' before the "
-                                "closing ']')", file=path)
-        elif text[i:i + 1] != "]":
-            raise DataError(f"{_where(text, i)}: not valid JSON (expected ',' or ']' after "
-                            f"item {n})", file=path)
-    rest = _SPACE.match(text, i + 1).end()
-    if rest < len(text):
-        raise DataError(f"{_where(text, rest)}: not valid JSON (text after the closing ']')",
-                        file=path)
-
-
-def _decode_at(path: Path, text: str, i: int) -> tuple[Any, int]:
-    try:
-        return _DECODER.raw_decode(text, i)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg})",
-                        file=path) from None
-
-
-def _where(text: str, i: int) -> str:
-    line = text.count("\n", 0, i) + 1
-    return f"line {line}, column {i - (text.rfind(chr(10), 0, i) + 1) + 1}"
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        try:
+            yield from jsontext.rows(jsontext.JsonText(f, _DECODER, path))
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
 
 
 def _csv(path: Path) -> tuple[list[str], Iterator[dict[str, Any]]]:
