@@ -347,10 +347,10 @@ def validate_file(
                 to_example(row, fmt, cols, file=path, row_number=count)
             except DataError as exc:
                 problems.append(exc)
+        if not count:
+            return [DataError("the file has no rows", file=path)]
         # A missing column is one problem, not one per row.
         check_columns(fmt, columns, list(present), path)
     except DataError as exc:
         return [exc]
-    if not count:
-        return [DataError("the file has no rows", file=path)]
     return problems

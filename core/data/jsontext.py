@@ -2,7 +2,7 @@
 
 `json.load` would hold the whole text and every row at once: for a 100 MB upload, several
 hundred MB in the UI process just to show five rows and a count. Here only the current
-chunk (about a megabyte, more for one very long row) is held, and positions in errors are
+chunk (a quarter of a megabyte, more for one very long row) is held, and positions in errors are
 still line and column in the whole file.
 """
 
@@ -17,7 +17,7 @@ from typing import IO, Any
 from core.data.formats import DataError
 
 _SPACE = re.compile(r"[ \t\n\r]*")
-CHUNK = 1 << 20
+CHUNK = 1 << 18
 
 
 class JsonText:

@@ -167,7 +167,9 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
             try:
                 row = _DECODER.decode(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"line {lineno}, column {exc.colno}: not valid JSON "
+                # An error at the end of the line is reported there, not on the next.
+                column = min(exc.pos, len(line.rstrip("\r\n"))) + 1
+                raise DataError(f"line {lineno}, column {column}: not valid JSON "
                                 f"({exc.msg})", file=path) from None
             if not isinstance(row, dict):
                 raise DataError(f"line {lineno}: expected one object {{...}} per line, got "
