@@ -412,6 +412,18 @@ def test_app_builds_and_lists_the_problem_with_a_broken_registry(data, monkeypat
     assert choices["choices"] == []
 
 
+def test_training_start_refuses_with_a_broken_registry(data, saves):
+    from core.config import SETTINGS
+    from webui import training
+
+    (data / "dataset_info.json").write_text("[]", encoding="utf-8")
+    values = {n: (list(s.default) if isinstance(s.default, list) else s.default)
+              for n, s in SETTINGS.items()}
+    started = training.start(values)
+    assert started.run_dir is None and "fix or delete" in started.message
+    assert "dataset_info.json" in started.message and not list(saves.iterdir())
+
+
 def test_upload_limit_setting(monkeypatch):
     monkeypatch.delenv("PEFT_STUDIO_MAX_UPLOAD_MB", raising=False)
     assert upload.max_upload_mb() == 1024

@@ -48,6 +48,12 @@ def start(values: dict[str, Any], lang: str = "en") -> Started:
         cfg = to_config(values)
     except ConfigError as exc:
         return Started(None, problems_markdown(exc, lang))
+    from core.data.registry import info_problem
+
+    # Said here rather than by a trainer that starts and fails (as the CLI does).
+    problem = info_problem()
+    if problem:
+        return Started(None, BUSY(lang, error=problem))
     try:
         run_dir = runner.start(cfg)
     except runner.BusyError as exc:

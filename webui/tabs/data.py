@@ -108,9 +108,11 @@ def _refresh_lists(current: str | None) -> tuple[Any, Any]:
 def _uploader(shared: Shared) -> _Upload:
     i18n = shared.i18n
     i18n.add(gr.Markdown("### Add a dataset"), "### Add a dataset", "### 添加数据集")
-    file = i18n.add(gr.File(file_types=upload.UPLOAD_TYPES, label="A json, jsonl, csv or parquet "
-                            "file", height=120, elem_id="upload-file"),
-                    "A json, jsonl, csv or parquet file", "json、jsonl、csv 或 parquet 文件")
+    limit = upload.max_upload_mb()
+    label = f"A json, jsonl, csv or parquet file (up to {limit} MB)"
+    file = i18n.add(gr.File(file_types=upload.UPLOAD_TYPES, label=label, height=120,
+                            elem_id="upload-file"),
+                    label, f"json、jsonl、csv 或 parquet 文件（不超过 {limit} MB）")
     detected = gr.Markdown()
     # Format, name and column roles mean nothing before there is a file.
     with gr.Column(visible=False) as options:
