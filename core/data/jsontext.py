@@ -49,6 +49,9 @@ class JsonText:
         """The next character that is not blank space, '' at the end of the file."""
         if self.i > CHUNK:  # forget what has been decoded (only here: no position is held)
             self._drop()
+        char = self.buf[self.i:self.i + 1]
+        if char and char not in " \t\n\r":
+            return char
         while True:
             self.i = _SPACE.match(self.buf, self.i).end()
             if self.i < len(self.buf) or not self._more():
@@ -57,8 +60,8 @@ class JsonText:
     def take(self) -> None:
         self.i += 1
 
-    def value(self) -> tuple[Any, str]:
-        """The value at the cursor and the start of its text (for messages)."""
+    def value(self) -> Any:
+        """The value at the cursor."""
         while True:
             try:
                 value, end = self.decoder.raw_decode(self.buf, self.i)
@@ -67,9 +70,8 @@ class JsonText:
                 if self._more():  # perhaps only cut off at the end of what was read
                     continue
                 raise self.error(exc.pos, f"not valid JSON ({exc.msg})") from None
-        text = self.buf[self.i:min(end, self.i + 40)]
         self.i = end
-        return value, text
+        return value
 
     def error(self, pos: int | None, reason: str, row: int | None = None) -> DataError:
         pos = self.i if pos is None else pos
@@ -94,8 +96,8 @@ def rows(text: JsonText) -> Iterator[dict[str, Any]]:
             yield _row(text, n, "row")
         return
     text.take()
-    n = 0
-    while text.peek() != "]":
+    n, sep = 0, text.peek()
+    while sep != "]":
         n += 1
         yield _row(text, n, f"item {n} of the list")
         sep = text.peek()
@@ -112,8 +114,9 @@ def rows(text: JsonText) -> Iterator[dict[str, Any]]:
 
 def _row(text: JsonText, n: int, what: str) -> dict[str, Any]:
     start = text.i
-    value, snippet = text.value()
+    value = text.value()
     if not isinstance(value, dict):
+        snippet = text.buf[start:text.i]
         snippet = snippet if len(snippet) < 40 else snippet[:37] + "..."
         raise text.error(start, f"{what} is {snippet}, not an object {{...}}",
                          row=n)
