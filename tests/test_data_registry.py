@@ -71,6 +71,7 @@ def test_register_copies_the_file_and_adds_the_entry(data, tmp_path):
         ("x.json", [{"text": "a"}], "text", "bad dataset name"),
         ("", [{"text": "a"}], "text", "bad dataset name"),
         ("identity", [{"text": "a"}], "text", "already exists"),
+        ("dataset_info", [{"text": "a"}], "text", "taken by the registry file"),
         ("fresh", [{"text": "a"}, {"text": ""}], "text", "row 2"),
         ("fresh", [{"text": "a"}], "yaml", "unknown format"),
         ("fresh", [{"text": "a"}], "alpaca", "column missing"),

@@ -1,8 +1,8 @@
 """Datasets: the registry (registry), formats and validation (formats), file reading
-(reader), loading a run's examples (loader) and tokenizing them (encode).
+(reader, jsontext), loading a run's examples (loader) and tokenizing them (encode).
 
-Importing this package pulls in neither `datasets` nor `transformers`; they are imported
-when a file is read or a tokenizer is passed in.
+Importing this package pulls in neither pyarrow nor `transformers`; pyarrow is imported
+when a parquet file is read, and nothing here imports a tokenizer library itself.
 """
 
 from core.data.formats import (
