@@ -23,6 +23,7 @@ import yaml
 from core import runner
 from core.config import SETTINGS, RunConfig
 from core.events import EventWriter, read_events
+from core.fsutil import atomic_write_text
 from core.paths import saves_dir
 
 SPEC_FILE = "compare.yaml"
@@ -70,7 +71,7 @@ def start(spec: CompareSpec) -> Path:
     spec.configs(name)  # raises ConfigError now, not half-way through the queue
     job = comparisons_dir() / name
     job.mkdir(parents=True)
-    (job / SPEC_FILE).write_text(yaml.safe_dump(asdict(spec), sort_keys=False))
+    atomic_write_text(job / SPEC_FILE, yaml.safe_dump(asdict(spec), sort_keys=False))
     runner.spawn(job, ["-m", "core.compare", str(job / SPEC_FILE)])
     return job
 
@@ -167,7 +168,7 @@ def run(job: Path) -> list[dict[str, Any]]:
                         message=f"evaluating {cfg.method}")
             row.update(_evaluate(run_dir, spec, stop))
         rows.append(row)
-        (job / RESULTS).write_text(json.dumps({"rows": rows}, indent=1))
+        atomic_write_text(job / RESULTS, json.dumps({"rows": rows}, indent=1))
     events.emit("progress", done=len(rows), total=len(configs), message="finished")
     return rows
 

@@ -26,6 +26,7 @@ import yaml
 
 from core.chat import base_target, resolve_run, run_target
 from core.events import EventWriter, read_events
+from core.fsutil import atomic_write_text
 
 SPEC_FILE = "eval.yaml"
 RESULTS = "results.json"
@@ -253,9 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         events.emit("end", status="failed", error=f"{type(exc).__name__}: {exc}",
                     output_dir=None)
         return 1
-    tmp = job / (RESULTS + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(job / RESULTS)
+    atomic_write_text(job / RESULTS, json.dumps(results, indent=1, ensure_ascii=False))
     events.emit("end", status="done", error=None, output_dir=str(job),
                 summary={k: {m: v.get(m) for m in ("loss", "perplexity", "exact_match",
                                                    "bleu", "rouge_l")}
