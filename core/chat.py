@@ -395,9 +395,15 @@ class ChatClient:
                         pass
 
     def load(self, target: Target) -> dict[str, Any]:
-        info = list(self._request("load", target=asdict(target)))[-1]["info"]
-        self.loaded[target.key] = info
-        return info
+        return list(self.load_events(target))[-1]["info"]
+
+    def load_events(self, target: Target) -> Iterator[dict[str, Any]]:
+        """Replies of one load: {"type": "waiting", "holder"} while another job has the
+        device, {"type": "loading"}, then {"type": "loaded", "info", "last": true}."""
+        for msg in self._request("load", target=asdict(target)):
+            if msg["type"] == "loaded":
+                self.loaded[target.key] = msg["info"]
+            yield msg
 
     def events(self, target: Target, messages: list[dict[str, str]],
                settings: GenerationSettings) -> Iterator[dict[str, Any]]:

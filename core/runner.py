@@ -294,6 +294,20 @@ def read_job(job: Path, spec_file: str) -> JobState:
     return JobState(status, end, progress, spec)
 
 
+def hold_device_for_job(job: Path, what: str) -> Any:
+    """`hold_device` for an evaluation or export job: while it waits, its progress line
+    says for whom ("waiting for <run> to finish"); an abort ends the wait. Returns the
+    lock file, or None if it was aborted while waiting."""
+    events = EventWriter(job)
+
+    def on_wait(holder: str) -> None:
+        events.emit("progress", done=0, total=0, message=f"waiting for {holder} to finish")
+        print(f"waiting for {holder} to finish", flush=True)
+
+    return hold_device(f"{what} {job.name}", on_wait=on_wait,
+                       cancelled=lambda: (job / ABORT_FILE).exists())
+
+
 def start(cfg: RunConfig, saves: Path | None = None) -> Path:
     """Start a training run in the background; return its folder.
 

@@ -36,6 +36,9 @@ PANES = 3  # base, fine-tuned, a second run
 T_NOT_LOADED = Text("No model loaded. Models load on the first message, or press Load.",
                     "尚未加载模型。发送第一条消息时自动加载，或点击“加载”。")
 T_LOADING = Text("Loading {label} ...", "正在加载 {label} ...")
+T_WAITING = Text("Waiting for {holder} to finish: one job uses the device at a time "
+                 "(Stop gives up waiting).", "正在等待 {holder} 结束：设备一次只运行一个任务"
+                 "（点停止可放弃等待）。")
 T_LOADED = Text("Loaded: {names}. Worker process {pid}, {mb} MB of memory.",
                 "已加载：{names}。工作进程 {pid}，占用内存 {mb} MB。")
 T_UNLOADED = Text("Unloaded: the worker process {pid} ended and its memory is freed.",
@@ -220,7 +223,9 @@ def build(shared: Shared) -> None:
             for t in load_order(targets(model, run_, ckpt, compare_, second_)):
                 if t.key not in CLIENT.loaded:
                     yield T_LOADING(lang, label=t.label)
-                    CLIENT.load(t)
+                    for event in CLIENT.load_events(t):
+                        if event["type"] == "waiting":
+                            yield T_WAITING(lang, holder=event["holder"])
         except (ChatError, ValueError) as exc:
             yield T_ERROR(lang, error=exc)
             return
@@ -244,7 +249,9 @@ def build(shared: Shared) -> None:
             for t in load_order(panes):
                 if t.key not in CLIENT.loaded:
                     yield ["", *histories, T_LOADING(lang, label=t.label)]
-                    CLIENT.load(t)
+                    for event in CLIENT.load_events(t):
+                        if event["type"] == "waiting":
+                            yield ["", *histories, T_WAITING(lang, holder=event["holder"])]
             for i, target in enumerate(panes):
                 if target is None:
                     continue
