@@ -153,10 +153,11 @@ def process_alive(job_dir: Path) -> bool:
         info = json.loads((job_dir / PROCESS).read_text())
     except (OSError, ValueError):
         return False
-    now = _create_time(info["pid"])
-    # A folder written by an older version has no create_time: alive only if its pid
-    # still names a live process (what those versions could prove at best).
-    return now is not None and info.get("create_time", now) == now
+    # A folder from an older version (no create_time) cannot prove its process is ours:
+    # taken as ended, like any run whose process is gone.
+    if not info.get("create_time") or info.get("pid", 0) <= 0:
+        return False
+    return _create_time(info["pid"]) == info["create_time"]
 
 
 # -- runs --------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ def tiny(tiny_model_dir: Path, **kw) -> RunConfig:
 def wait_for(predicate, run_dir: Path, timeout: float = 120, poll: float = 0.05):
     deadline = time.time() + timeout
     while not (found := predicate()):
-        assert time.time() < deadline, (run_dir / "log.txt").read_text()
+        log = run_dir / "log.txt"
+        assert time.time() < deadline, log.read_text() if log.is_file() else "timed out"
         time.sleep(poll)
     return found
 
@@ -297,3 +298,19 @@ def test_comparison_queue_stops_from_the_cli(tiny_model_dir, saves):
     assert (run_dir / "adapter" / "studio.json").is_file()  # what it trained is kept
     assert [r["status"] for r in compare.table(job)] == ["aborted"]  # ia3 never started
     assert runner.active_run() is None
+
+
+def test_chat_waits_for_the_device_and_says_for_whom(tiny_model_dir, saves):
+    client = chat.ChatClient()
+    holder = runner.hold_device("run busy-run")
+    try:
+        replies = client.load_events(chat.base_target(str(tiny_model_dir)))
+        first = next(replies)
+        assert first == {"id": 1, "type": "waiting", "holder": "run busy-run"}
+        holder.close()  # the run ends: the chat goes on by itself
+        assert [r["type"] for r in replies] == ["loading", "loaded"]
+        # held only while loading or answering: free again right after the last reply
+        wait_for(lambda: runner.device_holder() is None, saves, timeout=30)
+    finally:
+        holder.close()
+        client.unload()

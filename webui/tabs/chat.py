@@ -8,7 +8,6 @@ which gives every byte back. Models load on the first message unless loaded befo
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -91,13 +90,14 @@ def _status(lang: str) -> str:
 
 
 def _rss_mb(pid: int | None) -> str:
+    import psutil  # works where there is no /proc (macOS, Windows)
+
+    if pid is None:
+        return "?"
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return f"{int(line.split()[1]) / 1024:,.0f}"
-    except (OSError, ValueError):
-        pass
-    return "?"
+        return f"{psutil.Process(pid).memory_info().rss / 2**20:,.0f}"
+    except (psutil.Error, TypeError, ValueError):
+        return "?"
 
 
 def _text(content: Any) -> str:
