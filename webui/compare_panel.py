@@ -4,6 +4,7 @@ run it goes on with the page closed, and any page re-reads it from its files."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,10 @@ def stop(job: str | None) -> str:
     not yet trained are not started."""
     if not job or runner.run_status(Path(job))[0] != runner.RUNNING:
         return "No comparison is running."
-    status = runner.abort(Path(job), timeout=120)
-    return f"Comparison {Path(job).name}: {status}."
+    # In the background, like the Train tab's Abort: the run saves first, which takes a
+    # while, and the timer shows the queue ending.
+    threading.Thread(target=runner.abort, args=(Path(job), 120), daemon=True).start()
+    return f"Stopping **{Path(job).name}**: the current run stops at its next step and saves."
 
 
 def latest() -> str | None:
