@@ -49,8 +49,10 @@ class StopRequest:
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.saving is not None:
             # Cutting a save short would lose the result: every abort waits for it.
-            print(f"abort requested while saving {self.saving}; finishing the save first",
-                  flush=True)
+            # os.write, not print: a handler that prints while the main thread is
+            # printing raises "reentrant call" and would end the save after all.
+            os.write(1, f"abort requested while saving {self.saving}; finishing the save "
+                        "first\n".encode())
         elif self.signalled:  # a second signal between saves means: stop now, unsaved
             if self.events is not None:
                 self.events.emit("end", status="aborted", error="stopped at once by a "
