@@ -119,7 +119,7 @@ def progress(watch: Watch) -> str:
         waiting = _last(watch.events, "waiting")
         caption += (f" (waiting for {waiting['holder']} to finish: one job uses the device "
                     "at a time)" if waiting else " (loading model and data)")
-    if watch.live and _last(watch.events, "saving") is watch.events[-1]:
+    if watch.live and watch.events and watch.events[-1]["type"] == "saving":
         caption += " (saving: an abort now waits for the save to finish)"
     return progress_html(step, total, elapsed, eta if steps else None, watch.status, caption)
 
