@@ -55,6 +55,13 @@ def run_output(run_dir: Path) -> Path | None:
     return None
 
 
+def diverged(run_dir: Path) -> bool:
+    """Whether the run ended `failed` because its training diverged (core.health)."""
+    from core.runner import run_status
+
+    return bool(run_status(run_dir)[1].get("diverged"))
+
+
 def finished_runs(saves: Path | None = None) -> list[Path]:
     """Runs with a loadable result, newest first."""
     from core.runner import list_runs
@@ -68,6 +75,9 @@ def checkpoints(run_dir: Path) -> dict[str, Path]:
     out = run_output(run_dir)
     if out is not None:
         found["final"] = out
+    if diverged(run_dir):
+        # Which of its checkpoints were already going bad is unknown: offer none.
+        return found
     steps = [p for p in (run_dir / "checkpoints").glob("step-*") if (p / MANIFEST).is_file()]
     for p in sorted(steps, key=lambda p: int(p.name.split("-")[1]), reverse=True):
         found[p.name] = p
@@ -385,9 +395,15 @@ class ChatClient:
                         pass
 
     def load(self, target: Target) -> dict[str, Any]:
-        info = list(self._request("load", target=asdict(target)))[-1]["info"]
-        self.loaded[target.key] = info
-        return info
+        return list(self.load_events(target))[-1]["info"]
+
+    def load_events(self, target: Target) -> Iterator[dict[str, Any]]:
+        """Replies of one load: {"type": "waiting", "holder"} while another job has the
+        device, {"type": "loading"}, then {"type": "loaded", "info", "last": true}."""
+        for msg in self._request("load", target=asdict(target)):
+            if msg["type"] == "loaded":
+                self.loaded[target.key] = msg["info"]
+            yield msg
 
     def events(self, target: Target, messages: list[dict[str, str]],
                settings: GenerationSettings) -> Iterator[dict[str, Any]]:

@@ -6,7 +6,8 @@ Requests on stdin, one JSON object a line:
   {"op": "stop"}                        end the reply being generated, at its next token
   {"id": 3, "op": "status"}
 Replies on stdout carry the request's id; the last reply to a request has "last": true:
-  {"type": "loading"} {"type": "loaded", "info"} {"type": "chunk", "text"}
+  {"type": "waiting", "holder"} (another job has the device) {"type": "loading"}
+  {"type": "loaded", "info"} {"type": "chunk", "text"}
   {"type": "done", "text", "tokens", "seconds", "stopped"} {"type": "error", "message"}
 End of input ends the worker; the UI unloads models by closing its stdin.
 """
@@ -22,6 +23,7 @@ import traceback
 from typing import IO, Any
 
 from core.chat import Engine, GenerationSettings, Reply, Target
+from core.runner import hold_device
 
 
 def _protocol_stream() -> IO[str]:
@@ -58,6 +60,18 @@ def _handle(engine: Engine, request: dict[str, Any], stop: threading.Event,
     if op == "status":
         send(type="status", loaded=list(engine.loaded), last=True)
         return
+    # The device is one job's at a time (core.runner): a run training holds it, and the
+    # chat waits, saying for whom, until it is free or the person presses Stop.
+    device = hold_device("chat", on_wait=lambda holder: send(type="waiting", holder=holder),
+                         cancelled=stop.is_set)
+    if device is None:
+        raise RuntimeError("stopped while waiting for the device")
+    with device:
+        _use_device(engine, request, stop, send, op)
+
+
+def _use_device(engine: Engine, request: dict[str, Any], stop: threading.Event, send: Any,
+                op: str) -> None:
     target = Target.from_dict(request["target"])
     first_load = target.key not in engine.loaded
     if first_load:

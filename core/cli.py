@@ -114,7 +114,11 @@ def _run_dir(name: str) -> Path:
 
 
 def _abort(args: argparse.Namespace) -> int:
-    run_dir = _run_dir(args.run)
+    from core import compare
+
+    queue = compare.comparisons_dir() / args.run
+    # A comparison queue stops like a run: it aborts the run it is training, then ends.
+    run_dir = queue if (queue / compare.SPEC_FILE).is_file() else _run_dir(args.run)
     if runner.run_status(run_dir)[0] != runner.RUNNING:
         print(f"{run_dir.name} is not running")
         return 1
@@ -144,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list runs in saves/ with their status")
     p.set_defaults(func=_runs)
 
-    p = sub.add_parser("abort", help="stop a run at its next step; it saves what it has")
-    p.add_argument("run", help="run name (folder under saves/) or path")
+    p = sub.add_parser("abort", help="stop a run at its next step; it saves what it has "
+                       "(a comparison's name stops that queue)")
+    p.add_argument("run", help="run name (folder under saves/) or path, or a comparison")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to wait before killing it")
     p.set_defaults(func=_abort)

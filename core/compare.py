@@ -23,6 +23,7 @@ import yaml
 from core import runner
 from core.config import SETTINGS, RunConfig
 from core.events import EventWriter, read_events
+from core.fsutil import atomic_write_text
 from core.paths import saves_dir
 
 SPEC_FILE = "compare.yaml"
@@ -70,7 +71,7 @@ def start(spec: CompareSpec) -> Path:
     spec.configs(name)  # raises ConfigError now, not half-way through the queue
     job = comparisons_dir() / name
     job.mkdir(parents=True)
-    (job / SPEC_FILE).write_text(yaml.safe_dump(asdict(spec), sort_keys=False))
+    atomic_write_text(job / SPEC_FILE, yaml.safe_dump(asdict(spec), sort_keys=False))
     runner.spawn(job, ["-m", "core.compare", str(job / SPEC_FILE)])
     return job
 
@@ -109,13 +110,18 @@ def list_comparisons() -> list[Path]:
     return sorted((p for p in root.iterdir() if (p / SPEC_FILE).is_file()), reverse=True)
 
 
-def _start_when_free(cfg: RunConfig, stop: dict[str, bool]) -> Path | None:
+def _start_when_free(cfg: RunConfig, stop: dict[str, bool], events: EventWriter, done: int,
+                     total: int) -> Path | None:
     # Someone may train by hand between two of our runs: wait for the machine, never
-    # fight over it.
+    # fight over it, and say for whom we wait.
+    told = None
     while not stop["requested"]:
         try:
             return runner.start(cfg)
-        except runner.BusyError:
+        except runner.BusyError as exc:
+            if str(exc) != told:
+                events.emit("progress", done=done, total=total, message=f"waiting: {exc}")
+                told = str(exc)
             time.sleep(2)
     return None
 
@@ -156,7 +162,7 @@ def run(job: Path) -> list[dict[str, Any]]:
     configs = spec.configs(job.name)
     for i, cfg in enumerate(configs):
         events.emit("progress", done=i, total=len(configs), message=f"training {cfg.method}")
-        run_dir = _start_when_free(cfg, stop)
+        run_dir = _start_when_free(cfg, stop, events, i, len(configs))
         if run_dir is None:
             break
         events.emit("run", method=cfg.method, run=run_dir.name)
@@ -167,7 +173,7 @@ def run(job: Path) -> list[dict[str, Any]]:
                         message=f"evaluating {cfg.method}")
             row.update(_evaluate(run_dir, spec, stop))
         rows.append(row)
-        (job / RESULTS).write_text(json.dumps({"rows": rows}, indent=1))
+        atomic_write_text(job / RESULTS, json.dumps({"rows": rows}, indent=1))
     events.emit("progress", done=len(rows), total=len(configs), message="finished")
     return rows
 
@@ -185,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         events.emit("end", status="failed", error=f"{type(exc).__name__}: {exc}")
         return 1
     failed = [r["method"] for r in rows if r["status"] != runner.DONE]
-    status = "aborted" if len(rows) < len(yaml.safe_load((job / SPEC_FILE).read_text())
-                                          ["methods"]) else "done"
+    stopped = (job / runner.ABORT_FILE).exists()  # runner.abort (Stop, the CLI) leaves it
+    status = "aborted" if stopped or len(rows) < len(
+        yaml.safe_load((job / SPEC_FILE).read_text())["methods"]) else "done"
     events.emit("end", status=status, error=(f"not done: {', '.join(failed)}" if failed
                                              else None))
     return 0

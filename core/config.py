@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from core.fsutil import atomic_write_text
 from core.methods import METHODS
 from core.settings import Setting
 
@@ -237,7 +238,7 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+        atomic_write_text(path, self.to_yaml())
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "") -> RunConfig:

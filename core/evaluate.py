@@ -26,6 +26,8 @@ import yaml
 
 from core.chat import base_target, resolve_run, run_target
 from core.events import EventWriter, read_events
+from core.fsutil import atomic_write_text
+from core.runner import hold_device_for_job
 
 SPEC_FILE = "eval.yaml"
 RESULTS = "results.json"
@@ -247,15 +249,18 @@ def main(argv: list[str] | None = None) -> int:
     job = Path(argv[0]).parent
     events = EventWriter(job)
     try:
-        results = evaluate(EvalSpec.load(Path(argv[0])), events)
+        spec = EvalSpec.load(Path(argv[0]))
+        device = hold_device_for_job(job, f"evaluation of {Path(spec.run_dir).name}")
+        if device is None:
+            events.emit("end", status="aborted", error=None, output_dir=None)
+            return 0
+        results = evaluate(spec, events)
     except Exception as exc:  # every failure must reach the UI as an end event
         traceback.print_exc()
         events.emit("end", status="failed", error=f"{type(exc).__name__}: {exc}",
                     output_dir=None)
         return 1
-    tmp = job / (RESULTS + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(job / RESULTS)
+    atomic_write_text(job / RESULTS, json.dumps(results, indent=1, ensure_ascii=False))
     events.emit("end", status="done", error=None, output_dir=str(job),
                 summary={k: {m: v.get(m) for m in ("loss", "perplexity", "exact_match",
                                                    "bleu", "rouge_l")}

@@ -10,6 +10,9 @@ Event types (all carry "type" and "time"):
               tokens_per_second, elapsed, eta
   eval        step, eval_loss
   checkpoint  step, path
+  saving      path                       (a result is being written; see core.train)
+  waiting     holder                     (another job has the device; see core.runner)
+  diverged    step, reason               (then end: failed, diverged: true; core.health)
   progress    done, total, message       (evaluation and export jobs)
   end         status ("done" | "aborted" | "failed"), error, final_loss, output_dir
 """

@@ -37,6 +37,7 @@ from core.chat import resolve_run, run_target
 from core.events import EventWriter, read_events
 from core.methods.common import read_manifest
 from core.paths import saves_dir
+from core.runner import hold_device_for_job
 
 SPEC_FILE = "export.yaml"
 # A plain folder name: no separators, no leading dot (so never "." or ".." or hidden).
@@ -379,7 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     job = Path(argv[0]).parent
     events = EventWriter(job)
     try:
-        result = export(ExportSpec.load(Path(argv[0])), events)
+        spec = ExportSpec.load(Path(argv[0]))
+        device = hold_device_for_job(job, f"export of {Path(spec.run_dir).name}")
+        if device is None:
+            events.emit("end", status="aborted", error=None, output_dir=None)
+            return 0
+        result = export(spec, events)
     except Exception as exc:  # every failure must reach the UI as an end event
         traceback.print_exc()
         message = str(exc) if isinstance(exc, ExportError) else f"{type(exc).__name__}: {exc}"

@@ -9,6 +9,7 @@ nobody drains blocks the trainer once the browser is gone.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -16,15 +17,19 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from core.config import RunConfig
 from core.events import LOG, EventWriter, read_events
+from core.fsutil import atomic_write_text
 from core.paths import ROOT, saves_dir
 
 PROCESS = "process.json"
@@ -37,18 +42,86 @@ class BusyError(RuntimeError):
     """Another run is still training on this machine."""
 
 
+# -- the device: one job at a time ---------------------------------------------------------
+# Two locks, both flock()s on files in saves/, which the kernel drops when their holder
+# dies (even by SIGKILL), so a crash never leaves the machine "busy" for ever:
+#   .start.lock   held for the instant of check-and-start, so two starts racing (two
+#                 browser tabs, UI and CLI) cannot both see the machine free;
+#   .device.lock  held for its whole life by the process using the device: a trainer, an
+#                 evaluation, an export, or the chat worker while it loads or generates.
+#                 .device.holder names it, for "waiting for <job>".
+START_LOCK, DEVICE_LOCK, DEVICE_HOLDER = ".start.lock", ".device.lock", ".device.holder"
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def device_holder(saves: Path | None = None) -> str | None:
+    """The name of the job holding the device, or None when it is free."""
+    saves = saves or saves_dir()
+    path = saves / DEVICE_LOCK
+    if not path.exists():
+        return None
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return json.loads((saves / DEVICE_HOLDER).read_text())["name"]
+            except (OSError, ValueError, KeyError):
+                return "another job"
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
+def hold_device(name: str, on_wait: Callable[[str], None] | None = None,
+                cancelled: Callable[[], bool] = lambda: False, poll: float = 0.5,
+                saves: Path | None = None) -> Any:
+    """Take the device for this process and return the open lock file (the device is
+    free again when it is closed or the process ends). While another job holds it,
+    `on_wait(holder)` is called once per new holder and the call waits; it returns None
+    if `cancelled()` turns true first."""
+    saves = saves or saves_dir()
+    saves.mkdir(parents=True, exist_ok=True)
+    f = open(saves / DEVICE_LOCK, "a")  # noqa: SIM115 - held for the caller's lifetime
+    told = None
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            holder = device_holder(saves) or "another job"
+            if holder != told and on_wait is not None:
+                on_wait(holder)
+            told = holder
+            if cancelled():
+                f.close()
+                return None
+            time.sleep(poll)
+    atomic_write_text(saves / DEVICE_HOLDER, json.dumps({"name": name, "pid": os.getpid()}))
+    return f
+
+
 # -- processes ---------------------------------------------------------------------------
-def _start_time(pid: int) -> int | None:
-    """The kernel's start time of `pid` (clock ticks since boot): with the pid it names a
-    process uniquely, so a recycled pid is never mistaken for our trainer."""
+def _create_time(pid: int) -> float | None:
+    """When `pid` started, as psutil reports it (on Linux, macOS and Windows alike): with
+    the pid it names a process uniquely, so a recycled pid is never taken for our job.
+    None when no such process lives; an exited but unreaped process (a zombie) is dead."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        proc = psutil.Process(pid)
+        if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return None
+        return proc.create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    if fields[0] in ("Z", "X"):  # exited, not yet reaped
-        return None
-    return int(fields[19])
 
 
 def spawn(job_dir: Path, argv: list[str]) -> int:
@@ -69,9 +142,9 @@ def spawn(job_dir: Path, argv: list[str]) -> int:
         )
     # Reap it when it ends so it does not linger as a zombie under a long-lived UI.
     threading.Thread(target=proc.wait, daemon=True).start()
-    info = {"pid": proc.pid, "start_time": _start_time(proc.pid), "argv": argv,
+    info = {"pid": proc.pid, "create_time": _create_time(proc.pid), "argv": argv,
             "started": time.time()}
-    (job_dir / PROCESS).write_text(json.dumps(info))
+    atomic_write_text(job_dir / PROCESS, json.dumps(info))
     return proc.pid
 
 
@@ -80,8 +153,11 @@ def process_alive(job_dir: Path) -> bool:
         info = json.loads((job_dir / PROCESS).read_text())
     except (OSError, ValueError):
         return False
-    now = _start_time(info["pid"])
-    return now is not None and now == info.get("start_time")
+    # A folder from an older version (no create_time) cannot prove its process is ours:
+    # taken as ended, like any run whose process is gone.
+    if not info.get("create_time") or info.get("pid", 0) <= 0:
+        return False
+    return _create_time(info["pid"]) == info["create_time"]
 
 
 # -- runs --------------------------------------------------------------------------------
@@ -193,7 +269,7 @@ def start_job(parent: Path, module: str, spec: dict[str, Any], spec_file: str) -
     """Start `python -m module SPEC` (an evaluation, an export) in a fresh time-stamped
     folder under `parent` holding its spec; return the folder."""
     job = unique_dir(parent, f"{datetime.now():%Y%m%d-%H%M%S}")
-    (job / spec_file).write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    atomic_write_text(job / spec_file, yaml.safe_dump(spec, sort_keys=False))
     spawn(job, ["-m", module, str(job / spec_file)])
     return job
 
@@ -219,25 +295,59 @@ def read_job(job: Path, spec_file: str) -> JobState:
     return JobState(status, end, progress, spec)
 
 
+def hold_device_for_job(job: Path, what: str) -> Any:
+    """`hold_device` for an evaluation or export job: while it waits, its progress line
+    says for whom ("waiting for <run> to finish"); an abort ends the wait. Returns the
+    lock file, or None if it was aborted while waiting."""
+    events = EventWriter(job)
+
+    def on_wait(holder: str) -> None:
+        events.emit("progress", done=0, total=0, message=f"waiting for {holder} to finish")
+        print(f"waiting for {holder} to finish", flush=True)
+
+    return hold_device(f"{what} {job.name}", on_wait=on_wait,
+                       cancelled=lambda: (job / ABORT_FILE).exists())
+
+
 def start(cfg: RunConfig, saves: Path | None = None) -> Path:
     """Start a training run in the background; return its folder.
 
-    One run at a time per machine: two trainers would fight for the same memory."""
-    busy = active_run(saves)
-    if busy is not None:
-        raise BusyError(
-            f"run {busy.name!r} is still training; wait for it or abort it before starting "
-            "another"
-        )
-    run_dir = new_run_dir(cfg, saves)
-    cfg.save(run_dir / CONFIG)
-    spawn(run_dir, ["-m", "core.train", str(run_dir / CONFIG)])
+    One job at a time per machine: two trainers would fight for the same memory. The
+    check and the start happen under one lock, so of two starts racing exactly one wins."""
+    saves = saves or saves_dir()
+    with _locked(saves / START_LOCK):
+        busy = active_run(saves)
+        if busy is not None:
+            raise BusyError(
+                f"run {busy.name!r} is still training; wait for it or abort it before "
+                "starting another"
+            )
+        holder = device_holder(saves)
+        if holder is not None:
+            raise BusyError(f"{holder} is using the device; wait for it to finish or stop "
+                            "it before starting a run")
+        run_dir = new_run_dir(cfg, saves)
+        cfg.save(run_dir / CONFIG)
+        spawn(run_dir, ["-m", "core.train", str(run_dir / CONFIG)])
     return run_dir
+
+
+# A save in progress is waited for this long past the abort deadline: killing it would
+# lose the result, and a big model on a slow disk takes minutes to write.
+SAVE_GRACE = 30 * 60.0
+
+
+def _saving(run_dir: Path) -> dict[str, Any] | None:
+    """The trainer's `saving` event when a save is what it is doing now, else None."""
+    events, _ = read_events(run_dir)
+    return events[-1] if events and events[-1]["type"] == "saving" else None
 
 
 def abort(run_dir: Path, timeout: float = 60.0) -> str:
     """Ask the run to stop and save; kill its process group if it has not within
-    `timeout` seconds. Returns the final status."""
+    `timeout` seconds (a save under way gets SAVE_GRACE more). Calling it again, as a
+    second Abort click does, is safe: the trainer finishes a save it has begun. Returns
+    the final status."""
     (run_dir / ABORT_FILE).touch()
     info = _process_info(run_dir)
     if info and process_alive(run_dir):
@@ -246,7 +356,12 @@ def abort(run_dir: Path, timeout: float = 60.0) -> str:
         except ProcessLookupError:
             pass
     deadline = time.time() + timeout
-    while process_alive(run_dir) and time.time() < deadline:
+    saving = None
+    while process_alive(run_dir):
+        saving = _saving(run_dir)
+        if time.time() >= deadline and (saving is None
+                                        or time.time() > saving["time"] + SAVE_GRACE):
+            break
         time.sleep(0.2)
     if process_alive(run_dir) and info:
         try:
@@ -257,8 +372,16 @@ def abort(run_dir: Path, timeout: float = 60.0) -> str:
             time.sleep(0.1)
     events, _ = read_events(run_dir)
     if not any(e["type"] == "end" for e in events):
-        EventWriter(run_dir).emit("end", status=ABORTED, error="killed after it did not stop "
-                                  f"within {timeout:g} s", final_loss=None, output_dir=None)
+        if saving is not None:
+            EventWriter(run_dir).emit(
+                "end", status=FAILED, final_loss=None, output_dir=None,
+                error=f"killed while saving {saving['path']}, which took longer than "
+                      f"{(timeout + SAVE_GRACE) / 60:.0f} min; that result was not written "
+                      "(nothing half-written is left)")
+        else:
+            EventWriter(run_dir).emit("end", status=ABORTED, final_loss=None,
+                                      output_dir=None, error="killed after it did not "
+                                      f"stop within {timeout:g} s")
     return run_status(run_dir)[0]
 
 

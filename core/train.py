@@ -10,7 +10,12 @@ template; SFTTrainer's assistant-only loss needs templates that carry {% generat
 markers, which most (SmolLM2's included) do not.
 
 Abort: SIGTERM or an ABORT file in the run directory asks the loop to stop at the next
-step; what has been trained is saved and the end event says "aborted".
+step; what has been trained is saved and the end event says "aborted" (or "done" when
+every step had already run). A save is never cut short by a further abort, and is written
+whole or not at all (core.methods.common.save_result).
+
+Divergence (a NaN or exploding loss, a collapsed run; rules in core.health) ends the run
+`failed` at that step, with a `diverged` event, and its weights are not saved as a result.
 """
 
 from __future__ import annotations
@@ -27,22 +32,48 @@ from typing import Any
 
 from core.config import RunConfig
 from core.events import EventWriter
+from core.health import Diverged
 
 ABORT_FILE = "ABORT"
 
 
 class StopRequest:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, events: EventWriter | None = None):
         self.flag_file = run_dir / ABORT_FILE
+        self.events = events
         self.signalled = False
+        self.saving: Path | None = None
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.signalled:  # a second signal means: stop now, unsaved
+        if self.saving is not None:
+            # Cutting a save short would lose the result: every abort waits for it.
+            # os.write, not print: a handler that prints while the main thread is
+            # printing raises "reentrant call" and would end the save after all.
+            os.write(1, f"abort requested while saving {self.saving}; finishing the save "
+                        "first\n".encode())
+        elif self.signalled:  # a second signal between saves means: stop now, unsaved
+            if self.events is not None:
+                self.events.emit("end", status="aborted", error="stopped at once by a "
+                                 "second abort; nothing more was saved", final_loss=None,
+                                 output_dir=None)
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
         self.signalled = True
+
+    def save(self, model: Any, out_dir: Path, cfg: RunConfig, tokenizer: Any,
+             events: EventWriter) -> Path:
+        """Save a result whole, deaf to aborts meanwhile. The `saving` event tells the
+        runner to wait for the save rather than kill the process at its deadline."""
+        from core.methods.common import save_result
+
+        events.emit("saving", path=str(out_dir))
+        self.saving = out_dir
+        try:
+            return save_result(model, out_dir, cfg, tokenizer)
+        finally:
+            self.saving = None
 
     @property
     def requested(self) -> bool:
@@ -64,7 +95,9 @@ def _event_callback(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: St
                     tokenizer: Any, start_info: dict[str, Any]):
     from transformers import TrainerCallback
 
-    from core.methods.common import save_trained
+    from core.health import Diverged, Health, advice
+
+    fix = advice(cfg.learning_rate, cfg.max_grad_norm, cfg.optim)
 
     class EventCallback(TrainerCallback):
         def __init__(self) -> None:
@@ -72,10 +105,23 @@ def _event_callback(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: St
             self.last_tokens = 0
             self.last_time = self.t0
             self.last_loss: float | None = None
+            self.health = Health(len(tokenizer))
 
         def on_train_begin(self, args, state, control, **kw):
             self.t0 = self.last_time = time.time()
             events.emit("start", total_steps=state.max_steps, **start_info)
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+            # The Trainer's NaN filter hides a bad step's loss; the gradients cannot hide.
+            # Checked before the optimizer applies them, so a NaN never reaches the weights.
+            import torch
+
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            if grads:
+                norm = float(torch.nn.utils.get_total_norm(grads))
+                reason = self.health.check_step(state.global_step + 1, norm)
+                if reason:
+                    raise Diverged(state.global_step + 1, reason, fix)
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
@@ -88,6 +134,9 @@ def _event_callback(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: St
                 step = state.global_step
                 eta = elapsed / step * (state.max_steps - step) if step else None
                 self.last_loss = float(logs["loss"])
+                grad_norm = logs.get("grad_norm")
+                reason = self.health.check_log(
+                    step, self.last_loss, None if grad_norm is None else float(grad_norm))
                 events.emit(
                     "step", step=step, total_steps=state.max_steps,
                     epoch=round(state.epoch or 0.0, 4), loss=self.last_loss,
@@ -95,6 +144,8 @@ def _event_callback(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: St
                     tokens_per_second=round(rate, 1), tokens_seen=tokens,
                     elapsed=round(elapsed, 2), eta=None if eta is None else round(eta, 1),
                 )
+                if reason:
+                    raise Diverged(step, reason, fix)
             if "eval_loss" in logs:
                 events.emit("eval", step=state.global_step, eval_loss=float(logs["eval_loss"]))
 
@@ -105,7 +156,7 @@ def _event_callback(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: St
                 # (adapter + tokenizer + manifest) that Chat and Export can open, without
                 # gigabytes of optimizer state.
                 path = run_dir / "checkpoints" / f"step-{state.global_step}"
-                save_trained(model, path, cfg, tokenizer)
+                stop.save(model, path, cfg, tokenizer, events)
                 events.emit("checkpoint", step=state.global_step, path=str(path))
             if stop.requested:
                 control.should_training_stop = True
@@ -126,7 +177,6 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
         apply_method,
         count_parameters,
         load_base_for_training,
-        save_trained,
     )
 
     set_seed(cfg.seed)
@@ -174,6 +224,7 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
+        logging_nan_inf_filter=False,  # a NaN loss must be seen (core.health), not averaged
     )
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     spec = METHODS[cfg.method]
@@ -205,9 +256,10 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
     if has_eval and not stop.requested:
         final_eval = trainer.evaluate().get("eval_loss")
     out_dir = run_dir / ("model" if spec.saves_full_model else "adapter")
-    save_trained(trainer.model, out_dir, cfg, tokenizer)
+    stop.save(trainer.model, out_dir, cfg, tokenizer, events)
     steps = trainer.state.global_step
     return {
+        "completed": steps >= trainer.state.max_steps,
         "output_dir": str(out_dir),
         "final_loss": callback.last_loss if callback.last_loss is not None
         else result.training_loss,
@@ -267,6 +319,16 @@ def readable_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+def _hold_device(run_dir: Path, events: EventWriter, stop: StopRequest) -> Any:
+    """The device lock for this run's lifetime (see core.runner); waits, visibly, while
+    an evaluation or export started a moment before still holds it."""
+    from core.runner import hold_device
+
+    return hold_device(run_dir.name, cancelled=lambda: stop.requested,
+                       on_wait=lambda holder: events.emit("waiting", holder=holder),
+                       saves=run_dir.parent)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -275,21 +337,40 @@ def main(argv: list[str] | None = None) -> int:
     config_path = Path(argv[0])
     run_dir = config_path.parent
     events = EventWriter(run_dir)
-    stop = StopRequest(run_dir)
+    stop = StopRequest(run_dir, events)
     try:
         cfg = RunConfig.load(config_path)
+        device = _hold_device(run_dir, events, stop)
+        if device is None:
+            raise KeyboardInterrupt
         result = train(cfg, run_dir, events, stop)
     except KeyboardInterrupt:
         events.emit("end", status="aborted", error=None, final_loss=None, output_dir=None)
         return 0
+    except Diverged as exc:
+        print(f"diverged: {exc}", flush=True)
+        # Its checkpoints stay on disk for whoever wants to look, under a name that no
+        # picker takes for results (nobody knows from which step on they were going bad).
+        if (run_dir / "checkpoints").is_dir():
+            os.replace(run_dir / "checkpoints", run_dir / "checkpoints-before-divergence")
+        events.emit("diverged", step=exc.step, reason=exc.reason)
+        events.emit("end", status="failed", error=str(exc), diverged=True, step=exc.step,
+                    final_loss=None, output_dir=None)
+        return 1
     except Exception as exc:  # every failure must reach the UI as an end event
         traceback.print_exc()
         sys.stdout.flush()
         events.emit("end", status="failed", error=readable_error(exc), final_loss=None,
                     output_dir=None)
         return 1
-    plot = plot_losses(run_dir)
-    status = "aborted" if stop.requested else "done"
+    try:
+        plot = plot_losses(run_dir)
+    except OSError as exc:  # a full disk loses the picture, never the result
+        print(f"loss.png not written: {exc}", flush=True)
+        plot = None
+    # An abort that arrives after the last step (during the final save) stopped nothing.
+    completed = result.pop("completed")
+    status = "aborted" if stop.requested and not completed else "done"
     if not (result["final_loss"] is None or math.isfinite(result["final_loss"])):
         status, error = "failed", "the loss became infinite or NaN; lower the learning rate"
     else:

@@ -4,6 +4,7 @@ run it goes on with the page closed, and any page re-reads it from its files."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,17 @@ def view(job: str | None) -> tuple[str, pd.DataFrame, Any]:
     return line, frame, loss_figure(curves, "loss by method")
 
 
+def stop(job: str | None) -> str:
+    """Stop the queue: the run it trains stops at its next step and saves, the methods
+    not yet trained are not started."""
+    if not job or runner.run_status(Path(job))[0] != runner.RUNNING:
+        return "No comparison is running."
+    # In the background, like the Train tab's Abort: the run saves first, which takes a
+    # while, and the timer shows the queue ending.
+    threading.Thread(target=runner.abort, args=(Path(job), 120), daemon=True).start()
+    return f"Stopping **{Path(job).name}**: the current run stops at its next step and saves."
+
+
 def latest() -> str | None:
     found = compare.list_comparisons()
     return str(found[0]) if found else None
@@ -81,6 +93,8 @@ def build(form: SettingsForm, shared: Shared) -> None:
                                               minimum=1), "Evaluation samples", "评估样本数")
             go = i18n.add(gr.Button("Start comparison", variant="primary"),
                           "Start comparison", "开始对比")
+            halt = i18n.add(gr.Button("Stop comparison", variant="stop"),
+                            "Stop comparison", "停止对比")
         message = gr.Markdown()
         progress = gr.Markdown()
         table = gr.Dataframe(interactive=False, wrap=True)
@@ -95,6 +109,7 @@ def build(form: SettingsForm, shared: Shared) -> None:
 
     go.click(on_start, [shared.lang, methods, eval_dataset, eval_samples, *form.components],
              [message, job, progress, table, plot])
+    halt.click(lambda j: [stop(j), *view(j)], job, [message, progress, table, plot])
     timer.tick(lambda j: view(j), job, [progress, table, plot], show_progress="hidden",
                concurrency_limit=None)
 

@@ -116,7 +116,11 @@ def progress(watch: Watch) -> str:
         elapsed = time.time() - start["time"]
     caption = f"{Path(watch.run).name}: {watch.status}"
     if watch.live and not start:
-        caption += " (loading model and data)"
+        waiting = _last(watch.events, "waiting")
+        caption += (f" (waiting for {waiting['holder']} to finish: one job uses the device "
+                    "at a time)" if waiting else " (loading model and data)")
+    if watch.live and watch.events and watch.events[-1]["type"] == "saving":
+        caption += " (saving: an abort now waits for the save to finish)"
     return progress_html(step, total, elapsed, eta if steps else None, watch.status, caption)
 
 
@@ -157,7 +161,9 @@ def _ending(watch: Watch) -> str:
     end = watch.end
     status = watch.status
     if status == runner.FAILED:
-        return f"✗ **Failed:** {end.get('error') or 'see the log below'}"
+        # A diverged run says so first: its weights are not offered anywhere as a result.
+        label = "Diverged" if end.get("diverged") else "Failed"
+        return f"✗ **{label}:** {end.get('error') or 'see the log below'}"
     text = "✓ **Done**" if status == runner.DONE else "■ **Aborted**"
     if end.get("final_loss") is not None:
         text += f" · final loss {end['final_loss']:.4f}"
@@ -176,6 +182,10 @@ def log_tail(watch: Watch) -> str:
 
 def _first(events: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return next((e for e in events if e["type"] == kind), {})
+
+
+def _last(events: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
+    return next((e for e in reversed(events) if e["type"] == kind), None)
 
 
 def events_of(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 from core.data.formats import FORMATS, DataError, detect_format, display_path, validate_file
 from core.data.reader import SUFFIXES, scan
+from core.fsutil import atomic_write_text
 from core.paths import data_dir
 
 INFO_FILE = "dataset_info.json"
@@ -220,18 +220,7 @@ def register(
 
 
 def _write_info(info: dict[str, Any]) -> None:
-    path = info_path()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".dataset_info.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(info_path(), json.dumps(info, indent=2, ensure_ascii=False) + "\n")
 
 
 @contextlib.contextmanager

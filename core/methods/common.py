@@ -171,6 +171,32 @@ def save_trained(model: Any, out_dir: str | Path, cfg: Any, tokenizer: Any = Non
     return out
 
 
+def save_result(model: Any, out_dir: str | Path, cfg: Any, tokenizer: Any = None) -> Path:
+    """`save_trained` made whole-or-nothing: written into a hidden sibling folder and
+    renamed into place, so a kill, a crash or a full disk never leaves a half-written
+    folder that pickers would offer as a result. On a full disk the partial folder is
+    removed (which also frees the room to report it) and an OSError says so."""
+    import shutil
+
+    from core.fsutil import disk_full, is_disk_full
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save_trained(model, tmp, cfg, tokenizer)
+        if out.exists():  # a rerun of the same step: replace, never merge
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, Exception) and is_disk_full(exc):
+            raise disk_full(out) from exc
+        raise
+    return out
+
+
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:
     path = Path(out_dir) / MANIFEST
     try:

@@ -8,7 +8,6 @@ which gives every byte back. Models load on the first message unless loaded befo
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -36,6 +35,9 @@ PANES = 3  # base, fine-tuned, a second run
 T_NOT_LOADED = Text("No model loaded. Models load on the first message, or press Load.",
                     "尚未加载模型。发送第一条消息时自动加载，或点击“加载”。")
 T_LOADING = Text("Loading {label} ...", "正在加载 {label} ...")
+T_WAITING = Text("Waiting for {holder} to finish: one job uses the device at a time "
+                 "(Stop gives up waiting).", "正在等待 {holder} 结束：设备一次只运行一个任务"
+                 "（点停止可放弃等待）。")
 T_LOADED = Text("Loaded: {names}. Worker process {pid}, {mb} MB of memory.",
                 "已加载：{names}。工作进程 {pid}，占用内存 {mb} MB。")
 T_UNLOADED = Text("Unloaded: the worker process {pid} ended and its memory is freed.",
@@ -88,13 +90,14 @@ def _status(lang: str) -> str:
 
 
 def _rss_mb(pid: int | None) -> str:
+    import psutil  # works where there is no /proc (macOS, Windows)
+
+    if pid is None:
+        return "?"
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return f"{int(line.split()[1]) / 1024:,.0f}"
-    except (OSError, ValueError):
-        pass
-    return "?"
+        return f"{psutil.Process(pid).memory_info().rss / 2**20:,.0f}"
+    except (psutil.Error, TypeError, ValueError):
+        return "?"
 
 
 def _text(content: Any) -> str:
@@ -220,7 +223,9 @@ def build(shared: Shared) -> None:
             for t in load_order(targets(model, run_, ckpt, compare_, second_)):
                 if t.key not in CLIENT.loaded:
                     yield T_LOADING(lang, label=t.label)
-                    CLIENT.load(t)
+                    for event in CLIENT.load_events(t):
+                        if event["type"] == "waiting":
+                            yield T_WAITING(lang, holder=event["holder"])
         except (ChatError, ValueError) as exc:
             yield T_ERROR(lang, error=exc)
             return
@@ -244,7 +249,9 @@ def build(shared: Shared) -> None:
             for t in load_order(panes):
                 if t.key not in CLIENT.loaded:
                     yield ["", *histories, T_LOADING(lang, label=t.label)]
-                    CLIENT.load(t)
+                    for event in CLIENT.load_events(t):
+                        if event["type"] == "waiting":
+                            yield ["", *histories, T_WAITING(lang, holder=event["holder"])]
             for i, target in enumerate(panes):
                 if target is None:
                     continue

@@ -1,0 +1,65 @@
+"""Files written whole or not at all.
+
+A settings file, process.json or a results table that a crash, a kill or a full disk cuts
+in half would be read later as garbage (or worse, as a shorter valid file). Every such
+file is written to a temporary sibling, flushed to disk, and renamed over the target:
+rename within one folder is atomic, so readers see the old file or the new one, never a
+part.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+
+class DiskFull(OSError):
+    """The disk filled up while writing; the message names the path and what to do."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
+    """Write `text` to `path` atomically; on any failure the old file (if any) is kept
+    and no temporary file is left behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    # os.open with 0o666 honours the umask, as a plain open() would (mkstemp gives 0600).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding=encoding) as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) is a full disk or exceeded quota. safetensors
+    and tokenizers wrap the OSError in their own errors, so their text is checked too."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc) or "os error 28" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def disk_full(path: str | Path) -> DiskFull:
+    """The error to raise for a full disk while writing `path`."""
+    folder = Path(path).parent
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFull(errno.ENOSPC, f"disk full writing {path} ({free}): free some space, or "
+                    "point PEFT_STUDIO_SAVES at a bigger disk, and start the run again")
