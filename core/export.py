@@ -455,9 +455,10 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--format", choices=FORMATS, default="safetensors",
                    help="safetensors (a transformers folder) or gguf (one file for llama.cpp, "
                    "Ollama and LM Studio, with a Modelfile)")
-    p.add_argument("--gguf-type", default="q8_0", choices=("f16", "bf16", "q8_0", "q4_0"),
-                   help="GGUF tensor type (default q8_0); for k-quants run llama.cpp's "
-                   "llama-quantize on an f16 export")
+    from core.export_gguf import OTHER_TYPES, TYPES
+
+    p.add_argument("--gguf-type", default="q8_0", choices=TYPES,
+                   help=f"GGUF tensor type (default q8_0). {OTHER_TYPES}")
     p.set_defaults(func=_main)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from core.export import PROBE, ExportError
 
-TYPES = ("f16", "bf16", "q8_0", "q4_0")
+TYPES = ("f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
 OTHER_TYPES = ("Other types (Q4_K_M, Q5_K_M, Q6_K, ...) are made by llama.cpp's "
                "`llama-quantize`: export f16, then `llama-quantize NAME-f16.gguf "
                "NAME-Q4_K_M.gguf Q4_K_M`.")
@@ -37,7 +37,7 @@ ARCHS = {"llama": ("llama", True), "mistral": ("llama", True), "qwen2": ("qwen2"
 # Measured on SmolLM2-135M-Instruct and the tiny test Llama (see README-gguf-section.md):
 # (largest |logit difference| / reference logit range, share of positions whose top-1
 # token must agree). 16-bit types are rounding only; q8_0 and q4_0 are lossy by design.
-TOLERANCE = {"f16": (0.01, 0.99), "bf16": (0.03, 0.97), "q8_0": (0.05, 0.95),
+TOLERANCE = {"f16": (0.01, 0.99), "bf16": (0.03, 0.97), "q8_0": (0.05, 0.95), "q5_1": (1, 0), "q5_0": (1, 0), "q4_1": (1, 0),
              "q4_0": (0.25, 0.75)}
 GREEDY_TOKENS = 24
 # llama.cpp's convert_hf_to_gguf.py: the text whose token ids identify a BPE pre-tokenizer.
@@ -97,10 +97,10 @@ def _qtype(gguf_name: str, data: Any, gguf_type: str) -> Any:
 
     if data.ndim <= 1:
         return Q.F32
-    wanted = {"f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}[gguf_type]
-    if wanted == Q.Q4_0 and gguf_name in ("token_embd.weight", "output.weight"):
+    wanted = Q[gguf_type.upper()]
+    if wanted.name[1] in "45" and gguf_name in ("token_embd.weight", "output.weight"):
         wanted = Q.Q8_0
-    if wanted in (Q.Q8_0, Q.Q4_0) and data.shape[-1] % 32:
+    if wanted not in (Q.F16, Q.BF16) and data.shape[-1] % 32:  # 32-value blocks
         return Q.F16
     return wanted
 
@@ -147,9 +147,7 @@ def _add_hparams(w: Any, cfg: Any, arch: str, gguf_type: str, n_params: int) -> 
     w.add_head_count_kv(getattr(cfg, "num_key_value_heads", None) or heads)
     w.add_rope_freq_base(float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))))
     w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
-    ftype = {"f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
-             "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
-    w.add_file_type(ftype[gguf_type])
+    w.add_file_type(gguf.LlamaFileType[f"MOSTLY_{gguf_type.upper()}"])
     if arch == "llama":  # LlamaModel.set_gguf_parameters adds these two
         w.add_vocab_size(cfg.vocab_size)
         w.add_rope_dimension_count(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
