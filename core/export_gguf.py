@@ -34,11 +34,17 @@ OTHER_TYPES = ("Other types (Q4_K_M, Q5_K_M, Q6_K, ...) are made by llama.cpp's 
                "NAME-Q4_K_M.gguf Q4_K_M`.")
 # HF model_type -> (llama.cpp architecture, Q/K permuted). llama.cpp writes Mistral as llama.
 ARCHS = {"llama": ("llama", True), "mistral": ("llama", True), "qwen2": ("qwen2", False)}
-# Measured on SmolLM2-135M-Instruct and the tiny test Llama (see README-gguf-section.md):
-# (largest |logit difference| / reference logit range, share of positions whose top-1
-# token must agree). 16-bit types are rounding only; q8_0 and q4_0 are lossy by design.
-TOLERANCE = {"f16": (0.01, 0.99), "bf16": (0.03, 0.97), "q8_0": (0.05, 0.95), "q5_1": (1, 0), "q5_0": (1, 0), "q4_1": (1, 0),
-             "q4_0": (0.25, 0.75)}
+# Bounds per type, measured on SmolLM2-135M-Instruct and the tiny test Llama (figures in
+# README-gguf-section.md): (largest relative RMS error of any weight tensor as transformers
+# reads it back, largest |logit difference| / reference logit range, share of positions
+# whose top-1 token must agree). The weight bound is what catches a wrong layout: a file
+# with unpermuted Q/K reads back with errors near 1.4, while 4-bit rounding stays near 0.1
+# (on a 135M model q4_0's logits drift as far as a broken file's, so logits alone cannot
+# tell them apart there).
+TOLERANCE = {"f16": (0.002, 0.01, 0.99), "bf16": (0.01, 0.03, 0.97),
+             "q8_0": (0.02, 0.06, 0.90), "q5_1": (0.1, 0.4, 0.6), "q5_0": (0.1, 0.4, 0.6),
+             "q4_1": (0.2, 0.6, 0.5), "q4_0": (0.2, 0.6, 0.5)}
+ROWS_CHECKED = 64  # rows of every weight kept to compare with the file as read back
 GREEDY_TOKENS = 24
 # llama.cpp's convert_hf_to_gguf.py: the text whose token ids identify a BPE pre-tokenizer.
 CHKTXT = ("\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple "
@@ -286,8 +292,28 @@ def outputs(model: Any, tokenizer: Any, texts: list[str]) -> list[tuple[Any, lis
     return result
 
 
+def weight_rows(model: Any) -> dict[str, Any]:
+    """The first rows of every weight, in float32: enough to check the file's layout."""
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    return {k: v[:ROWS_CHECKED].detach().float().clone() for k, v in model.state_dict().items()
+            if not (tied and k == "lm_head.weight") and not k.endswith("inv_freq")}
+
+
+def weight_error(reference: dict[str, Any], model: Any) -> tuple[float, str]:
+    """(largest relative RMS error, its tensor) of `model`'s weights against reference."""
+    loaded = model.state_dict()
+    worst = (0.0, "")
+    for name, ref in reference.items():
+        if name not in loaded:
+            raise ExportError(f"the GGUF, read back, has no weight {name!r}")
+        got = loaded[name][:ROWS_CHECKED].float()
+        err = float((got - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-12))
+        worst = max(worst, (err, name))
+    return worst
+
+
 def compare(reference: list[tuple[Any, list[int]]], loaded: list[tuple[Any, list[int]]],
-            gguf_type: str) -> dict[str, Any]:
+            gguf_type: str, weights: tuple[float, str]) -> dict[str, Any]:
     """Figures of the GGUF model against the reference, and whether they are in bounds."""
     rel, agree, positions, same = 0.0, 0, 0, 0
     for (ref, ref_ids), (got, got_ids) in zip(reference, loaded, strict=True):
@@ -296,17 +322,20 @@ def compare(reference: list[tuple[Any, list[int]]], loaded: list[tuple[Any, list
         agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
         positions += ref.shape[0]
         same += int(ref_ids == got_ids)
-    max_rel, min_top1 = TOLERANCE[gguf_type]
+    max_weight, max_rel, min_top1 = TOLERANCE[gguf_type]
     top1 = agree / positions
-    return {"max_rel_logit_diff": rel, "top1_agreement": top1,
+    return {"max_weight_error": weights[0], "worst_weight": weights[1],
+            "max_rel_logit_diff": rel, "top1_agreement": top1,
             "greedy_agreement": same / len(reference), "greedy_prompts": len(reference),
-            "tolerance": {"max_rel_logit_diff": max_rel, "min_top1_agreement": min_top1},
-            "within_tolerance": rel <= max_rel and top1 >= min_top1}
+            "tolerance": {"max_weight_error": max_weight, "max_rel_logit_diff": max_rel,
+                          "min_top1_agreement": min_top1},
+            "within_tolerance": weights[0] <= max_weight and rel <= max_rel
+            and top1 >= min_top1}
 
 
 def reload_check(folder: Path, gguf_file: str, tokenizer: Any, template: str,
                  texts: list[str], reference: list[tuple[Any, list[int]]],
-                 gguf_type: str) -> dict[str, Any]:
+                 rows: dict[str, Any], gguf_type: str) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -320,7 +349,8 @@ def reload_check(folder: Path, gguf_file: str, tokenizer: Any, template: str,
         raise ExportError("the GGUF's chat template, read back, differs from the model's")
     model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file,
                                                  dtype=torch.float32).eval()
-    figures = compare(reference, outputs(model, tokenizer, texts), gguf_type)
+    figures = compare(reference, outputs(model, tokenizer, texts), gguf_type,
+                      weight_error(rows, model))
     del model
     gc.collect()
     return figures
@@ -405,11 +435,17 @@ def readme(name: str, gguf_file: str, gguf_type: str, info: dict[str, Any]) -> s
         f"`{info['architecture']}`, tensors {types}; tokenizer pre-tokenizer "
         f"`{info['pre_tokenizer']}`; chat template included. Exported by PEFT Studio from "
         f"run `{info['run']}` ({info['checkpoint']} result; {info['why']}).", "",
+        *(["Warning: this tokenizer's pre-tokenizer is not one llama.cpp's converter "
+           "knows, so it is written as `default`; llama.cpp may split some text "
+           "differently from transformers.", ""] if info["pre_tokenizer"] == "default"
+          else []),
         "## Checked by reading it back", "",
         "Loaded with transformers (`AutoModelForCausalLM.from_pretrained(folder, "
         f"gguf_file='{gguf_file}')`, and its tokenizer) and compared with the model it was "
         f"written from on {fig['greedy_prompts']} prompts:", "",
         "| figure | value | bound |", "|---|---|---|",
+        f"| largest relative RMS weight error ({fig['worst_weight']}) | "
+        f"{fig['max_weight_error']:.4f} | ≤ {tol['max_weight_error']} |",
         f"| largest logit difference / logit range | {fig['max_rel_logit_diff']:.4f} | "
         f"≤ {tol['max_rel_logit_diff']} |",
         f"| top-1 token agreement (all positions) | {fig['top1_agreement']:.1%} | "
@@ -446,6 +482,7 @@ def export_gguf(trained: Path, tmp: Path, how: str, name: str, gguf_type: str,
              for p in [PROBE, *prompts_of(manifest.get("settings") or {})]]
     progress(12, 100, f"reference logits and greedy answers on {len(texts)} prompts")
     reference = outputs(model, tokenizer, texts)
+    rows = weight_rows(model)
     tmp.mkdir(parents=True)
     gguf_file = file_name(name, gguf_type)
     written = write_gguf(model, tokenizer, tmp / gguf_file, gguf_type, name, template,
@@ -454,11 +491,14 @@ def export_gguf(trained: Path, tmp: Path, how: str, name: str, gguf_type: str,
     del model
     gc.collect()
     progress(85, 100, "reading the GGUF back with transformers to check it")
-    figures = reload_check(tmp, gguf_file, tokenizer, template, texts, reference, gguf_type)
+    figures = reload_check(tmp, gguf_file, tokenizer, template, texts, reference, rows,
+                           gguf_type)
     if not figures["within_tolerance"]:
         tol = figures["tolerance"]
         raise ExportError(
-            f"the {gguf_type} GGUF does not reproduce the model: largest logit difference "
+            f"the {gguf_type} GGUF does not reproduce the model: weight error "
+            f"{figures['max_weight_error']:.3g} in {figures['worst_weight']} (allowed "
+            f"{tol['max_weight_error']}), largest logit difference "
             f"{figures['max_rel_logit_diff']:.3g} of the logit range (allowed "
             f"{tol['max_rel_logit_diff']}), top-1 agreement {figures['top1_agreement']:.1%} "
             f"(needed {tol['min_top1_agreement']:.0%}); nothing was written")
