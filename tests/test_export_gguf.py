@@ -240,7 +240,7 @@ def identity_export(module_saves) -> dict:
     return {**end, "train_s": round(trained, 1), "export_s": end["seconds"]}
 
 
-IDENTITY_STEPS = 24
+IDENTITY_STEPS = 16
 
 
 @pytest.mark.slow
