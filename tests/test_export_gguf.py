@@ -140,6 +140,36 @@ def test_q4_0_keeps_the_token_embedding_at_q8_0(tiny_model_dir, tmp_path):
     assert {v for k, v in types.items() if not k.endswith("norm.weight")} == {"Q4_0"}
 
 
+@pytest.mark.parametrize("family", ["qwen2", "mistral"])
+def test_other_llama_family_models_round_trip(family, tiny_model_dir, tmp_path):
+    """Qwen2 (own architecture, q/k/v biases, untied output) and Mistral (written as
+    llama, Q/K permuted) read back through transformers' GGUF loader as they were."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from core.data.encode import chat_template
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    config = AutoConfig.for_model(family, vocab_size=len(tok), hidden_size=64,
+                                  intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2,
+                                  max_position_embeddings=256, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5)  # zeros would not show a misplaced bias
+    template = chat_template(tok)
+    texts = [gg._render(tok, template, "Who are you?")]
+    reference, rows = gg.outputs(model, tok, texts), gg.weight_rows(model)
+    info = gg.write_gguf(model, tok, tmp_path / "m.gguf", "f16", "m", template,
+                         lambda *a: None)
+    figures = gg.reload_check(tmp_path, "m.gguf", tok, template, texts, reference, rows, "f16")
+    assert info["architecture"] == {"qwen2": "qwen2", "mistral": "llama"}[family]
+    assert figures["within_tolerance"] and figures["greedy_agreement"] == 1.0, figures
+
+
 def test_requests_gguf_cannot_serve_are_refused_with_the_reason(code_run, module_saves):
     with pytest.raises(ex.ExportError, match="GGUF holds a whole model"):
         ex.check(ex.ExportSpec(str(code_run), "a", adapter_only=True, format="gguf"))
