@@ -140,7 +140,7 @@ def test_q4_0_keeps_the_token_embedding_at_q8_0(tiny_model_dir, tmp_path):
     assert {v for k, v in types.items() if not k.endswith("norm.weight")} == {"Q4_0"}
 
 
-@pytest.mark.parametrize("family", ["qwen2", "mistral"])
+@pytest.mark.parametrize("family", ["qwen2", pytest.param("mistral", marks=pytest.mark.slow)])
 def test_other_llama_family_models_round_trip(family, tiny_model_dir, tmp_path):
     """Qwen2 (own architecture, q/k/v biases, untied output) and Mistral (written as
     llama, Q/K permuted) read back through transformers' GGUF loader as they were."""
