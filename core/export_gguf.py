@@ -2,17 +2,17 @@
 
 One job: model + tokenizer -> NAME-TYPE.gguf + Modelfile + README.md, then the file is read
 back with transformers (`from_pretrained(dir, gguf_file=...)`, which dequantizes) and its
-logits and greedy answers compared with the model it came from. Nothing is reported as
-written until that comparison passes.
+weights, logits, tokenizer and greedy answers compared with the model it came from. Nothing
+is reported as written until the comparison is within the type's bounds (TOLERANCE).
 
 Written the way llama.cpp's convert_hf_to_gguf.py writes Llama-family models, with the
 `gguf` package's own writer, tensor name map and quantizers:
 - tensors under llama.cpp's names; Q and K projections of `llama` permuted into GGML's
   rotary layout (LlamaModel.permute; transformers reverses it on load);
-- 1-D tensors (norms, biases) in f32; q8_0/q4_0 only for rows divisible by the 32-value
-  block, else f16, as llama.cpp falls back; the token embedding stays q8_0 in a q4_0 file,
-  as llama-quantize keeps the output weights at higher precision (and as the llama.cpp-made
-  SmolLM2 file shipped with the studio does);
+- 1-D tensors (norms, biases) in f32; block types (q8_0, q5_*, q4_*) only for rows
+  divisible by the 32-value block, else f16, as llama.cpp falls back; the token embedding
+  (and output) stays q8_0 in 4- and 5-bit files, as llama-quantize keeps the output weights
+  at higher precision (and as the llama.cpp-made SmolLM2 file shipped with the studio does);
 - the BPE tokenizer (tokens, types, merges, special ids, add_bos/add_eos), its llama.cpp
   pre-tokenizer name found by the same hash llama.cpp uses, and the chat template.
 """
@@ -127,7 +127,7 @@ def _tensors(model: Any, arch: str, permute: bool) -> list[tuple[str, Any]]:
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise ExportError(f"no llama.cpp name for tensor {hf_name!r}: this model has a "
-                              "part llama.cpp's {arch} does not know")
+                              f"part llama.cpp's {arch} does not know")
         data = tensor.detach().float().cpu().numpy()
         if permute and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
             data = _permute(data, cfg.num_attention_heads)
