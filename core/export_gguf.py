@@ -162,7 +162,7 @@ def _add_hparams(w: Any, cfg: Any, arch: str, gguf_type: str, n_params: int) -> 
 
 def pre_tokenizer(tokenizer: Any) -> str:
     """llama.cpp's name for the tokenizer's pre-tokenizer ("default" when unknown)."""
-    ids = tokenizer.encode(CHKTXT, add_special_tokens=False)
+    ids = tokenizer.encode(CHKTXT)  # with special tokens, as llama.cpp hashes it
     return PRE_BY_HASH.get(hashlib.sha256(str(ids).encode()).hexdigest(), "default")
 
 
