@@ -80,6 +80,25 @@ def test_cli_exports_a_merged_lora_run_as_q8_0_gguf(code_run, module_saves, caps
     assert greedy_answer(out, "code-gguf-q8_0.gguf", PROMPT) == ANSWER
 
 
+def test_a_gguf_outside_its_bounds_is_not_published(code_run, module_saves, monkeypatch):
+    """The check's verdict decides: out of bounds, the export fails with the figures and
+    leaves neither a folder nor a temporary one behind."""
+    def as_if_broken(folder, gguf_file, tokenizer, template, texts, reference, rows,
+                     gguf_type):
+        assert (folder / gguf_file).is_file()  # written, then judged
+        return gg.compare(reference, reference, gguf_type,
+                          (1.42, "model.layers.0.self_attn.q_proj"))
+
+    monkeypatch.setattr(gg, "reload_check", as_if_broken)
+    with pytest.raises(ex.ExportError, match=r"weight error 1.42 in model.layers.0.*allowed "
+                                             r"0.002.*nothing was written"):
+        ex.export(ex.ExportSpec(str(code_run), "broken", format="gguf", gguf_type="f16"),
+                  ex.EventWriter(module_saves))
+    exports = module_saves / "exports"
+    assert not (exports / "broken").exists()
+    assert not [p for p in exports.iterdir() if p.name.startswith(".")]
+
+
 def _hf_tensors(model) -> dict[str, np.ndarray]:
     return {k: v.float().numpy() for k, v in model.state_dict().items()}
 
