@@ -8,7 +8,9 @@ Three plans, chosen from the method registry, never from a method's name:
            adapter folder alone, loadable on its base.
 Each writes into saves/exports/<name>: sharded safetensors (save_pretrained with the chosen
 max_shard_size), tokenizer with its chat template, generation config and a README.md
-model card. Nothing counts as exported until the folder, loaded back the way a user would
+model card. With format "gguf", core/export_gguf.py writes one .gguf file (f16, bf16,
+q8_0 or q4_0) with an Ollama Modelfile and a README instead, from the merge and full plans
+only. Nothing counts as exported until the folder, loaded back the way a user would
 load it, gives the same logits as the trained model on a probe prompt.
 
 The job writes into a hidden temporary folder beside the target and renames it into place
@@ -46,6 +48,7 @@ _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?B)\s*", re.IGNORECASE)
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 PROBE = "Write one sentence about the sea."
 STEPS = 5
+FORMATS = ("safetensors", "gguf")
 
 
 class ExportError(ValueError):
@@ -60,6 +63,8 @@ class ExportSpec:
     max_shard_size: str = "2GB"
     adapter_only: bool = False
     overwrite: bool = False
+    format: str = "safetensors"
+    gguf_type: str = "q8_0"
 
     @classmethod
     def load(cls, path: Path) -> ExportSpec:
@@ -124,11 +129,33 @@ def check(spec: ExportSpec) -> tuple[Path, str, str]:
         target = run_target(Path(spec.run_dir), spec.checkpoint)
     except ValueError as exc:
         raise ExportError(str(exc)) from None
-    how, why = plan(read_manifest(Path(target.trained))["method"], spec.adapter_only)
+    manifest = read_manifest(Path(target.trained))
+    how, why = plan(manifest["method"], spec.adapter_only)
+    if spec.format not in FORMATS:
+        raise ExportError(f"format {spec.format!r}: choose one of {', '.join(FORMATS)}")
+    if spec.format == "gguf":
+        _check_gguf(spec, Path(target.trained), manifest.get("model", ""), how, why)
     if out.exists() and not spec.overwrite:
         raise ExportError(f"{out} already exists; choose another name, or tick overwrite "
                           "to replace it")
     return out, how, why
+
+
+def _check_gguf(spec: ExportSpec, trained: Path, base: str, how: str, why: str) -> None:
+    from core import export_gguf as gg
+
+    if spec.gguf_type not in gg.TYPES:
+        raise ExportError(f"GGUF type {spec.gguf_type!r}: choose one of "
+                          f"{', '.join(gg.TYPES)}. {gg.OTHER_TYPES}")
+    if how == "adapter":
+        raise ExportError(f"GGUF holds a whole model, and this export would be an adapter "
+                          f"alone ({why}); export safetensors instead")
+    try:
+        config = gg.config_of(trained, base)
+    except Exception:  # an unresolvable base is the job's to report, with its reason
+        config = None
+    if config and (reason := gg.refusal(config)):
+        raise ExportError(reason)
 
 
 # -- starting and listing (UI and CLI side: no torch) ------------------------------------
@@ -243,6 +270,17 @@ def _write_adapter(trained: Path, tmp: Path, step: Any) -> dict[str, Any]:
             "check": "the exported adapter loaded on its base against the trained model"}
 
 
+def _write_gguf(trained: Path, tmp: Path, how: str, name: str, gguf_type: str,
+                events: EventWriter) -> dict[str, Any]:
+    from core.export_gguf import export_gguf
+
+    def progress(done: int, total: int, message: str) -> None:
+        events.emit("progress", done=done, total=total, message=message)
+        print(message, flush=True)
+
+    return export_gguf(trained, tmp, how, name, gguf_type, progress)
+
+
 def _swap_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
     if not out.exists():
         tmp.rename(out)
@@ -350,7 +388,9 @@ def export(spec: ExportSpec, events: EventWriter) -> dict[str, Any]:
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.time()
     try:
-        if how == "adapter":
+        if spec.format == "gguf":
+            check_result = _write_gguf(trained, tmp, how, out.name, spec.gguf_type, events)
+        elif how == "adapter":
             check_result = _write_adapter(trained, tmp, step)
         else:
             check_result = _write_model(trained, tmp, how, parse_size(spec.max_shard_size), step)
@@ -362,9 +402,15 @@ def export(spec: ExportSpec, events: EventWriter) -> dict[str, Any]:
         shards = sorted(p.name for p in tmp.glob("*.safetensors"))
         info = {"plan": how, "why": why, "run": run_dir.name, "checkpoint": spec.checkpoint,
                 "trained_dir": str(trained), "max_shard_size": spec.max_shard_size,
-                "shards": shards, **check_result}
-        (tmp / "README.md").write_text(model_card(out.name, run_dir, trained, info),
-                                       encoding="utf-8")
+                "shards": shards, "format": spec.format, **check_result}
+        if spec.format == "gguf":
+            from core.export_gguf import readme
+
+            info["shards"] = [check_result["gguf_file"]]
+            card = readme(out.name, check_result["gguf_file"], spec.gguf_type, info)
+        else:
+            card = model_card(out.name, run_dir, trained, info)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
         _swap_into_place(tmp, out, spec.overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -412,6 +458,13 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--adapter-only", action="store_true",
                    help="write the adapter alone instead of a merged model")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    p.add_argument("--format", choices=FORMATS, default="safetensors",
+                   help="safetensors (a transformers folder) or gguf (one file for llama.cpp, "
+                   "Ollama and LM Studio, with a Modelfile)")
+    from core.export_gguf import OTHER_TYPES, TYPES
+
+    p.add_argument("--gguf-type", default="q8_0", choices=TYPES,
+                   help=f"GGUF tensor type (default q8_0). {OTHER_TYPES}")
     p.set_defaults(func=_main)
 
 
@@ -432,7 +485,8 @@ def _main(args: argparse.Namespace) -> int:
     try:
         run_dir = resolve_run(args.run)
         spec = ExportSpec(str(run_dir), name_from_out(args.out), args.checkpoint,
-                          args.max_shard_size, args.adapter_only, args.overwrite)
+                          args.max_shard_size, args.adapter_only, args.overwrite,
+                          args.format, args.gguf_type)
         _, how, why = check(spec)
         print(f"export plan: {how} ({why})", flush=True)
         job = start(spec)
@@ -445,6 +499,13 @@ def _main(args: argparse.Namespace) -> int:
     if state["status"] != "done":
         print(f"failed: {end.get('error')}\n(log: {job / 'log.txt'})", file=sys.stderr)
         return 1
+    if end.get("format") == "gguf":
+        fig = end["figures"]
+        print(f"exported to {end['output_dir']} ({end['gguf_file']}, {end['bytes'] / 1e6:.1f} "
+              f"MB); read back: logit difference {fig['max_rel_logit_diff']:.3g} of the range, "
+              f"top-1 agreement {fig['top1_agreement']:.1%}, identical greedy answers "
+              f"{fig['greedy_agreement']:.0%} of {fig['greedy_prompts']}")
+        return 0
     print(f"exported to {end['output_dir']} ({len(end['shards'])} safetensors file(s), "
           f"{end['bytes'] / 1e6:.1f} MB); logits max abs difference "
           f"{end['max_abs_diff']:.3g}")

@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from core import export as ex
+from core import export_gguf as gg
 from core.chat import checkpoint_names, checkpoints, finished_runs, resolve_run
 from core.methods import METHODS
 from core.methods.common import read_manifest
@@ -31,6 +32,15 @@ T_DONE = Text(
     "Reloaded and checked against the trained model: largest logit difference {diff:.2g}.",
     "已导出到 `{path}`：{files} 个 safetensors 文件，{mb:.1f} MB，用时 {seconds:.0f} 秒。"
     "已重新加载并与训练结果核对：logits 最大差异 {diff:.2g}。")
+T_DONE_GGUF = Text(
+    "Exported `{file}` to `{path}` ({mb:.1f} MB in {seconds:.0f} s), with an Ollama "
+    "Modelfile and a README. Read back with transformers and compared: weight error "
+    "{weights:.2g}; on {n} prompts, largest logit difference {rel:.2%} of the logit range, "
+    "top-1 agreement {top1:.1%}, identical greedy answers {greedy:.0%}.",
+    "已导出 `{file}` 到 `{path}`（{mb:.1f} MB，用时 {seconds:.0f} 秒），附 Ollama Modelfile 和 "
+    "README。已用 transformers 重新读取并比较：权重误差 {weights:.2g}；在 {n} 个提示上，"
+    "logits 最大差异为取值范围的 "
+    "{rel:.2%}，top-1 一致率 {top1:.1%}，贪心回答一致 {greedy:.0%}。")
 T_PLAN = {
     "merge": Text("**Merge**: {why}.", "**合并**：适配器将合并进基础模型权重，得到普通的 "
                   "transformers 模型。"),
@@ -70,7 +80,8 @@ def _history(run: str | None) -> str:
     for job in jobs[:10]:
         end, spec = job["end"], job["spec"]
         if job["status"] == "done":
-            lines.append(f"- {job['path'].name}: `{end['output_dir']}` ({end['plan']}, "
+            kind = end.get("gguf_file") or end["plan"]
+            lines.append(f"- {job['path'].name}: `{end['output_dir']}` ({kind}, "
                          f"max diff {end['max_abs_diff']:.2g})")
         else:
             lines.append(f"- {job['path'].name}: {spec.get('name')} — {job['status']}"
@@ -104,6 +115,24 @@ def build(shared: Shared) -> None:
                              "Overwrite an existing export", "覆盖同名导出",
                              "Replaced only once the new export is complete and checked",
                              "新导出完成并通过校验后才替换")
+    with gr.Row(equal_height=True):
+        fmt = i18n.add(gr.Radio(list(ex.FORMATS), value="safetensors", label="Format",
+                                elem_id="export-format", scale=2),
+                       "Format", "格式",
+                       "safetensors: a transformers folder. gguf: one file for llama.cpp, "
+                       "Ollama and LM Studio, with a Modelfile (merged or whole models only)",
+                       "safetensors：transformers 模型文件夹。gguf：供 llama.cpp、Ollama 和 "
+                       "LM Studio 使用的单个文件，附 Modelfile（仅限合并后或完整模型）")
+        gguf_type = i18n.add(gr.Dropdown(list(gg.TYPES), value="q8_0", label="GGUF type",
+                                         elem_id="export-gguf-type", scale=2),
+                             "GGUF type", "GGUF 类型",
+                             "f16/bf16 keep the weights; q8_0 is close and half the size; "
+                             "q5_*/q4_* are smaller and lossier (checked against bounds "
+                             "per type). For Q4_K_M and other k-quants, export f16 and run "
+                             "llama.cpp's llama-quantize on it",
+                             "f16/bf16 保留权重；q8_0 接近原模型、体积减半；q5_*/q4_* 更小、"
+                             "损失更大（按类型设定容差校验）。Q4_K_M 等 k-quant 类型："
+                             "导出 f16 后用 llama.cpp 的 llama-quantize 转换")
     start = i18n.add(gr.Button("Export", variant="primary", elem_id="export-start"),
                      "Export", "导出")
     progress = gr.HTML("", elem_id="export-progress")
@@ -129,11 +158,12 @@ def build(shared: Shared) -> None:
         return [plan_text(run_, ckpt, only, lang),
                 _default_name(run_, only) if renamed else gr.update()]
 
-    def on_start(run_, ckpt, name_, shard_, only, over, lang) -> list[Any]:
+    def on_start(run_, ckpt, name_, shard_, only, over, fmt_, type_, lang) -> list[Any]:
         if not run_:
             return ["", T_PICK_RUN(lang), "", gr.Timer(active=False)]
         spec = ex.ExportSpec(str(resolve_run(run_)), (name_ or "").strip(), ckpt or "final",
-                             str(shard_ or "2GB"), bool(only), bool(over))
+                             str(shard_ or "2GB"), bool(only), bool(over),
+                             fmt_ or "safetensors", type_ or "q8_0")
         try:
             path = ex.start(spec)
         except (ex.ExportError, ValueError) as exc:
@@ -149,7 +179,15 @@ def build(shared: Shared) -> None:
         if state["status"] == "running":
             return [bar, gr.update(), gr.update(), gr.Timer()]
         end = state["end"]
-        if state["status"] == "done":
+        if state["status"] == "done" and end.get("format") == "gguf":
+            bar = progress_html(ex.STEPS, ex.STEPS, "done", "done")
+            fig = end["figures"]
+            text = T_DONE_GGUF(lang, file=end["gguf_file"], path=end["output_dir"],
+                               mb=end["bytes"] / 1e6, seconds=end["seconds"],
+                               weights=fig["max_weight_error"],
+                               n=fig["greedy_prompts"], rel=fig["max_rel_logit_diff"],
+                               top1=fig["top1_agreement"], greedy=fig["greedy_agreement"])
+        elif state["status"] == "done":
             bar = progress_html(ex.STEPS, ex.STEPS, "done", "done")
             text = T_DONE(lang, path=end["output_dir"], files=len(end["shards"]),
                           mb=end["bytes"] / 1e6, seconds=end["seconds"],
@@ -166,6 +204,7 @@ def build(shared: Shared) -> None:
     refresh.click(on_refresh, run, run)
     shared.runs_changed.change(on_refresh, run, run)
     shared.blocks.load(on_refresh, run, run)
-    start.click(on_start, [run, checkpoint, name, shard, adapter_only, overwrite, shared.lang],
+    start.click(on_start, [run, checkpoint, name, shard, adapter_only, overwrite, fmt, gguf_type,
+                           shared.lang],
                 [progress, result, job, timer])
     timer.tick(on_tick, [job, run, shared.lang], [progress, result, history, timer])
