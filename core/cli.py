@@ -115,9 +115,19 @@ def _abort(args: argparse.Namespace) -> int:
 
 
 def _webui(args: argparse.Namespace) -> int:
+    # Checked before Gradio is imported: a refused start binds nothing and is instant.
+    from webui import guard
+
+    try:
+        logins = guard.logins(args.auth_file)
+        guard.check_serving(args.host, logins)
+    except guard.AccessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     from webui.app import launch
 
-    launch(host=args.host, port=args.port, share=False)
+    launch(host=args.host, port=args.port, share=False, logins=logins,
+           allow_remote_code=args.allow_remote_code)
     return 0
 
 
@@ -145,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("webui", help="open the browser app")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--auth-file", metavar="FILE",
+                   help="logins, one user:password a line (or set PEFT_STUDIO_AUTH="
+                   "user:password); required to serve beyond 127.0.0.1")
+    p.add_argument("--allow-remote-code", action="store_true",
+                   help="let the browser switch on trust_remote_code (runs Python code "
+                   "shipped with a hub model)")
     p.set_defaults(func=_webui)
 
     for extra in _EXTRA_COMMANDS:
