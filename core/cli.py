@@ -26,6 +26,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
+    missing = dataset_problems(cfg.dataset)
+    if missing:
+        print(f"error: {ConfigError(missing)}", file=sys.stderr)
+        return 2
     try:
         run_dir = runner.start(cfg)
     except runner.BusyError as exc:
@@ -35,6 +39,28 @@ def _train(args: argparse.Namespace) -> int:
     if args.detach:
         return 0
     return _follow(run_dir, show_log=args.verbose)
+
+
+def dataset_problems(names: list[str]) -> list[str]:
+    """Datasets that are neither registered nor an existing file: said before a run
+    starts, rather than by the trainer a minute later."""
+    from core.data.formats import DataError
+    from core.data.registry import info_path, load_info
+
+    try:
+        known = load_info()
+    except DataError as exc:
+        return [f"dataset: {info_path()}: {exc}"]
+    problems = []
+    for name in names:
+        path = Path(name).expanduser()
+        if name in known or path.is_file():
+            continue
+        what = "is a folder, not a file" if path.is_dir() else "no such file"
+        problems.append(f"dataset: {name}: {what}, and no registered dataset has that "
+                        "name; give a json/jsonl/csv/parquet/txt file or a name from "
+                        "data/dataset_info.json")
+    return problems
 
 
 def _follow(run_dir: Path, show_log: bool = False) -> int:
@@ -131,6 +157,12 @@ def _webui(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: use 1 to 65535")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peft-studio", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("webui", help="open the browser app")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=_port, default=7860)
     p.add_argument("--auth-file", metavar="FILE",
                    help="logins, one user:password a line (or set PEFT_STUDIO_AUTH="
                    "user:password); required to serve beyond 127.0.0.1")

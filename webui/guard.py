@@ -117,12 +117,13 @@ REMOTE_CODE_NOTE = ("Remote code is off for the browser: restart the server with
 def browser_dataset_problem(name: str) -> str | None:
     """Why a dataset typed in the browser is refused, or None: a registered name, or a
     file under data/. Other paths would let a browser read any file the server can."""
+    from core.data.formats import DataError
     from core.data.registry import load_info
 
     try:
         if name in load_info():
             return None
-    except ValueError:  # a broken registry: the loader reports it with its line
+    except DataError:  # a broken registry: the loader reports it with its line
         pass
     root = data_dir().resolve()
     path = Path(name).expanduser()
@@ -132,6 +133,16 @@ def browser_dataset_problem(name: str) -> str | None:
     return (f"{name!r} is outside {root}; the browser can use registered datasets or files "
             "under data/ (upload it in the Data tab), other paths only from the CLI "
             "(peft-studio train --dataset PATH)")
+
+
+def existing_run(name: str) -> Path:
+    """The folder of a run a tab shows; if it was deleted meanwhile, say so plainly."""
+    from core.chat import resolve_run
+
+    try:
+        return resolve_run(name)
+    except ValueError:
+        raise ValueError(f"run {name} no longer exists; refresh the list") from None
 
 
 def browser_problems(values: dict[str, Any]) -> list[str]:
