@@ -45,7 +45,7 @@ def dataset_problems(names: list[str]) -> list[str]:
     """Datasets that are neither registered nor an existing file: said before a run
     starts, rather than by the trainer a minute later."""
     from core.data.formats import DataError
-    from core.data.registry import info_path, load_info
+    from core.data.registry import info_path, load_info, resolve
 
     try:
         known = load_info()
@@ -54,12 +54,21 @@ def dataset_problems(names: list[str]) -> list[str]:
     problems = []
     for name in names:
         path = Path(name).expanduser()
-        if name in known or path.is_file():
+        if name in known:
             continue
-        what = "is a folder, not a file" if path.is_dir() else "no such file"
-        problems.append(f"dataset: {name}: {what}, and no registered dataset has that "
-                        "name; give a json/jsonl/csv/parquet/txt file or a name from "
-                        "data/dataset_info.json")
+        if not path.is_file():
+            what = "is a folder, not a file" if path.is_dir() else "no such file"
+            problems.append(f"dataset: {name}: {what}, and no registered dataset has that "
+                            "name; give a json/jsonl/csv/parquet/txt file or a name from "
+                            "data/dataset_info.json")
+            continue
+        try:  # reads the file once: its format is detected from its columns
+            resolve(name)
+        except DataError as exc:
+            problems.append(f"dataset: {exc}")
+        except UnicodeDecodeError as exc:
+            problems.append(f"dataset: {name}: not UTF-8 text (byte {exc.start + 1}); save it "
+                            "as UTF-8")
     return problems
 
 

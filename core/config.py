@@ -264,7 +264,7 @@ class RunConfig:
         except OSError as exc:
             raise ConfigError([f"cannot read the file: {exc.strerror}"], str(path)) from None
         except UnicodeDecodeError as exc:
-            raise ConfigError([f"not UTF-8 text (byte {exc.start}); save it as UTF-8"],
+            raise ConfigError([f"not UTF-8 text (byte {exc.start + 1}); save it as UTF-8"],
                               str(path)) from None
         return cls.from_yaml(text, str(path))
 
