@@ -28,6 +28,7 @@ from typing import Any
 
 from core.methods.common import MANIFEST, read_manifest
 from core.paths import ROOT, cache_dir, saves_dir
+from core.settings import GENERATION, check_fields
 
 
 # -- runs and their results --------------------------------------------------------------
@@ -122,17 +123,17 @@ GENERATION_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetit
 
 @dataclass
 class GenerationSettings:
-    max_new_tokens: int = 256
+    """Defaults and bounds from core.settings.GENERATION; building one with a value out of
+    bounds raises SettingsError (a ValueError) naming it."""
+
+    max_new_tokens: int = GENERATION["max_new_tokens"].default
     do_sample: bool = True
-    temperature: float = 0.7
-    top_p: float = 0.9
-    top_k: int = 50
-    repetition_penalty: float = 1.1
+    temperature: float = GENERATION["temperature"].default
+    top_p: float = GENERATION["top_p"].default
+    top_k: int = GENERATION["top_k"].default
+    repetition_penalty: float = GENERATION["repetition_penalty"].default
 
     def __post_init__(self) -> None:
-        """Bounds from core.settings.GENERATION; raises SettingsError (a ValueError)."""
-        from core.settings import GENERATION, check_fields
-
         check_fields(self, [GENERATION[n] for n in GENERATION_FIELDS])
 
     def generate_kwargs(self) -> dict[str, Any]:
