@@ -28,6 +28,7 @@ from typing import Any
 
 from core.methods.common import MANIFEST, read_manifest
 from core.paths import ROOT, cache_dir, saves_dir
+from core.settings import GENERATION, check_fields
 
 
 # -- runs and their results --------------------------------------------------------------
@@ -127,14 +128,23 @@ def base_target(model: str) -> Target:
     return Target(model, None, f"base: {Path(model).name if '/' in model else model}")
 
 
+GENERATION_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty")
+
+
 @dataclass
 class GenerationSettings:
-    max_new_tokens: int = 256
+    """Defaults and bounds from core.settings.GENERATION; building one with a value out of
+    bounds raises SettingsError (a ValueError) naming it."""
+
+    max_new_tokens: int = GENERATION["max_new_tokens"].default
     do_sample: bool = True
-    temperature: float = 0.7
-    top_p: float = 0.9
-    top_k: int = 50
-    repetition_penalty: float = 1.1
+    temperature: float = GENERATION["temperature"].default
+    top_p: float = GENERATION["top_p"].default
+    top_k: int = GENERATION["top_k"].default
+    repetition_penalty: float = GENERATION["repetition_penalty"].default
+
+    def __post_init__(self) -> None:
+        check_fields(self, [GENERATION[n] for n in GENERATION_FIELDS])
 
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -475,6 +485,14 @@ def add_command(subparsers: Any) -> None:
     p.set_defaults(func=_main)
 
 
+def _check_model(model: str) -> None:
+    """A model written as a path must exist; a hub id (org/name) is left to the loader."""
+    looks_like_path = model.startswith(("/", "./", "../", "~")) or model.endswith(".gguf")
+    if looks_like_path and not Path(model).expanduser().exists():
+        raise ValueError(f"no model at {model}: give a local model folder or .gguf file, "
+                         "'embedded', or a hub id such as Qwen/Qwen2.5-0.5B-Instruct")
+
+
 def _main(args: argparse.Namespace) -> int:
     try:
         if args.run:
@@ -484,16 +502,22 @@ def _main(args: argparse.Namespace) -> int:
                 target = base_target(target.model)
         else:
             target = base_target(args.model)
+        settings = GenerationSettings(
+            max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
+            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+            repetition_penalty=args.repetition_penalty)
+        _check_model(target.model)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens, do_sample=not args.greedy,
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        repetition_penalty=args.repetition_penalty)
     engine = Engine()
     print(f"loading {target.label} ...", file=sys.stderr, flush=True)
-    engine.load(target)
+    try:
+        engine.load(target)
+    except Exception as exc:  # a model that will not load is the user's input: say why
+        print(f"error: cannot load {target.label}: {type(exc).__name__}: {exc}"
+              .splitlines()[0], file=sys.stderr)
+        return 1
     history: list[dict[str, str]] = []
     interactive = args.prompt is None
     while True:

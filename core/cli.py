@@ -34,6 +34,10 @@ def _train(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    missing = dataset_problems(cfg.dataset)
+    if missing:
+        print(f"error: {ConfigError(missing)}", file=sys.stderr)
+        return 2
     try:
         run_dir = runner.start(cfg)
     except runner.BusyError as exc:
@@ -43,6 +47,34 @@ def _train(args: argparse.Namespace) -> int:
     if args.detach:
         return 0
     return _follow(run_dir, show_log=args.verbose)
+
+
+def dataset_problems(names: list[str]) -> list[str]:
+    """Datasets that are neither registered nor an existing file: said before a run
+    starts, rather than by the trainer a minute later."""
+    from core.data.formats import DataError
+    from core.data.registry import info_path, load_info, resolve
+
+    try:
+        known = load_info()
+    except DataError as exc:
+        return [f"dataset: {info_path()}: {exc}"]
+    problems = []
+    for name in names:
+        path = Path(name).expanduser()
+        if name in known:
+            continue
+        if not path.is_file():
+            what = "is a folder, not a file" if path.is_dir() else "no such file"
+            problems.append(f"dataset: {name}: {what}, and no registered dataset has that "
+                            "name; give a json/jsonl/csv/parquet/txt file or a name from "
+                            "data/dataset_info.json")
+            continue
+        try:  # reads the file once: its format is detected from its columns
+            resolve(name)
+        except DataError as exc:
+            problems.append(f"dataset: {exc}")
+    return problems
 
 
 def _follow(run_dir: Path, show_log: bool = False) -> int:
@@ -127,10 +159,26 @@ def _abort(args: argparse.Namespace) -> int:
 
 
 def _webui(args: argparse.Namespace) -> int:
+    # Checked before Gradio is imported: a refused start binds nothing and is instant.
+    from webui import guard
+
+    try:
+        logins = guard.logins(args.auth_file)
+        guard.check_serving(args.host, logins)
+    except guard.AccessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     from webui.app import launch
 
-    launch(host=args.host, port=args.port, share=False)
+    launch(host=args.host, port=args.port, share=False, logins=logins,
+           allow_remote_code=args.allow_remote_code)
     return 0
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: use 1 to 65535")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("webui", help="open the browser app")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=_port, default=7860)
+    p.add_argument("--auth-file", metavar="FILE",
+                   help="logins, one user:password a line (or set PEFT_STUDIO_AUTH="
+                   "user:password); required to serve beyond 127.0.0.1")
+    p.add_argument("--allow-remote-code", action="store_true",
+                   help="let the browser switch on trust_remote_code (runs Python code "
+                   "shipped with a hub model)")
     p.set_defaults(func=_webui)
 
     for extra in _EXTRA_COMMANDS:

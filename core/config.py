@@ -242,12 +242,13 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "") -> RunConfig:
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError([f"not valid YAML: {exc}"], source) from None
+        data = load_yaml_text(text, source)
         if not isinstance(data, Mapping):
             raise ConfigError(["expected a mapping of setting: value"], source)
+        keys = [k for k in data if not isinstance(k, str)]
+        if keys:
+            raise ConfigError([f"{k!r}: a setting name must be text, e.g. learning_rate"
+                               for k in keys], source)
         try:
             return cls(**data)
         except ConfigError as exc:
@@ -257,9 +258,15 @@ class RunConfig:
     def load(cls, path: str | Path) -> RunConfig:
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            if path.stat().st_size > MAX_YAML_BYTES:
+                raise ConfigError([f"larger than {MAX_YAML_BYTES // 1000} KB: not a run "
+                                   "config"], str(path))
+            text = path.read_bytes().decode("utf-8")
         except OSError as exc:
             raise ConfigError([f"cannot read the file: {exc.strerror}"], str(path)) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError([f"not UTF-8 text (byte {exc.start + 1}); save it as UTF-8"],
+                              str(path)) from None
         return cls.from_yaml(text, str(path))
 
     # -- CLI -------------------------------------------------------------------------------
@@ -279,6 +286,40 @@ class RunConfig:
         return " ".join(parts)
 
 
+MAX_YAML_BYTES = 1_000_000
+RUN_NAME_MAX = 100
+# Folders under saves/ that hold something other than a run.
+RESERVED_RUN_NAMES = ("presets", "exports", "comparisons", "evals")
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader without aliases: a run config never needs them, and refusing them
+    before composing is what stops a "billion laughs" document from expanding."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise ConfigError([f"line {mark.line + 1}: YAML aliases (*name) are not allowed "
+                               "in a run config; write the value out"])
+        return super().compose_node(parent, index)
+
+
+def load_yaml_text(text: str, source: str = "") -> Any:
+    """Parse YAML for a run config: no aliases, and YAML errors as one short line."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError([f"larger than {MAX_YAML_BYTES // 1000} KB: not a run config"],
+                          source)
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader) or {}
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, source) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"not valid YAML: {where}{what}"], source) from None
+
+
 def _fmt(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -295,8 +336,8 @@ def _validated(values: Mapping[str, Any]) -> dict[str, Any]:
     for k in unknown:
         problems.append(f"{k}: unknown setting{_suggest(k)}")
     method = values.get("method", SETTINGS["method"].default)
-    if method not in METHODS:
-        problems.append(f"method: {method!r} is not one of: {', '.join(METHODS)}")
+    if not isinstance(method, str) or method not in METHODS:
+        # reported by the method setting's own check below; judge the rest by the default
         method = SETTINGS["method"].default
     out: dict[str, Any] = {}
     for name, s in SETTINGS.items():
@@ -330,8 +371,14 @@ def _cross_checks(v: dict[str, Any]) -> list[str]:
         # peft's prefix tuning feeds cached key/values that activation recomputation breaks
         problems.append("gradient_checkpointing: does not work with prefix tuning; turn it "
                         "off or choose another method")
-    if "/" in v["run_name"] or v["run_name"] in (".", ".."):
+    name = v["run_name"]
+    if any(c in name for c in "/\\\0") or name in (".", ".."):
         problems.append("run_name: must be a plain folder name, without '/'")
+    elif len(name) > RUN_NAME_MAX:
+        problems.append(f"run_name: {len(name)} characters; use at most {RUN_NAME_MAX}")
+    elif name.lower() in RESERVED_RUN_NAMES:
+        problems.append(f"run_name: {name!r} is a folder PEFT Studio keeps in saves/ for "
+                        f"itself ({', '.join(RESERVED_RUN_NAMES)}); choose another name")
     return problems
 
 

@@ -44,6 +44,13 @@ class EvalSpec:
     cutoff_len: int = 1024
     include_base: bool = True
 
+    def __post_init__(self) -> None:
+        """Bounds from core.settings.GENERATION; raises SettingsError (a ValueError)."""
+        from core.settings import GENERATION, check_fields
+
+        check_fields(self, [GENERATION[n] for n in ("max_samples", "max_new_tokens",
+                                                    "batch_size", "cutoff_len")])
+
     @classmethod
     def load(cls, path: Path) -> EvalSpec:
         return cls(**yaml.safe_load(path.read_text(encoding="utf-8")))
@@ -320,9 +327,19 @@ def _main(args: argparse.Namespace) -> int:
         print("error: this run's dataset has no registered test split; pass --dataset",
               file=sys.stderr)
         return 2
-    job = start(EvalSpec(str(run_dir), dataset, args.checkpoint, args.max_samples,
-                         args.max_new_tokens, args.batch_size, args.cutoff_len,
-                         not args.no_base))
+    try:
+        spec = EvalSpec(str(run_dir), dataset, args.checkpoint, args.max_samples,
+                        args.max_new_tokens, args.batch_size, args.cutoff_len,
+                        not args.no_base)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from core.cli import dataset_problems
+
+    for problem in dataset_problems(dataset):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    job = start(spec)
     print(f"evaluation: {job}", flush=True)
     if follow_job(job) == "aborted":
         return 1

@@ -490,7 +490,7 @@ def _main(args: argparse.Namespace) -> int:
         _, how, why = check(spec)
         print(f"export plan: {how} ({why})", flush=True)
         job = start(spec)
-    except (ValueError, ExportError) as exc:
+    except (ValueError, ExportError, OSError) as exc:  # OSError: a result without manifest
         print(f"error: {exc}", file=sys.stderr)
         return 2
     follow_job(job)

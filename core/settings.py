@@ -7,6 +7,8 @@ derived from these objects (see `core.config`), so a setting is never spelled ou
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +87,9 @@ class Setting:
                 if isinstance(value, bool):
                     return value, f"expected a number, got {value!r}"
                 value = float(value)
+                if not math.isfinite(value):
+                    # NaN passes every bound check (all comparisons are False)
+                    return value, f"expected a finite number, got {value!r}"
             elif kind is list:
                 if isinstance(value, str):
                     value = [v.strip() for v in value.split(",") if v.strip()]
@@ -97,7 +102,7 @@ class Setting:
                 if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                     return value, f"expected text, got {value!r}"
                 value = str(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return value, f"expected {kind.__name__}, got {value!r}"
         if self.choices is not None and not self.allow_custom:
             items = value if kind is list else [value]
@@ -111,3 +116,47 @@ class Setting:
             if self.maximum is not None and value > self.maximum:
                 return value, f"must be at most {self.maximum:g}, got {value:g}"
         return value, None
+
+
+class SettingsError(ValueError):
+    """Bad values for a group of settings, one "name: what is wrong" per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def check_fields(obj: Any, settings: Iterable[Setting]) -> None:
+    """Check and coerce the attributes of a dataclass named after `settings` in place
+    (its __post_init__ calls this); raise SettingsError naming every bad one."""
+    problems = []
+    for s in settings:
+        value, error = s.check(getattr(obj, s.name))
+        if error:
+            problems.append(f"{s.name}: {error}")
+        else:
+            object.__setattr__(obj, s.name, value)
+    if problems:
+        raise SettingsError(problems)
+
+
+# Generation settings (chat, evaluation): not run settings, but described the same way so
+# that bounds live in one place and the CLI, the UI and the job share them.
+GENERATION: dict[str, Setting] = {s.name: s for s in (
+    Setting("max_new_tokens", 256, "Longest reply, in tokens.", "generation",
+            minimum=1, maximum=32768),
+    Setting("temperature", 0.7, "Sampling temperature; 0 answers greedily.", "generation",
+            minimum=0.0, maximum=10.0),
+    Setting("top_p", 0.9, "Sample from the smallest set of tokens whose probabilities add "
+            "up to this.", "generation", minimum=0.0, maximum=1.0),
+    Setting("top_k", 50, "Sample from the k likeliest tokens (0 = no limit).", "generation",
+            minimum=0, maximum=100000),
+    Setting("repetition_penalty", 1.1, "Above 1 discourages repeating tokens.", "generation",
+            minimum=0.01, maximum=10.0),
+    Setting("batch_size", 8, "Samples scored at once.", "generation", minimum=1,
+            maximum=4096),
+    Setting("max_samples", 50, "Score at most this many samples (0 = all).", "generation",
+            minimum=0),
+    Setting("cutoff_len", 1024, "Longest prompt plus reference, in tokens.", "generation",
+            minimum=8, maximum=131072),
+)}

@@ -50,9 +50,11 @@ class ServedApp:
 
 
 @contextmanager
-def serve_app(workdir: Path, saves: Path | None = None) -> Iterator[ServedApp]:
+def serve_app(workdir: Path, saves: Path | None = None, env: dict[str, str] | None = None,
+              args: tuple[str, ...] = ()) -> Iterator[ServedApp]:
     """`peft-studio webui` as a user starts it, on a free port, with a copy of data/ and a
-    saves/ of its own under `workdir` (or the given `saves`). Its log is workdir/server.log."""
+    saves/ of its own under `workdir` (or the given `saves`), plus any extra `env` and
+    webui `args`. Its log is workdir/server.log."""
     data = workdir / "data"
     shutil.copytree(ROOT / "data", data)
     if saves is None:
@@ -60,13 +62,14 @@ def serve_app(workdir: Path, saves: Path | None = None) -> Iterator[ServedApp]:
         saves.mkdir()
     port = free_port()
     env = {**os.environ, "PEFT_STUDIO_DATA": str(data), "PEFT_STUDIO_SAVES": str(saves),
-           "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    script = Path(sys.executable).parent / "peft-studio"
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "core.cli"]
+           "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
+    # `-m` from ROOT, not the installed `peft-studio` script: the script imports whichever
+    # checkout the editable install points at, which is not this one in a git worktree.
+    cmd = [sys.executable, "-m", "core.cli"]
     log_path = workdir / "server.log"
     url = f"http://127.0.0.1:{port}/"
     with open(log_path, "wb") as log:
-        server = subprocess.Popen([*cmd, "webui", "--port", str(port)], cwd=ROOT, env=env,
+        server = subprocess.Popen([*cmd, "webui", "--port", str(port), *args], cwd=ROOT, env=env,
                                   stdout=log, stderr=subprocess.STDOUT)
 
         def up() -> bool:

@@ -12,7 +12,7 @@ import importlib
 
 import gradio as gr
 
-from webui import topbar, upload
+from webui import guard, topbar, upload
 from webui.i18n import I18n
 
 # (module under webui.tabs, English title, Chinese title), in display order.
@@ -60,20 +60,24 @@ def build_app() -> gr.Blocks:
     return demo
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> None:
+def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+           logins: list[tuple[str, str]] | None = None,
+           allow_remote_code: bool = False) -> None:
+    """Serve the app. With `logins`, Gradio's login guards every page and API route
+    (a client without the session cookie gets 401); without, only loopback is allowed."""
+    guard.check_serving(host, logins)
+    guard.POLICY.allow_remote_code = allow_remote_code
     demo = build_app()
     demo.queue(default_concurrency_limit=4)
     demo.launch(server_name=host, server_port=port, share=share, css=CSS,
                 theme=gr.themes.Soft(), footer_links=["gradio", "settings"],
-                run_history=False, show_error=True,
+                run_history=False, show_error=True, auth=logins or None,
+                auth_message="PEFT Studio: log in with a user:password the server was "
+                             "started with.",
                 max_file_size=upload.max_upload_mb() * 2**20)
 
 
 if __name__ == "__main__":
-    import argparse
+    from core.cli import main
 
-    parser = argparse.ArgumentParser(description="Serve the PEFT Studio web UI")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7860)
-    args = parser.parse_args()
-    launch(args.host, args.port)
+    raise SystemExit(main(["webui", *__import__("sys").argv[1:]]))

@@ -14,7 +14,7 @@ from typing import Any
 from core import runner
 from core.config import SETTINGS, ConfigError, RunConfig
 from core.paths import saves_dir
-from webui import probe
+from webui import guard, probe
 from webui.i18n import Text
 from webui.widgets import config_values, from_config, to_config
 
@@ -78,6 +78,8 @@ def inspect_payload(values: dict[str, Any]) -> dict[str, Any]:
     keep = {"model", "method", "trust_remote_code"}
     payload = {k: v for k, v in usable.items() if k in keep or SETTINGS[k].group == "method"}
     RunConfig(**payload)  # raises ConfigError listing every problem
+    if payload.get("trust_remote_code") and not guard.POLICY.allow_remote_code:
+        raise ConfigError(["trust_remote_code: " + guard.REMOTE_CODE_NOTE])
     return payload
 
 

@@ -12,9 +12,10 @@ from typing import Any
 
 import gradio as gr
 
-from core.config import SETTINGS, RunConfig
+from core.config import SETTINGS, ConfigError, RunConfig
 from core.methods import METHODS
 from core.settings import GROUPS, Setting
+from webui.guard import browser_problems
 from webui.i18n import I18n
 
 # The top bar holds these; every other setting lives in the Train tab's groups.
@@ -142,8 +143,17 @@ def config_values(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def to_config(values: dict[str, Any]) -> RunConfig:
-    """A validated RunConfig from widget values; raises core.config.ConfigError."""
-    return RunConfig(**config_values(values))
+    """A validated RunConfig from widget values; raises core.config.ConfigError. Also
+    refuses what only the CLI may ask for (webui.guard), whatever the widgets showed."""
+    usable = config_values(values)
+    refused = browser_problems(usable)
+    try:
+        cfg = RunConfig(**usable)
+    except ConfigError as exc:
+        raise ConfigError(refused + exc.problems) from None
+    if refused:
+        raise ConfigError(refused)
+    return cfg
 
 
 def from_config(cfg: RunConfig) -> dict[str, Any]:

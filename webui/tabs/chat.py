@@ -242,8 +242,11 @@ def build(shared: Shared) -> None:
         if not (text or "").strip():
             yield [gr.update(), *histories, T_EMPTY(lang)]
             return
-        settings = GenerationSettings(int(max_new), not greedy_, float(temp), float(top_p_),
-                                      int(top_k_), float(rep))
+        try:  # the sliders bound these, but an API client can send anything
+            settings = GenerationSettings(max_new, not greedy_, temp, top_p_, top_k_, rep)
+        except ValueError as exc:
+            yield [gr.update(), *histories, T_ERROR(lang, error=exc)]
+            return
         try:
             panes = targets(model, run_, ckpt, compare_, second_)
             for t in load_order(panes):

@@ -18,6 +18,7 @@ import gradio as gr
 
 from core import evaluate as ev
 from core.chat import checkpoint_names, finished_runs, resolve_run
+from webui import guard
 from webui.i18n import Text
 from webui.shared import Shared
 
@@ -28,6 +29,7 @@ T_FAILED = Text("Evaluation failed: {error}", "评估失败：{error}")
 T_ABORTED = Text("Evaluation aborted.", "评估已中止。")
 T_NO_PAST = Text("No evaluations of this run yet.", "该训练尚无评估记录。")
 T_WAITING = Text("starting", "正在启动")
+T_REFUSED = Text("Not started: {error}", "未开始：{error}")
 
 METRICS = (  # key, label, lower is better
     ("exact_match", "Exact match (%)", False),
@@ -257,20 +259,10 @@ def build(shared: Shared) -> None:
                 gr.update(choices=dataset_choices(value))]
 
     def on_start(run_, ckpt, data, n, new_tokens, batch, base, lang) -> list[Any]:
-        if not run_:
-            return ["", T_PICK_RUN(lang), "", gr.update(), gr.Timer(active=False)]
-        if not data:
-            return ["", T_PICK_DATA(lang), "", gr.update(), gr.Timer(active=False)]
-        try:
-            run_dir = resolve_run(run_)
-            from core.config import RunConfig
-
-            cutoff = RunConfig.load(run_dir / "config.yaml").cutoff_len
-        except Exception:
-            cutoff = 1024
-        path = ev.start(ev.EvalSpec(str(run_dir), [data], ckpt or "final", int(n or 0),
-                                    int(new_tokens or 64), int(batch or 8), cutoff, bool(base)))
-        return [progress_html(0, 1, T_WAITING(lang)), T_STARTED(lang, job=path), str(path),
+        path, note = start_evaluation(run_, ckpt, data, n, new_tokens, batch, base, lang)
+        if path is None:
+            return ["", note, "", gr.update(), gr.Timer(active=False)]
+        return [progress_html(0, 1, T_WAITING(lang)), note, str(path),
                 gr.update(value=None), gr.Timer(active=True)]
 
     def on_tick(job_path: str, run_: str, lang: str) -> list[Any]:
@@ -305,6 +297,35 @@ def build(shared: Shared) -> None:
                [progress, message, metrics, predictions, past, timer])
     abort.click(on_abort, job, None)
     past.change(_show, past, [metrics, predictions])
+
+
+def start_evaluation(run: str | None, ckpt: str | None, data: str | None, n: Any,
+                     new_tokens: Any, batch: Any, base: bool,
+                     lang: str = "en") -> tuple[Path | None, str]:
+    """Start an evaluation from the tab's values: (job folder, message), or (None, why
+    not). The browser may only name registered datasets or files under data/."""
+    if not run:
+        return None, T_PICK_RUN(lang)
+    if not data:
+        return None, T_PICK_DATA(lang)
+    refused = guard.browser_dataset_problem(data)
+    if refused:
+        return None, T_REFUSED(lang, error=refused)
+    try:
+        run_dir = guard.existing_run(run)
+        from core.config import ConfigError, RunConfig
+
+        try:
+            cutoff = RunConfig.load(run_dir / "config.yaml").cutoff_len
+        except ConfigError:
+            cutoff = 1024
+        spec = ev.EvalSpec(str(run_dir), [data], ckpt or "final", n if n is not None else 0,
+                           new_tokens if new_tokens is not None else 64,
+                           batch if batch is not None else 8, cutoff, bool(base))
+    except ValueError as exc:
+        return None, T_REFUSED(lang, error=exc)
+    path = ev.start(spec)
+    return path, T_STARTED(lang, job=path)
 
 
 def _default_dataset(run: str | None, choices: list[tuple[str, str]]) -> str | None:

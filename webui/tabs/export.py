@@ -18,6 +18,7 @@ from core import export_gguf as gg
 from core.chat import checkpoint_names, checkpoints, finished_runs, resolve_run
 from core.methods import METHODS
 from core.methods.common import read_manifest
+from webui import guard
 from webui.i18n import Text
 from webui.shared import Shared
 from webui.tabs.evaluate import progress_html
@@ -87,6 +88,22 @@ def _history(run: str | None) -> str:
             lines.append(f"- {job['path'].name}: {spec.get('name')} — {job['status']}"
                          + (f": {end['error']}" if end.get("error") else ""))
     return ("**Past exports of this run**\n\n" + "\n".join(lines)) if lines else ""
+
+
+def start_export(run: str | None, ckpt: str | None, name: str | None, shard: str | None,
+                 only: bool, over: bool, lang: str = "en", fmt: str | None = None,
+                 gguf_type: str | None = None) -> tuple[Path | None, str]:
+    """Check and start an export from the tab's values: (job folder, message), or
+    (None, why not)."""
+    if not run:
+        return None, T_PICK_RUN(lang)
+    try:
+        spec = ex.ExportSpec(str(guard.existing_run(run)), (name or "").strip(),
+                             ckpt or "final", str(shard or "2GB"), bool(only), bool(over),
+                             fmt or "safetensors", gguf_type or "q8_0")
+        return ex.start(spec), T_STARTED(lang)
+    except (ex.ExportError, ValueError, OSError) as exc:  # OSError: a result deleted meanwhile
+        return None, T_REFUSED(lang, error=exc)
 
 
 def build(shared: Shared) -> None:
@@ -159,17 +176,10 @@ def build(shared: Shared) -> None:
                 _default_name(run_, only) if renamed else gr.update()]
 
     def on_start(run_, ckpt, name_, shard_, only, over, fmt_, type_, lang) -> list[Any]:
-        if not run_:
-            return ["", T_PICK_RUN(lang), "", gr.Timer(active=False)]
-        spec = ex.ExportSpec(str(resolve_run(run_)), (name_ or "").strip(), ckpt or "final",
-                             str(shard_ or "2GB"), bool(only), bool(over),
-                             fmt_ or "safetensors", type_ or "q8_0")
-        try:
-            path = ex.start(spec)
-        except (ex.ExportError, ValueError) as exc:
-            return ["", T_REFUSED(lang, error=exc), "", gr.Timer(active=False)]
-        return [progress_html(0, ex.STEPS, "starting"), T_STARTED(lang), str(path),
-                gr.Timer(active=True)]
+        path, note = start_export(run_, ckpt, name_, shard_, only, over, lang, fmt_, type_)
+        if path is None:
+            return ["", note, "", gr.Timer(active=False)]
+        return [progress_html(0, ex.STEPS, "starting"), note, str(path), gr.Timer(active=True)]
 
     def on_tick(job_path: str, run_: str, lang: str) -> list[Any]:
         if not job_path:

@@ -11,7 +11,7 @@ import gradio as gr
 
 from core import runner
 from core.config import SETTINGS, ConfigError
-from webui import compare_panel, dataview, history, monitor, training
+from webui import compare_panel, dataview, guard, history, monitor, training
 from webui.i18n import I18n, Text
 from webui.monitor import Watch
 from webui.plots import loss_figure, loss_frame, lr_figure, lr_frame
@@ -121,6 +121,8 @@ def _widget(s: Any, i18n: I18n, method: str) -> Any:
     extra: dict[str, Any] = {"visible": s.applies_to(method), "min_width": 260}
     if s.name == "dataset":
         extra["choices"] = dataview.names()
+    if s.name == "trust_remote_code" and not guard.POLICY.allow_remote_code:
+        extra.update(interactive=False, info=f"{s.help} {guard.REMOTE_CODE_NOTE}")
     return make(s, i18n, **extra)
 
 

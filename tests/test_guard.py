@@ -1,0 +1,185 @@
+"""Nobody in uninvited: the login on a served app (real HTTP), the refusal to serve beyond
+this machine without one, and what a browser may not ask for (remote code, datasets
+outside data/)."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from core.cli import main
+from tests.browser_support import free_port, serve_app
+from webui import guard, training
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _status(opener: urllib.request.OpenerDirector, url: str, data: bytes | None = None,
+            headers: dict[str, str] | None = None) -> int:
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with opener.open(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_served_app_answers_401_until_logged_in(tmp_path):
+    with serve_app(tmp_path, env={guard.AUTH_ENV: "alice:s3cret-pw"}) as app:
+        anon = urllib.request.build_opener()
+        join = json.dumps({"data": [], "fn_index": 0, "session_hash": "x"}).encode()
+        json_header = {"Content-Type": "application/json"}
+        assert _status(anon, app.url + "config") == 401
+        assert _status(anon, app.url + "gradio_api/info") == 401
+        assert _status(anon, app.url + "gradio_api/queue/join", join, json_header) == 401
+        assert _status(anon, app.url + "gradio_api/upload", b"", json_header) == 401
+
+        jar = http.cookiejar.CookieJar()
+        user = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        wrong = urllib.parse.urlencode({"username": "alice", "password": "nope"}).encode()
+        assert _status(user, app.url + "login", wrong) == 400
+        assert _status(user, app.url + "config") == 401
+        right = urllib.parse.urlencode({"username": "alice", "password": "s3cret-pw"}).encode()
+        assert _status(user, app.url + "login", right) == 200
+        assert _status(user, app.url + "config") == 200
+        assert _status(user, app.url + "gradio_api/info") == 200
+
+
+def test_no_login_beyond_loopback_refuses_at_once_and_binds_nothing(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != guard.AUTH_ENV}
+    t0 = time.time()
+    done = subprocess.run([sys.executable, "-m", "core.cli", "webui", "--host", "0.0.0.0",
+                           "--port", str(port)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert time.time() - t0 < 30
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "refusing to serve on 0.0.0.0 without a login" in lines[0]
+    assert "PEFT_STUDIO_AUTH=user:password" in lines[0] and "--auth-file" in lines[0]
+    assert "Traceback" not in done.stderr + done.stdout
+    with socket.socket() as s:  # the port was never taken
+        s.bind(("0.0.0.0", port))
+
+
+@pytest.mark.parametrize("content, words", [
+    ("alice:pw\nbob\n", "line 2 is not user:password"),
+    ("alice:pw\n:pw\nbob:\n", "line 2, 3 is not user:password"),
+    ("# nobody\n\n", "no user:password line"),
+    (b"\xff\xfe:pw\n", "not UTF-8"),
+])
+def test_auth_file_bad_lines_are_named(tmp_path, capsys, content, words):
+    path = tmp_path / "logins.txt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    assert main(["webui", "--host", "0.0.0.0", "--auth-file", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+def test_auth_file_missing_or_a_folder(tmp_path, capsys):
+    assert main(["webui", "--host", "0.0.0.0", "--auth-file", str(tmp_path / "no")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["webui", "--host", "0.0.0.0", "--auth-file", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("host, loopback", [
+    ("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("[::1]", True),
+    ("localhost", True), ("LOCALHOST", True), ("0.0.0.0", False), ("::", False),
+    ("192.168.1.5", False), ("example.org", False), ("", False),
+])
+def test_loopback(host, loopback):
+    assert guard.is_loopback(host) is loopback
+
+
+def test_logins_from_env_and_file(tmp_path):
+    assert guard.logins(env={guard.AUTH_ENV: "alice:a:b"}) == [("alice", "a:b")]
+    assert guard.logins(env={}) is None
+    path = tmp_path / "f"
+    path.write_text("# team\nalice:one\n\nbob:two\n")
+    assert guard.logins(str(path), env={}) == [("alice", "one"), ("bob", "two")]
+    guard.check_serving("0.0.0.0", [("alice", "one")])  # a login: allowed
+    guard.check_serving("127.0.0.1", None)
+
+
+# -- what a browser may ask for -----------------------------------------------------------
+@pytest.fixture()
+def data(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "data"
+    shutil.copytree(ROOT / "data", path)
+    monkeypatch.setenv("PEFT_STUDIO_DATA", str(path))
+    return path
+
+
+def _values(**changes):
+    from core.config import SETTINGS
+
+    values = {n: (list(s.default) if isinstance(s.default, list) else s.default)
+              for n, s in SETTINGS.items()}
+    return {**values, **changes}
+
+
+def test_remote_code_refused_from_the_browser_unless_allowed(saves, data, monkeypatch):
+    monkeypatch.setattr(guard.POLICY, "allow_remote_code", False)
+    started = training.start(_values(trust_remote_code=True))
+    assert started.run_dir is None
+    assert "trust_remote_code" in started.message and "--allow-remote-code" in started.message
+    assert not any(saves.iterdir())
+    with pytest.raises(Exception, match="--allow-remote-code"):
+        training.inspect_payload(_values(trust_remote_code=True))
+    monkeypatch.setattr(guard.POLICY, "allow_remote_code", True)
+    cli, _, problems = training.preview(_values(trust_remote_code=True))
+    assert problems == "" and "--trust-remote-code" in cli
+
+
+def test_remote_code_widget_is_disabled_with_a_note(monkeypatch):
+    import gradio as gr
+
+    from core.config import SETTINGS
+    from webui.i18n import I18n
+    from webui.tabs.train import _widget
+
+    monkeypatch.setattr(guard.POLICY, "allow_remote_code", False)
+    with gr.Blocks():
+        off = _widget(SETTINGS["trust_remote_code"], I18n(), "lora")
+    assert off.interactive is False and "--allow-remote-code" in off.info
+    monkeypatch.setattr(guard.POLICY, "allow_remote_code", True)
+    with gr.Blocks():
+        on = _widget(SETTINGS["trust_remote_code"], I18n(), "lora")
+    assert on.interactive is not False
+
+
+def test_cli_keeps_trust_remote_code(saves, capsys):
+    assert main(["train", "--trust-remote-code", "--print-config"]) == 0
+    assert "trust_remote_code: true" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dataset", ["/etc/passwd", "../secret.json", "data/../../x.json"])
+def test_browser_dataset_outside_data_refused(saves, data, dataset):
+    started = training.start(_values(dataset=[dataset]))
+    assert started.run_dir is None
+    assert "outside" in started.message and "only from the CLI" in started.message
+    assert not any(saves.iterdir())
+
+
+def test_browser_dataset_registered_or_under_data_allowed(data):
+    (data / "mine.json").write_text('[{"instruction": "a", "output": "b"}]')
+    for dataset in (["identity"], ["mine.json"], [str(data / "mine.json")]):
+        _, _, problems = training.preview(_values(dataset=dataset))
+        assert problems == "", (dataset, problems)

@@ -1,0 +1,160 @@
+"""Who may use the browser app, and what the browser may ask for.
+
+Light on purpose (no Gradio import): `peft-studio webui` checks the host and the login
+here before anything is built, so a refused start binds no port and takes no time.
+
+- Serving on anything but loopback needs a login: `PEFT_STUDIO_AUTH=user:password` or
+  `--auth-file FILE` (one `user:password` a line). Whenever a login is set, Gradio's
+  `auth=` guards every page and API route, loopback included.
+- What a browser may do is narrower than what the CLI may do: remote code only when the
+  server was started with `--allow-remote-code`, and datasets only by registered name or
+  as files under data/ (the person at the browser may not be the person at the server).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.paths import data_dir
+
+AUTH_ENV = "PEFT_STUDIO_AUTH"
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
+
+
+class AccessError(ValueError):
+    """A server that must not start as asked, and what to do instead."""
+
+
+@dataclass
+class Policy:
+    """What the running app allows its browsers; set once by `webui.app.launch`."""
+
+    allow_remote_code: bool = False
+
+
+POLICY = Policy()
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost: addresses no other machine can reach."""
+    host = (host or "").strip().strip("[]").lower()
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_logins(lines: Iterable[str], source: str) -> list[tuple[str, str]]:
+    """`user:password` pairs, one a line (blank lines and # comments skipped); bad lines
+    are named by number."""
+    logins, bad = [], []
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        user, sep, password = text.partition(":")
+        if not sep or not user.strip() or not password:
+            bad.append(number)
+            continue
+        logins.append((user.strip(), password))
+    if bad:
+        where = ", ".join(str(n) for n in bad)
+        raise AccessError(f"{source}: line {where} is not user:password (a user name, a "
+                          "colon, a password)")
+    if not logins:
+        raise AccessError(f"{source}: no user:password line")
+    return logins
+
+
+def read_auth_file(path: str | Path) -> list[tuple[str, str]]:
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except IsADirectoryError:
+        raise AccessError(f"--auth-file {path}: is a folder, not a file") from None
+    except FileNotFoundError:
+        raise AccessError(f"--auth-file {path}: no such file") from None
+    except OSError as exc:
+        raise AccessError(f"--auth-file {path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise AccessError(f"--auth-file {path}: not UTF-8 text") from None
+    return parse_logins(text.splitlines(), f"--auth-file {path}")
+
+
+def logins(auth_file: str | None = None,
+           env: dict[str, str] | None = None) -> list[tuple[str, str]] | None:
+    """The logins from --auth-file, else from PEFT_STUDIO_AUTH, else None."""
+    if auth_file:
+        return read_auth_file(auth_file)
+    value = (os.environ if env is None else env).get(AUTH_ENV, "")
+    if value.strip():
+        return parse_logins([value], AUTH_ENV)
+    return None
+
+
+def check_serving(host: str, found: list[tuple[str, str]] | None) -> None:
+    """Refuse to serve beyond this machine without a login."""
+    if found is None and not is_loopback(host):
+        raise AccessError(
+            f"refusing to serve on {host} without a login: anyone who can reach it could "
+            f"train, read and delete runs; set {AUTH_ENV}=user:password or pass "
+            "--auth-file FILE (or serve on 127.0.0.1)")
+
+
+# -- what a browser may ask for ----------------------------------------------------------
+REMOTE_CODE_NOTE = ("Remote code is off for the browser: restart the server with "
+                    "--allow-remote-code to offer it (or use `peft-studio train "
+                    "--trust-remote-code`).")
+
+
+def browser_dataset_problem(name: str) -> str | None:
+    """Why a dataset typed in the browser is refused, or None: a registered name, or a
+    file under data/. Other paths would let a browser read any file the server can."""
+    from core.data.formats import DataError
+    from core.data.registry import load_info
+
+    try:
+        if name in load_info():
+            return None
+    except DataError:  # a broken registry: the loader reports it with its line
+        pass
+    root = data_dir().resolve()
+    path = Path(name).expanduser()
+    full = (path if path.is_absolute() else root / path).resolve()
+    if full == root or root in full.parents:
+        return None
+    return (f"{name!r} is outside {root}; the browser can use registered datasets or files "
+            "under data/ (upload it in the Data tab), other paths only from the CLI "
+            "(peft-studio train --dataset PATH)")
+
+
+def existing_run(name: str) -> Path:
+    """The folder of a run a tab shows; if it was deleted meanwhile, say so plainly."""
+    from core.chat import resolve_run
+
+    try:
+        return resolve_run(name)
+    except ValueError:
+        raise ValueError(f"run {name} no longer exists; refresh the list") from None
+
+
+def browser_problems(values: dict[str, Any]) -> list[str]:
+    """What the browser may not ask for in a run's settings, as ConfigError lines."""
+    problems = []
+    if values.get("trust_remote_code") and not POLICY.allow_remote_code:
+        problems.append("trust_remote_code: " + REMOTE_CODE_NOTE)
+    datasets = values.get("dataset") or []
+    if isinstance(datasets, str):
+        datasets = [d.strip() for d in datasets.split(",") if d.strip()]
+    for name in datasets:
+        why = browser_dataset_problem(str(name))
+        if why:
+            problems.append(f"dataset: {why}")
+    return problems
