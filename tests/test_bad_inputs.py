@@ -168,7 +168,7 @@ def test_train_dataset_not_utf8(saves, tmp_path, capsys):
     path = tmp_path / "latin1.json"
     path.write_bytes('[{"instruction": "café", "output": "x"}]'.encode("latin-1"))
     code, out = run_cli(["train", "--dataset", str(path)], capsys)
-    assert code == 2 and "not UTF-8 text" in out and "save it as UTF-8" in out
+    assert code == 2 and "not UTF-8 text" in out and "save the file as UTF-8" in out
     assert not any(saves.iterdir())
 
 
