@@ -120,6 +120,16 @@ def trainer_class(fast: bool) -> type:
                 loss = loss * self.accelerator.num_processes
             return loss
 
+        def _get_train_sampler(self, train_dataset=None):
+            from core import batching
+
+            dataset = self.train_dataset if train_dataset is None else train_dataset
+            if self.args.train_sampling_strategy != "group_by_length" or dataset is None:
+                return super()._get_train_sampler(train_dataset)
+            size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            return batching.grouped_sampler(lengths, size)
+
         def _track_num_input_tokens(self, inputs):
             # Padding-free and packed batches have no attention mask to count real tokens
             # by (and the base class warns on every step): count their input ids, which

@@ -158,3 +158,26 @@ def test_gpu_kernels_switch_on_for_llama(tiny_model_dir):  # pragma: no cover - 
     model = _model(tiny_model_dir).cuda()
     kernels = accel.enable_gpu_kernels(model, prompt_learning=False)
     assert accel.liger_loss(kernels)
+
+
+def test_grouped_batches_have_less_padding_and_every_sample_once():
+    import random
+
+    import torch
+
+    from core import batching
+
+    lengths = [random.Random(i).randint(20, 120) for i in range(52)]  # identity's size
+    assert batching.mega_batch_mult(52, 8) == 4 and batching.mega_batch_mult(3000, 8) == 50
+
+    def padding(order: list[int]) -> int:
+        return sum(max(lengths[j] for j in order[k:k + 8]) * len(order[k:k + 8])
+                   for k in range(0, len(order), 8)) - sum(lengths)
+
+    torch.manual_seed(0)
+    sampler = batching.grouped_sampler(lengths, 8)
+    orders = [list(sampler) for _ in range(5)]
+    assert all(sorted(o) == list(range(52)) for o in orders)
+    assert len({tuple(o) for o in orders}) == 5  # reshuffled every epoch
+    shuffled = [random.Random(s).sample(range(52), 52) for s in range(5)]
+    assert sum(map(padding, orders)) < 0.8 * sum(map(padding, shuffled))
