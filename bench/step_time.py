@@ -62,8 +62,10 @@ def main() -> int:
         for r in range(args.rounds):
             rand = [items[i] for i in order[r * args.batch:(r + 1) * args.batch]]
             group = [items[i] for i in grouped[r * args.batch:(r + 1) * args.batch]]
-            for label, batch_items, fast in (("plain", rand, False), ("labelled", rand, True),
-                                             ("labelled+grouped", group, True)):
+            variants = [("plain", rand, False), ("labelled", rand, True),
+                        ("labelled+grouped", group, True)]
+            # A B C, then C B A: a machine getting busier or quieter favours none.
+            for label, batch_items, fast in variants[::-1] if r % 2 else variants:
                 batch = collate(batch_items)
                 times[label].append(step(batch, fast))
                 tokens[label].append(batch["input_ids"].numel())
