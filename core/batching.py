@@ -54,7 +54,11 @@ def choose(cfg: Any, model: Any, flash_attention: bool) -> str:
         return "grouped"
     if choice != "auto":
         return choice
-    return "padding_free" if flash_attention and not virtual_tokens else "grouped"
+    # Not grouped by default: it changes which samples share a batch, and on `sentiment`
+    # (length correlates with the label) the held-out loss after 6 steps came out 33%
+    # higher than with random batches, for a few % fewer tokens. Padding-free batches
+    # keep the random batches and drop all padding.
+    return "padding_free" if flash_attention and not virtual_tokens else "padded"
 
 
 def mega_batch_mult(samples: int, batch_size: int) -> int:
