@@ -181,3 +181,14 @@ def test_grouped_batches_have_less_padding_and_every_sample_once():
     assert len({tuple(o) for o in orders}) == 5  # reshuffled every epoch
     shuffled = [random.Random(s).sample(range(52), 52) for s in range(5)]
     assert sum(map(padding, orders)) < 0.8 * sum(map(padding, shuffled))
+
+
+def test_packed_run_trains_and_evaluates(tiny_model_dir, tmp_path):
+    events = _run(tiny_model_dir, tmp_path / "packed", max_steps=2, packing=True,
+                  val_size=0.2, eval_steps=2)
+    assert events[0]["batching"] == "packed" and events[0]["packed"]
+    steps = [e for e in events if e["type"] == "step"]
+    evals = [e for e in events if e["type"] == "eval"]
+    assert [e["step"] for e in steps] == [1, 2] and evals and evals[0]["eval_loss"] > 0
+    # Packed rows carry no attention mask: their tokens are counted from the ids.
+    assert steps[-1]["tokens_seen"] > steps[0]["tokens_seen"] > 0
