@@ -95,6 +95,24 @@ COMMON: tuple[Setting, ...] = (
     S("packing", False, "Pack several short samples into each sequence for speed.",
       "data", label_zh="序列打包", advanced=True,
       help_zh="把多个短样本打包进同一序列以提高速度。"),
+    S("batching", "auto", "How samples are put into batches. padded: pad each batch to its "
+      "longest sample. grouped: batch samples of similar length (shuffled within large "
+      "random groups) so there is less padding. padding_free: each batch as one row with "
+      "positions restarting per sample (fast on a GPU with flash-attention). auto: "
+      "padding_free where flash-attention is installed, else padded (grouping changes which "
+      "samples share a batch, which can change the loss of short runs); methods with "
+      "virtual tokens always pad.", "data", label_zh="批次组织", advanced=True,
+      choices=("auto", "padded", "grouped", "padding_free"),
+      help_zh="样本如何组成批次。padded：补齐到批内最长样本。grouped：把长度相近的样本放进同一批"
+              "（在较大的随机分组内打乱），减少补齐。padding_free：整批拼成一行、每个样本的位置"
+              "重新计数（在装有 flash-attention 的 GPU 上最快）。auto：装有 flash-attention 时用 "
+              "padding_free，否则用 padded（分组会改变哪些样本同批，可能影响短训练的损失）；带虚拟 "
+              "token 的方法总是补齐。"),
+    S("fast_loss", True, "Compute the output layer and the loss only at the tokens that are "
+      "trained (the replies), not at every position: same loss, less work.", "train",
+      label="Loss on trained tokens only", label_zh="只在训练 token 上算损失", advanced=True,
+      help_zh="只在参与训练的 token（回复）上计算输出层和损失，而不是每个位置：损失相同，"
+              "计算更少。"),
     S("train_on_prompt", False, "Also compute the loss on the prompt tokens, not only "
       "on the assistant's replies.", "data", label_zh="在提示词上计算损失", advanced=True,
       help_zh="在提示词 token 上也计算损失，而不只是在助手的回复上。"),

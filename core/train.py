@@ -168,9 +168,9 @@ def _event_callback(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: St
 def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
+    from transformers import TrainingArguments, set_seed
 
-    from core import models
+    from core import accel, batching, fast_loss, models
     from core.data.encode import build_datasets
     from core.methods import METHODS, implementation
     from core.methods.common import (
@@ -194,6 +194,15 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
     model = apply_method(model, cfg)
     trainable, total = count_parameters(model)
     print(f"trainable parameters: {trainable:,} of {total:,}", flush=True)
+    threads = accel.cpu_threads() if device == "cpu" else None
+    kernels = accel.enable_gpu_kernels(model, batching.prompt_learning(model))
+    flash = "flash-attention 2" in kernels
+    batch_mode = batching.choose(cfg, model, flash)
+    labelled_only = bool(cfg.fast_loss and not accel.liger_loss(kernels)
+                         and fast_loss.causal_lm(model) is not None)
+    print(f"batching: {batch_mode}, loss on labelled tokens only: {labelled_only}, "
+          f"kernels: {kernels or 'none'}, threads: {threads or torch.get_num_threads()}",
+          flush=True)
 
     has_eval = bool(eval_items)
     args = TrainingArguments(
@@ -225,8 +234,9 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
         logging_nan_inf_filter=False,  # a NaN loss must be seen (core.health), not averaged
+        train_sampling_strategy="group_by_length" if batch_mode == "grouped" else "random",
     )
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    collator = batching.collator(batch_mode, tokenizer, flash)
     spec = METHODS[cfg.method]
     impl = implementation(cfg.method)
     optimizer = None
@@ -236,9 +246,11 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
         "device": device, "precision": precision, "method": cfg.method,
         "trainable_params": trainable, "total_params": total,
         "trainable_share": trainable / total if total else 0.0, **stats,
+        "batching": batch_mode, "fast_loss": labelled_only, "kernels": kernels,
+        "threads": threads,
     }
     callback = _event_callback(cfg, run_dir, events, stop, tokenizer, start_info)
-    trainer = Trainer(
+    trainer = fast_loss.trainer_class(labelled_only)(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(train_items),

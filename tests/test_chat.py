@@ -177,3 +177,21 @@ def test_embedded_model_streams_a_sentence():
     chunks = [e["text"] for e in events if e["type"] == "chunk"]
     assert len(chunks) >= 3
     assert "Paris" in events[-1]["text"]
+
+
+def test_lora_answers_merged_and_switches_cleanly_to_the_base(code_run):
+    from core.chat import Engine, _merged
+
+    engine = Engine()
+    tuned = run_target(code_run)
+    base = base_target(tuned.model)
+    engine.load(tuned)
+    engine.load(base)
+
+    def answer(target) -> str:
+        return "".join(engine.stream(target, user(PROMPT), GREEDY))
+
+    assert engine.entry(tuned).merge
+    assert answer(tuned) == ANSWER and _merged(engine.entry(tuned).model)
+    assert answer(base) != ANSWER and not _merged(engine.entry(tuned).model)
+    assert answer(tuned) == ANSWER

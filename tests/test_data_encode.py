@@ -111,6 +111,10 @@ def test_pack_fills_sequences_without_splitting_samples():
     for p in packed:  # each sample stays in one piece
         runs = [t for i, t in enumerate(p.input_ids) if i == 0 or p.input_ids[i - 1] != t]
         assert len(runs) == len(set(runs))
+        # Positions restart, and the label is dropped, at each sample's first token.
+        starts = [i for i, t in enumerate(p.input_ids) if i == 0 or p.input_ids[i - 1] != t]
+        assert [i for i, q in enumerate(p.position_ids) if q == 0] == starts
+        assert [i for i, lab in enumerate(p.labels) if lab == -100] == starts
 
 
 def test_identity_placeholders_are_filled(data):
@@ -151,6 +155,8 @@ def test_build_with_packing(data, tokenizer):
     assert evals is None and stats["packed"]
     assert stats["train_samples"] == len(train) < stats["examples"]
     assert all(len(i["input_ids"]) <= 512 for i in train)
+    assert all(len(i["position_ids"]) == len(i["input_ids"]) and "attention_mask" not in i
+               for i in train)
 
 
 def test_build_pretraining_from_corpus(data, tokenizer):

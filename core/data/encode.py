@@ -41,6 +41,8 @@ class Encoded:
     labels: list[int]
     length: int  # tokens before cutting at cutoff_len
     truncated: bool
+    # Packed rows only: positions restarting at 0 for each packed sample.
+    position_ids: list[int] | None = None
 
 
 def chat_template(tokenizer: Any) -> str:
@@ -157,8 +159,10 @@ def encode_text(tokenizer: Any, texts: Sequence[str], cutoff_len: int) -> list[E
 def pack(encoded: list[Encoded], cutoff_len: int) -> list[Encoded]:
     """Best-fit-decreasing packing into sequences of at most cutoff_len tokens.
 
-    Packed samples attend to each other (plain causal mask); their prompts are masked, so
-    no sample is trained to predict across a boundary into the next sample's reply.
+    Each row carries position_ids that restart at 0 for every packed sample: from them
+    transformers builds a block-diagonal causal mask (see core.batching), so a packed
+    sample attends only to itself and its loss is the loss it has alone. The first token
+    of each sample gets no label: alone it has nothing before it to be predicted from.
     """
     bins: list[list[Encoded]] = []
     free: list[tuple[int, int]] = []  # (room left, bin index), sorted
@@ -172,15 +176,18 @@ def pack(encoded: list[Encoded], cutoff_len: int) -> list[Encoded]:
             room, b = cutoff_len, len(bins)
             bins.append([item])
         bisect.insort(free, (room - n, b))
-    return [
-        Encoded(
-            input_ids=[t for e in group for t in e.input_ids[:cutoff_len]],
-            labels=[t for e in group for t in e.labels[:cutoff_len]],
-            length=sum(min(len(e.input_ids), cutoff_len) for e in group),
-            truncated=any(e.truncated for e in group),
-        )
-        for group in bins
-    ]
+    return [_packed_row(group, cutoff_len) for group in bins]
+
+
+def _packed_row(group: list[Encoded], cutoff_len: int) -> Encoded:
+    parts = [(e.input_ids[:cutoff_len], e.labels[:cutoff_len]) for e in group]
+    return Encoded(
+        input_ids=[t for ids, _ in parts for t in ids],
+        labels=[t for _, labels in parts for t in [IGNORE_INDEX, *labels[1:]]],
+        length=sum(len(ids) for ids, _ in parts),
+        truncated=any(e.truncated for e in group),
+        position_ids=[p for ids, _ in parts for p in range(len(ids))],
+    )
 
 
 def token_lengths(examples: list[dict], tokenizer: Any) -> list[int]:
@@ -281,7 +288,10 @@ def _document(example: dict) -> str:
 
 
 def _items(encoded: list[Encoded]) -> list[dict[str, list[int]]]:
+    # Packed rows carry positions instead of an attention mask (see core.batching).
     return [
+        {"input_ids": e.input_ids, "labels": e.labels, "position_ids": e.position_ids}
+        if e.position_ids is not None else
         {"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)}
         for e in encoded
     ]

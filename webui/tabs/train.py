@@ -228,8 +228,8 @@ def _render(watch: Watch, changes: monitor.Changes) -> list[Any]:
     return [
         monitor.progress(watch),
         monitor.stats(watch) if redraw else skip,
-        loss_figure(loss_frame(watch.events)) if redraw else skip,
-        lr_figure(lr_frame(watch.events)) if redraw else skip,
+        loss_figure(loss_frame(watch.events)) if changes.plots else skip,
+        lr_figure(lr_frame(watch.events)) if changes.plots else skip,
         monitor.log_tail(watch) if changes.log else skip,
         gr.update(interactive=not watch.live) if changes.status else skip,
         gr.update(interactive=watch.live) if changes.status else skip,

@@ -1,0 +1,83 @@
+"""Benchmark, in one process: seconds per forward+backward of a LoRA batch on the embedded
+model, plain loss (logits everywhere) against loss at labelled positions only, on random
+batches and on length-grouped ones. One process and interleaved variants make this
+usable on a busy machine, where whole runs (bench/speed.py) are too noisy.
+Usage: `python bench/step_time.py [--rounds N] [--datasets ...]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--datasets", nargs="+", default=["sentiment", "identity"])
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import DataCollatorForSeq2Seq
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    from core import fast_loss, models
+    from core.config import RunConfig
+    from core.data.encode import build_datasets
+    from core.methods.common import apply_method
+
+    tok = models.load_tokenizer("embedded")
+    cfg = RunConfig(model="embedded", method="lora", cutoff_len=256)
+    model = apply_method(models.load_model("embedded"), cfg).train()
+    lm = fast_loss.causal_lm(model)
+    collate = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
+
+    def step(batch: dict, fast: bool) -> float:
+        t0 = time.perf_counter()
+        if fast:
+            loss = fast_loss.labelled_loss(lm, batch)
+        else:
+            loss = model(**batch).loss
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    for name in args.datasets:
+        items, _, _ = build_datasets(cfg.replace(dataset=[name]), tok)
+        rng = random.Random(0)
+        order = list(range(len(items)))
+        rng.shuffle(order)
+        grouped = get_length_grouped_indices([len(i["input_ids"]) for i in items], args.batch,
+                                             generator=torch.Generator().manual_seed(0))
+        times: dict[str, list[float]] = {"plain": [], "labelled": [], "labelled+grouped": []}
+        tokens: dict[str, list[int]] = {k: [] for k in times}
+        for r in range(args.rounds):
+            rand = [items[i] for i in order[r * args.batch:(r + 1) * args.batch]]
+            group = [items[i] for i in grouped[r * args.batch:(r + 1) * args.batch]]
+            variants = [("plain", rand, False), ("labelled", rand, True),
+                        ("labelled+grouped", group, True)]
+            # A B C, then C B A: a machine getting busier or quieter favours none.
+            for label, batch_items, fast in variants[::-1] if r % 2 else variants:
+                batch = collate(batch_items)
+                times[label].append(step(batch, fast))
+                tokens[label].append(batch["input_ids"].numel())
+        print(f"\n{name}: seconds per batch of {args.batch} (median of {args.rounds}), "
+              f"torch threads {torch.get_num_threads()}")
+        base = statistics.median(times["plain"])
+        for label, ts in times.items():
+            t = statistics.median(ts)
+            print(f"  {label:18} {t:7.3f} s  x{base / t:5.2f}  "
+                  f"padded tokens/batch {statistics.mean(tokens[label]):.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
