@@ -128,10 +128,11 @@ def config_values(values: dict[str, Any]) -> dict[str, Any]:
     dropped (they stay in their hidden widgets, untouched). Widgets give "" or None for
     a cleared box; that means the default."""
     method = values.get("method") or SETTINGS["method"].default
+    stage = values.get("stage") or SETTINGS["stage"].default
     out = {}
     for name, value in values.items():
         s = SETTINGS[name]
-        if not s.applies_to(method):
+        if not (s.applies_to(method) and s.applies_to_stage(stage)):
             continue
         if value is None or (value == "" and s.kind is not str):
             continue

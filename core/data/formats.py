@@ -292,10 +292,12 @@ def _preference_prompt(row: Mapping[str, Any], cols: dict[str, str], fail: Any, 
     system = text("system")
     if system.strip() and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system})
+    if messages[-1]["role"] != "user":
+        raise fail("prompt", "the prompt must end with a user turn; the replies to compare "
+                   "go in the other columns")
     problem = _turn_problem([*messages, {"role": "assistant", "content": "-"}])
     if problem:
-        raise fail("prompt", problem.replace("the conversation must end with an assistant "
-                                             "reply", "the prompt must end with a user turn"))
+        raise fail("prompt", problem)
     return messages
 
 
