@@ -101,8 +101,9 @@ def test_stage_settings_belong_to_their_stage():
 
 # -- runs ------------------------------------------------------------------------------
 def _pairs(n: int = 12) -> list[dict]:
-    return [{"prompt": f"Is {i} even?", "chosen": "yes" if i % 2 == 0 else "no",
-             "rejected": "no" if i % 2 == 0 else "yes"} for i in range(n)]
+    # One consistent preference (polite over curt) that even a random tiny model can learn.
+    return [{"prompt": f"Please help with task {i}.", "chosen": "Gladly, here it is.",
+             "rejected": "No."} for i in range(n)]
 
 
 @pytest.fixture()
@@ -153,7 +154,7 @@ def test_stage_runs_end_done_with_rewards_and_the_result_loads(
             assert 0.0 <= e["reward_accuracy"] <= 1.0
     model, tok = load_trained(events[-1]["output_dir"])
     assert set(getattr(model, "peft_config", {"default": 0})) == {"default"}
-    ids = tok("Is 3 even?", return_tensors="pt")
+    ids = tok("Please help.", return_tensors="pt")
     assert model(**ids).logits.shape[-1] == len(tok)
 
 
@@ -204,3 +205,19 @@ def test_cli_trains_a_dpo_run(tiny_model_dir, pref_data, saves):
     events = read_events(run_dir)[0]
     assert "reward_margin" in [e for e in events if e["type"] == "step"][-1]
     assert RunConfig.load(run_dir / "config.yaml").dpo_loss == "ipo"
+
+
+def test_preference_accuracy_of_base_and_tuned(tiny_model_dir, pref_data, tmp_path):
+    from core.pref_eval import evaluate_run, main
+
+    rc, run_dir, events = _run(tmp_path, tiny_model_dir, stage="dpo", max_steps=4,
+                               learning_rate=1e-2, dataset=[str(pref_data["dpo"])])
+    assert rc == 0
+    result = evaluate_run(run_dir, str(pref_data["dpo"]))
+    assert result["pairs"] == 12
+    for side in ("base", "tuned"):
+        assert 0.0 <= result[side]["accuracy"] <= 1.0
+    # Trained on these very pairs, the tuned model moved its margins towards "chosen".
+    assert result["tuned"]["mean_margin"] > result["base"]["mean_margin"]
+    assert result["tuned"]["implicit_reward_accuracy"] > 0.5
+    assert main([str(run_dir), "--dataset", str(pref_data["kto"])]) == 1  # not pairwise
