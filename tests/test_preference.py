@@ -221,3 +221,31 @@ def test_preference_accuracy_of_base_and_tuned(tiny_model_dir, pref_data, tmp_pa
     assert result["tuned"]["mean_margin"] > result["base"]["mean_margin"]
     assert result["tuned"]["implicit_reward_accuracy"] > 0.5
     assert main([str(run_dir), "--dataset", str(pref_data["kto"])]) == 1  # not pairwise
+
+
+def test_upload_detects_maps_and_registers_pairs(tmp_path, monkeypatch):
+    from core.data.registry import load_info, resolve
+    from webui.upload import ROLES, default_mapping, inspect_upload, register_upload, roles
+
+    monkeypatch.setenv("PEFT_STUDIO_DATA", str(tmp_path / "data"))
+    (tmp_path / "data").mkdir()
+    assert {"chosen", "rejected", "completion", "label"} <= set(ROLES)
+    good = tmp_path / "prefs.csv"
+    good.write_text("question,chosen,rejected\nHi?,Hello!,Go away.\nBye?,Goodbye!,Whatever.\n")
+    seen = inspect_upload(good)
+    assert seen.format == "pairwise" and seen.mapping["prompt"] == "question"
+    assert roles("pairwise") == {"prompt": True, "input": False, "system": False,
+                                 "history": False, "chosen": True, "rejected": True}
+    mapping = default_mapping(seen.format, seen.columns, seen.mapping)
+    assert register_upload(good, "prefs", "pairwise", mapping).ok
+    assert load_info()["prefs"]["columns"] == {"prompt": "question"}
+    assert resolve("prefs").format == "pairwise"
+    bad = tmp_path / "labels.jsonl"
+    bad.write_text('{"prompt": "q", "completion": "a", "label": true}\n'
+                   '{"prompt": "q", "completion": "a", "label": "sometimes"}\n')
+    result = register_upload(bad, "labels", "kto", {"prompt": "prompt",
+                                                    "completion": "completion",
+                                                    "label": "label"})
+    assert not result.ok and "1 bad row" in result.message
+    assert result.problems.iloc[0]["row"] == 2 and result.problems.iloc[0]["field"] == "label"
+    assert "labels" not in load_info()
