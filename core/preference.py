@@ -141,6 +141,9 @@ def _trl_config(cfg: RunConfig, run_dir: Path, device: str, precision: str,
         disable_tqdm=True,
         dataloader_num_workers=0,
         max_length=cfg.cutoff_len,
+        # DPO's and KTO's batches carry input_ids, so Trainer can count tokens for the
+        # speed curve; ORPO's (chosen_input_ids, ...) do not: there it would only warn.
+        include_num_input_tokens_seen="non_padding" if cfg.stage != "orpo" else "no",
     )
     if cfg.stage == "dpo":
         from trl import DPOConfig
