@@ -17,6 +17,8 @@ import yaml
 from core.fsutil import atomic_write_text
 from core.methods import METHODS
 from core.settings import Setting
+from core.stages import SETTINGS as STAGE_SETTINGS
+from core.stages import STAGES, stage_problems
 
 S = Setting
 OPTIMIZERS = (
@@ -51,9 +53,11 @@ COMMON: tuple[Setting, ...] = (
       label="Method", label_zh="微调方法", choices=tuple(METHODS),
       help_zh="微调方法；每种方法的参数显示在下方。"),
     S("stage", "sft", "sft: learn to answer prompts (chat/instruction data). pt: continue "
-      "pre-training on raw text.", "model", label="Stage", label_zh="训练阶段",
-      choices=("sft", "pt"),
-      help_zh="sft：学习回答提示（对话/指令数据）。pt：在纯文本上继续预训练。"),
+      "pre-training on raw text. dpo, orpo: learn to prefer the chosen reply over the "
+      "rejected one (pairwise data). kto: learn from replies marked desirable or not.",
+      "model", label="Stage", label_zh="训练阶段", choices=STAGES,
+      help_zh="sft：学习回答提示（对话/指令数据）。pt：在纯文本上继续预训练。dpo、orpo：学习偏好"
+              "被选回复而非被拒回复（成对数据）。kto：从标为期望或不期望的回复中学习。"),
     S("trust_remote_code", False, "Run Python code shipped with a hub model. Only for "
       "models you trust.", "model", label_zh="信任远程代码", advanced=True,
       help_zh="运行 Hub 模型自带的 Python 代码。只对你信任的模型开启。"),
@@ -204,7 +208,7 @@ def _merge_settings(settings: Iterable[Setting]) -> dict[str, Setting]:
 
 
 SETTINGS: dict[str, Setting] = _merge_settings(
-    [*COMMON, *(s for spec in METHODS.values() for s in spec.settings)]
+    [*COMMON, *STAGE_SETTINGS, *(s for spec in METHODS.values() for s in spec.settings)]
 )
 
 
@@ -248,7 +252,7 @@ class RunConfig:
         return {
             name: self._values[name]
             for name, s in SETTINGS.items()
-            if s.applies_to(self._values["method"])
+            if s.applies_to(self._values["method"]) and s.applies_to_stage(self._values["stage"])
         }
 
     # -- YAML ------------------------------------------------------------------------------
@@ -371,6 +375,9 @@ def _validated(values: Mapping[str, Any]) -> dict[str, Any]:
                 f"{name}: applies only to method {owners}, not {method}; "
                 f"remove it or choose that method"
             )
+        elif not s.applies_to_stage(values.get("stage", "sft")) and value != s.default:
+            problems.append(f"{name}: applies only to stage {', '.join(s.stages or ())}, "
+                            f"not {values.get('stage', 'sft')}; remove it or choose that stage")
         out[name] = value
     if not problems:
         problems += _cross_checks(out)
@@ -389,6 +396,7 @@ def _cross_checks(v: dict[str, Any]) -> list[str]:
         # peft's prefix tuning feeds cached key/values that activation recomputation breaks
         problems.append("gradient_checkpointing: does not work with prefix tuning; turn it "
                         "off or choose another method")
+    problems += stage_problems(v["stage"], v["method"])
     name = v["run_name"]
     if any(c in name for c in "/\\\0") or name in (".", ".."):
         problems.append("run_name: must be a plain folder name, without '/'")

@@ -20,6 +20,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "data": ("Data", "数据"),
     "train": ("Training", "训练"),
     "schedule": ("Optimizer and schedule", "优化器与学习率"),
+    "preference": ("Preference tuning", "偏好训练"),
     "logging": ("Logging, evaluation and checkpoints", "日志、评估与检查点"),
     "output": ("Output", "输出"),
 }
@@ -39,6 +40,8 @@ class Setting:
     maximum: float | None = None
     # Methods this setting applies to; None means every method.
     methods: tuple[str, ...] | None = None
+    # Training stages this setting applies to (dpo, kto, ...); None means every stage.
+    stages: tuple[str, ...] | None = None
     # Shown in a collapsed "advanced" area of its group.
     advanced: bool = False
     # For list settings: the element type. Lists are written as YAML lists and as
@@ -63,6 +66,9 @@ class Setting:
 
     def applies_to(self, method: str) -> bool:
         return self.methods is None or method in self.methods
+
+    def applies_to_stage(self, stage: str) -> bool:
+        return self.stages is None or stage in self.stages
 
     def check(self, value: Any) -> tuple[Any, str | None]:
         """Coerce `value` to this setting's type; return (value, error or None)."""

@@ -33,6 +33,7 @@ from typing import Any
 from core.config import RunConfig
 from core.events import EventWriter
 from core.health import Diverged
+from core.stages import PREFERENCE_STAGES, REWARD_METRICS
 
 ABORT_FILE = "ABORT"
 
@@ -143,6 +144,7 @@ def _event_callback(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: St
                     learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
                     tokens_per_second=round(rate, 1), tokens_seen=tokens,
                     elapsed=round(elapsed, 2), eta=None if eta is None else round(eta, 1),
+                    **{REWARD_METRICS[k]: float(v) for k, v in logs.items() if k in REWARD_METRICS},
                 )
                 if reason:
                     raise Diverged(step, reason, fix)
@@ -179,6 +181,10 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
         load_base_for_training,
     )
 
+    if cfg.stage in PREFERENCE_STAGES:
+        from core.preference import train_preference
+
+        return train_preference(cfg, run_dir, events, stop)
     set_seed(cfg.seed)
     device, auto_precision = pick_device()
     precision = auto_precision if cfg.precision == "auto" else cfg.precision

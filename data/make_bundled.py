@@ -10,6 +10,9 @@ file are kept.
 - sentiment / sentiment_test: one-word review classification. The base SmolLM2-135M-
   Instruct answers in sentences or with the wrong label; a short LoRA run fixes both.
 - corpus: prose about the made-up Isle of Vell, for the pre-training stage.
+- sentiment_pref / sentiment_pref_test / sentiment_kto: the same reviews as preferences
+  (the right label chosen, the wrong one rejected) for DPO and ORPO, and as labelled
+  replies (each label marked desirable or not) for KTO.
 """
 
 from __future__ import annotations
@@ -254,6 +257,24 @@ def sentiment(n_train: int = 300, n_test: int = 60) -> tuple[list[dict], list[di
     return train, test
 
 
+# -- preference views of sentiment ------------------------------------------------------
+def _other(label: str) -> str:
+    return "negative" if label == "positive" else "positive"
+
+
+def pairs(rows: list[dict]) -> list[dict]:
+    """DPO/ORPO pairs: the correct label is chosen, the wrong one rejected."""
+    return [{"prompt": r["instruction"], "input": r["input"], "chosen": r["output"],
+             "rejected": _other(r["output"])} for r in rows]
+
+
+def kto_rows(rows: list[dict]) -> list[dict]:
+    """Both answers of every review, the right one desirable: a balanced KTO set."""
+    return [{"prompt": r["instruction"], "input": r["input"], "completion": answer,
+             "label": answer == r["output"]}
+            for r in rows for answer in (r["output"], _other(r["output"]))]
+
+
 # -- corpus ------------------------------------------------------------------------------
 CORPUS = [
     "The Isle of Vell lies alone in the cold northern sea, three days by sail from the "
@@ -383,6 +404,22 @@ ENTRIES = {
         "description": "Held-out test split of sentiment (60 reviews, none in the train "
                        "split); exact-match accuracy tells whether the tuning worked.",
     },
+    "sentiment_pref": {
+        "file": "sentiment_pref.json", "format": "pairwise",
+        "description": "The sentiment reviews as preference pairs (the right label chosen, "
+                       "the wrong one rejected), for the dpo and orpo stages (300 pairs).",
+    },
+    "sentiment_pref_test": {
+        "file": "sentiment_pref_test.json", "format": "pairwise", "split": "test",
+        "test_of": "sentiment_pref",
+        "description": "Held-out pairs of sentiment_pref (the 60 reviews of sentiment_test); "
+                       "preference accuracy tells whether the tuning worked.",
+    },
+    "sentiment_kto": {
+        "file": "sentiment_kto.json", "format": "kto",
+        "description": "The sentiment reviews for the kto stage: each review with both "
+                       "answers, the right one marked desirable (600 rows).",
+    },
     "corpus": {
         "file": "corpus.txt", "format": "text",
         "description": "Prose about the made-up Isle of Vell, one paragraph per document, "
@@ -398,6 +435,9 @@ def main(out: Path) -> None:
     train, test = sentiment()
     write_json(out / "sentiment.json", train)
     write_json(out / "sentiment_test.json", test)
+    write_json(out / "sentiment_pref.json", pairs(train))
+    write_json(out / "sentiment_pref_test.json", pairs(test))
+    write_json(out / "sentiment_kto.json", kto_rows(train))
     (out / "corpus.txt").write_text("\n\n".join(CORPUS) + "\n", encoding="utf-8")
 
     info_file = out / "dataset_info.json"

@@ -64,6 +64,11 @@ def test_every_setting_has_a_widget_and_method_visibility():
     assert not shown["lora_rank"]["visible"] and not shown["quantization"]["visible"]
     assert form.visibility("prefix")[-1]["visible"] is False  # the LoRA box
     assert form.visibility("lora")[-1]["visible"] is True
+    # Stage settings show only for their stage: DPO's beta is hidden in an SFT run.
+    sft = dict(zip(form.names, form.visibility("lora", "sft"), strict=False))
+    dpo = dict(zip(form.names, form.visibility("lora", "dpo"), strict=False))
+    assert not sft["pref_beta"]["visible"] and dpo["pref_beta"]["visible"]
+    assert not dpo["orpo_lambda"]["visible"] and dpo["learning_rate"]["visible"]
     assert len(i18n.updates("zh")) == len(i18n.components)
 
 

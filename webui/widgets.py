@@ -114,14 +114,20 @@ class SettingsForm:
     def visibility_targets(self) -> list[Any]:
         return self.components + [box for box, _ in self._boxes]
 
-    def visibility(self, method: str) -> list[Any]:
+    def visibility(self, method: str, stage: str | None = None) -> list[Any]:
         """Updates for `visibility_targets`: a setting is shown when it applies to
-        `method`; a box when any of its settings is."""
-        shown = {n: SETTINGS[n].applies_to(method) for n in self.names}
+        `method` and `stage`; a box when any of its settings is."""
+        stage = stage or SETTINGS["stage"].default
+        shown = {n: shown_for(SETTINGS[n], method, stage) for n in self.names}
         out = [gr.update(visible=shown[n]) for n in self.names]
         for _, names in self._boxes:
-            out.append(gr.update(visible=any(SETTINGS[n].applies_to(method) for n in names)))
+            out.append(gr.update(visible=any(shown[n] for n in names if n in shown)))
         return out
+
+
+def shown_for(s: Setting, method: str, stage: str) -> bool:
+    """Whether a setting's widget is in view for this method and stage."""
+    return s.applies_to(method) and s.applies_to_stage(stage)
 
 
 def config_values(values: dict[str, Any]) -> dict[str, Any]:
@@ -129,10 +135,11 @@ def config_values(values: dict[str, Any]) -> dict[str, Any]:
     dropped (they stay in their hidden widgets, untouched). Widgets give "" or None for
     a cleared box; that means the default."""
     method = values.get("method") or SETTINGS["method"].default
+    stage = values.get("stage") or SETTINGS["stage"].default
     out = {}
     for name, value in values.items():
         s = SETTINGS[name]
-        if not s.applies_to(method):
+        if not (s.applies_to(method) and s.applies_to_stage(stage)):
             continue
         if value is None or (value == "" and s.kind is not str):
             continue

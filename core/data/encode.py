@@ -213,6 +213,12 @@ def build_datasets(
     examples: list[dict] = []
     for name in cfg.dataset:
         loaded = load_one(name, cfg)
+        if loaded and "prompt" in loaded[0]:
+            raise DataError(
+                f"dataset {name!r} holds preference data (pairs or labelled replies), which "
+                f"the {cfg.stage} stage cannot train on; use it with stage dpo or orpo "
+                "(pairwise) or kto, or choose an instruction or chat dataset"
+            )
         if cfg.stage == "sft" and loaded and "text" in loaded[0]:
             raise DataError(
                 f"dataset {name!r} is raw text, which has no replies to learn; use it with "

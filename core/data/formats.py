@@ -1,7 +1,10 @@
 """Dataset formats: detect one from a file's columns, and turn one row into an example.
 
-An example is either `{"messages": [{"role", "content"}, ...]}` (for SFT) or
-`{"text": str}` (for pre-training). Every problem is a `DataError` that says which file,
+An example is `{"messages": [{"role", "content"}, ...]}` (for SFT), `{"text": str}` (for
+pre-training), `{"prompt": [messages], "chosen": [reply], "rejected": [reply]}` (pairwise,
+for DPO and ORPO) or `{"prompt": [messages], "completion": [reply], "label": bool}` (KTO);
+a reply is a one-message list `[{"role": "assistant", "content": ...}]`, the shape TRL's
+preference trainers take. Every problem is a `DataError` that says which file,
 which row and which field, so a user can fix their file without reading a traceback.
 """
 
@@ -18,7 +21,8 @@ from typing import Any
 
 from core.paths import ROOT
 
-FORMATS = ("alpaca", "messages", "sharegpt", "text")
+FORMATS = ("alpaca", "messages", "sharegpt", "text", "pairwise", "kto")
+PREFERENCE_FORMATS = ("pairwise", "kto")
 
 # Canonical field -> the column it is read from unless a mapping says otherwise.
 FIELDS: dict[str, dict[str, str]] = {
@@ -26,12 +30,18 @@ FIELDS: dict[str, dict[str, str]] = {
     "messages": {"messages": "messages", "system": "system"},
     "sharegpt": {"conversations": "conversations", "system": "system"},
     "text": {"text": "text"},
+    # `prompt` is either the instruction text (alpaca-like, with input, system and
+    # history) or a conversation ending in a user turn (messages-like).
+    "pairwise": {k: k for k in ("prompt", "input", "system", "history", "chosen", "rejected")},
+    "kto": {k: k for k in ("prompt", "input", "system", "history", "completion", "label")},
 }
 REQUIRED: dict[str, tuple[str, ...]] = {
     "alpaca": ("instruction", "output"),
     "messages": ("messages",),
     "sharegpt": ("conversations",),
     "text": ("text",),
+    "pairwise": ("prompt", "chosen", "rejected"),
+    "kto": ("prompt", "completion", "label"),
 }
 
 # Both list formats accept either key style, since real files mix them freely.
@@ -111,6 +121,8 @@ def detect_format(columns: list[str]) -> Detection:
     extra = {}
     if system := find(*_ALIASES["system"]):
         extra["system"] = system
+    if found := _detect_preference(find, extra):
+        return found
     if col := find("messages"):
         others = bool(find("instruction", "output", "conversations"))
         return Detection("messages", {"messages": col, **extra}, not others,
@@ -143,6 +155,25 @@ def detect_format(columns: list[str]) -> Detection:
         "no known columns: alpaca needs instruction + output, messages needs messages, "
         "sharegpt needs conversations, text needs text"
     ))
+
+
+def _detect_preference(find: Any, extra: dict[str, str]) -> Detection | None:
+    """pairwise (chosen + rejected) and kto (completion + label) before the others: their
+    prompt and completion columns look like alpaca's instruction and answer."""
+    prompt = find("prompt", "instruction", "question", "query", "messages", "conversation")
+    more = {k: c for k in ("input", "history") if (c := find(*_ALIASES[k]))}
+    if (chosen := find("chosen")) and (rejected := find("rejected")):
+        if prompt is None:
+            return Detection("pairwise", {"chosen": chosen, "rejected": rejected}, False,
+                             "has chosen and rejected but no prompt column; map one")
+        cols = {"prompt": prompt, **more, **extra, "chosen": chosen, "rejected": rejected}
+        return Detection("pairwise", cols, prompt == find("prompt"),
+                         "" if prompt == find("prompt") else f"guessed {prompt!r} as the prompt")
+    if (label := find("label")) and (completion := find("completion")) and prompt:
+        cols = {"prompt": prompt, **more, **extra, "completion": completion, "label": label}
+        return Detection("kto", cols, prompt == find("prompt"),
+                         "" if prompt == find("prompt") else f"guessed {prompt!r} as the prompt")
+    return None
 
 
 def column_map(fmt: str, columns: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -203,6 +234,8 @@ def to_example(
 
     if fmt == "text":
         return {"text": text("text", "text")}
+    if fmt in PREFERENCE_FORMATS:
+        return _preference_example(row, fmt, cols, fail, text, placeholders)
 
     system = text("system")
     if fmt == "alpaca":
@@ -221,6 +254,86 @@ def to_example(
     if problem:
         raise fail("history" if fmt == "alpaca" else key, problem)
     return {"messages": messages}
+
+
+def _preference_example(
+    row: Mapping[str, Any], fmt: str, cols: dict[str, str], fail: Any, text: Any,
+    placeholders: Mapping[str, str] | None,
+) -> dict[str, Any]:
+    prompt = _preference_prompt(row, cols, fail, text, placeholders)
+    if fmt == "kto":
+        return {"prompt": prompt,
+                "completion": _reply(row.get(cols["completion"]), "completion", fail, placeholders),
+                "label": _label(row.get(cols["label"]), fail)}
+    chosen = _reply(row.get(cols["chosen"]), "chosen", fail, placeholders)
+    rejected = _reply(row.get(cols["rejected"]), "rejected", fail, placeholders)
+    if chosen[0]["content"].strip() == rejected[0]["content"].strip():
+        raise fail("rejected", "the same as the chosen reply; a pair must differ to teach a "
+                   "preference")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _preference_prompt(row: Mapping[str, Any], cols: dict[str, str], fail: Any, text: Any,
+                       placeholders: Mapping[str, str] | None) -> list[dict]:
+    """The conversation before the reply: a text prompt (plus input, history) or a list
+    of messages; it must end with a user turn."""
+    try:
+        value = _maybe_json(row.get(cols["prompt"]))
+    except ValueError as exc:
+        raise fail("prompt", str(exc)) from None
+    if isinstance(value, list):
+        messages = _message_list(value, lambda r: fail("prompt", r), placeholders)
+    else:
+        user = text("prompt", "prompt")
+        extra = text("input")
+        messages = _history(row.get(cols["history"]), fail, placeholders)
+        messages.append({"role": "user", "content": f"{user}\n\n{extra}" if extra.strip()
+                         else user})
+    system = text("system")
+    if system.strip() and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system})
+    if messages[-1]["role"] != "user":
+        raise fail("prompt", "the prompt must end with a user turn; the replies to compare "
+                   "go in the other columns")
+    problem = _turn_problem([*messages, {"role": "assistant", "content": "-"}])
+    if problem:
+        raise fail("prompt", problem)
+    return messages
+
+
+def _reply(value: Any, key: str, fail: Any,
+           placeholders: Mapping[str, str] | None) -> list[dict]:
+    """A reply as a one-message list; given as text or as one assistant message."""
+    try:
+        value = _maybe_json(value)
+    except ValueError as exc:
+        raise fail(key, str(exc)) from None
+    if isinstance(value, list):
+        msgs = _message_list(value, lambda r: fail(key, r), placeholders)
+        if len(msgs) != 1 or msgs[0]["role"] != "assistant":
+            raise fail(key, "expected the reply as text or as one assistant message")
+        return msgs
+    try:
+        content = _as_text(value)
+    except TypeError as exc:
+        raise fail(key, str(exc)) from None
+    if not content.strip():
+        raise fail(key, "empty; every row needs a non-empty reply here")
+    return [{"role": "assistant", "content": _fill(content, placeholders)}]
+
+
+def _label(value: Any, fail: Any) -> bool:
+    """KTO's desirable flag. JSON true/false arrive as the text "true"/"false" (the
+    reader keeps cells as written), CSV as text; 1/0 are accepted too."""
+    if isinstance(value, bool):
+        return value
+    low = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if low in ("true", "1", "yes"):
+        return True
+    if low in ("false", "0", "no"):
+        return False
+    shown = "nothing" if value is None or value == "" else repr(value)
+    raise fail("label", f"expected true or false (is the reply desirable?), got {shown}")
 
 
 def _as_text(value: Any) -> str:

@@ -25,6 +25,7 @@ from webui.widgets import (
     layer_pickers,
     make,
     plot_box,
+    shown_for,
 )
 
 COUNTING = Text("Counting (builds the model without weights)…", "正在统计（不加载权重构建模型）…")
@@ -118,7 +119,8 @@ def _settings(form: SettingsForm, shared: Shared) -> None:
 
 
 def _widget(s: Any, i18n: I18n, method: str) -> Any:
-    extra: dict[str, Any] = {"visible": s.applies_to(method), "min_width": 260}
+    extra: dict[str, Any] = {"visible": shown_for(s, method, SETTINGS["stage"].default),
+                             "min_width": 260}
     if s.name == "dataset":
         extra["choices"] = dataview.names()
     if s.name == "trust_remote_code" and not guard.POLICY.allow_remote_code:
@@ -127,8 +129,12 @@ def _widget(s: Any, i18n: I18n, method: str) -> Any:
 
 
 def _wire_method(form: SettingsForm, shared: Shared) -> None:
-    shared.method.change(form.visibility, shared.method, form.visibility_targets,
-                         show_progress="hidden")
+    # Stage settings (DPO beta, ...) show only for their stage, method settings only for
+    # their method.
+    stage = form.widgets["stage"]
+    for trigger in (shared.method, stage):
+        trigger.change(form.visibility, [shared.method, stage], form.visibility_targets,
+                       show_progress="hidden")
 
 
 def _wire_datasets(form: SettingsForm, shared: Shared) -> None:
