@@ -72,15 +72,22 @@ def test_chat_evaluate_and_export_journey(app, output_dir):
         # -- a longer sampled reply: watch it stream in, token by token ---------------------
         page.locator("#chat-greedy input").uncheck()
         page.locator("#chat-message textarea").fill("Tell me a story.")
+        # Every length the base pane shows, recorded by the page itself on each change:
+        # polling from here could miss the steps of a reply that streams fast.
+        page.evaluate("""() => {
+            const pane = document.querySelector('#chat-pane-0');
+            window.psLengths = new Set([pane.innerText.length]);
+            new MutationObserver(() => window.psLengths.add(pane.innerText.length))
+                .observe(pane, {subtree: true, childList: true, characterData: true});
+        }""")
         page.locator("#chat-send").click()
-        lengths = set()
 
-        def streamed() -> bool:
-            lengths.add(len(base.inner_text()))
-            return "tokens/s" in status.inner_text() and len(lengths) > 1
+        def lengths() -> list[int]:
+            return sorted(page.evaluate("[...window.psLengths]"))
 
-        wait_for(streamed, 90, "the sampled reply", poll=0.03)
-        assert len(lengths) >= 4, f"the reply did not stream: {sorted(lengths)}"
+        wait_for(lambda: "tokens/s" in status.inner_text() and len(lengths()) > 2, 90,
+                 "the sampled reply")
+        assert len(lengths()) >= 4, f"the reply did not stream: {lengths()}"
 
         # -- unload: the worker process ends -----------------------------------------------
         page.locator("#chat-unload").click()

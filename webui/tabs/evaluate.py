@@ -308,17 +308,20 @@ def start_evaluation(run: str | None, ckpt: str | None, data: str | None, n: Any
         return None, T_PICK_RUN(lang)
     if not data:
         return None, T_PICK_DATA(lang)
-    refused = guard.browser_dataset_problem(data)
-    if refused:
-        return None, T_REFUSED(lang, error=refused)
     try:
         run_dir = guard.existing_run(run)
         from core.config import ConfigError, RunConfig
 
         try:
-            cutoff = RunConfig.load(run_dir / "config.yaml").cutoff_len
+            cfg = RunConfig.load(run_dir / "config.yaml")
         except ConfigError:
-            cutoff = 1024
+            cfg = None
+        cutoff = cfg.cutoff_len if cfg else 1024
+        # The run's own training files were chosen where the run was started (the CLI
+        # may name any path); scoring on them reads nothing new.
+        refused = None if cfg and data in cfg.dataset else guard.browser_dataset_problem(data)
+        if refused:
+            return None, T_REFUSED(lang, error=refused)
         spec = ev.EvalSpec(str(run_dir), [data], ckpt or "final", n if n is not None else 0,
                            new_tokens if new_tokens is not None else 64,
                            batch if batch is not None else 8, cutoff, bool(base))
