@@ -4,6 +4,7 @@ only, padding-free batches, and packed rows whose samples cannot see each other.
 from __future__ import annotations
 
 import importlib.util
+import signal
 from pathlib import Path
 
 import pytest
@@ -12,19 +13,22 @@ from core.config import RunConfig
 from core.events import EventWriter, read_events
 
 
-class _NeverStop:
-    requested = False
-
-
 def _run(tiny_model_dir: Path, run_dir: Path, **kw) -> list[dict]:
-    from core.train import train
+    from core.train import StopRequest, train
 
     run_dir.mkdir(parents=True)
     settings = dict(model=str(tiny_model_dir), dataset=["identity"], max_steps=5,
                     batch_size=3, gradient_accumulation_steps=2, cutoff_len=128,
                     logging_steps=1, learning_rate=1e-3, precision="fp32", seed=7)
     cfg = RunConfig(**{**settings, **kw})
-    train(cfg, run_dir, EventWriter(run_dir), _NeverStop())
+    # The real stop request (it saves results whole); its signal handlers are the
+    # trainer process's, so pytest's own are put back afterwards.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        train(cfg, run_dir, EventWriter(run_dir), StopRequest(run_dir))
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return read_events(run_dir)[0]
 
 
