@@ -203,7 +203,7 @@ def test_cli_trains_a_dpo_run(tiny_model_dir, pref_data, saves):
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "end: done" in out.stdout
-    (run_dir,) = saves.iterdir()
+    (run_dir,) = [p for p in saves.iterdir() if (p / "config.yaml").exists()]
     events = read_events(run_dir)[0]
     assert "reward_margin" in [e for e in events if e["type"] == "step"][-1]
     assert RunConfig.load(run_dir / "config.yaml").dpo_loss == "ipo"
