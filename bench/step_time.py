@@ -1,6 +1,7 @@
 """Benchmark, in one process: seconds per forward+backward of a LoRA batch on the embedded
 model, plain loss (logits everywhere) against loss at labelled positions only, on random
-batches and on length-grouped ones. One process and interleaved variants make this
+batches and on length-grouped ones, and with each batch's shared start run once
+(core.shared_prefix). One process and interleaved variants make this
 usable on a busy machine, where whole runs (bench/speed.py) are too noisy.
 Usage: `python bench/step_time.py [--rounds N] [--datasets ...]`.
 """
@@ -40,10 +41,10 @@ def main() -> int:
     lm = fast_loss.causal_lm(model)
     collate = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
 
-    def step(batch: dict, fast: bool) -> float:
+    def step(batch: dict, fast: bool, share: bool) -> float:
         t0 = time.perf_counter()
         if fast:
-            loss = fast_loss.labelled_loss(lm, batch)
+            loss = fast_loss.labelled_loss(lm, batch, share_prefix=share)
         else:
             loss = model(**batch).loss
         loss.backward()
@@ -57,17 +58,19 @@ def main() -> int:
         rng.shuffle(order)
         grouped = get_length_grouped_indices([len(i["input_ids"]) for i in items], args.batch,
                                              generator=torch.Generator().manual_seed(0))
-        times: dict[str, list[float]] = {"plain": [], "labelled": [], "labelled+grouped": []}
+        times: dict[str, list[float]] = {"plain": [], "labelled": [], "labelled+grouped": [],
+                                         "labelled+shared": []}
         tokens: dict[str, list[int]] = {k: [] for k in times}
         for r in range(args.rounds):
             rand = [items[i] for i in order[r * args.batch:(r + 1) * args.batch]]
             group = [items[i] for i in grouped[r * args.batch:(r + 1) * args.batch]]
-            variants = [("plain", rand, False), ("labelled", rand, True),
-                        ("labelled+grouped", group, True)]
-            # A B C, then C B A: a machine getting busier or quieter favours none.
-            for label, batch_items, fast in variants[::-1] if r % 2 else variants:
+            variants = [("plain", rand, False, False), ("labelled", rand, True, False),
+                        ("labelled+grouped", group, True, False),
+                        ("labelled+shared", rand, True, True)]
+            # A B C D, then D C B A: a machine getting busier or quieter favours none.
+            for label, batch_items, fast, share in variants[::-1] if r % 2 else variants:
                 batch = collate(batch_items)
-                times[label].append(step(batch, fast))
+                times[label].append(step(batch, fast, share))
                 tokens[label].append(batch["input_ids"].numel())
         print(f"\n{name}: seconds per batch of {args.batch} (median of {args.rounds}), "
               f"torch threads {torch.get_num_threads()}")

@@ -117,6 +117,14 @@ COMMON: tuple[Setting, ...] = (
       label="Loss on trained tokens only", label_zh="只在训练 token 上算损失", advanced=True,
       help_zh="只在参与训练的 token（回复）上计算输出层和损失，而不是每个位置：损失相同，"
               "计算更少。"),
+    S("shared_prefix", True, "Run the tokens every sample of a batch starts with (the system "
+      "prompt, a repeated instruction) once per batch instead of once per sample: same loss, "
+      "less work. Needs the loss on trained tokens only, and no gradient checkpointing.",
+      "train", label="Shared prompt start once per batch", label_zh="批内共同开头只算一次",
+      advanced=True,
+      help_zh="批内每个样本都以相同 token 开头（系统提示词、重复的指令）时，这一段每批只计算一次，"
+              "而不是每个样本各算一次：损失相同，计算更少。需要开启“只在训练 token 上算损失”，"
+              "且不用梯度检查点。"),
     S("train_on_prompt", False, "Also compute the loss on the prompt tokens, not only "
       "on the assistant's replies.", "data", label_zh="在提示词上计算损失", advanced=True,
       help_zh="在提示词 token 上也计算损失，而不只是在助手的回复上。"),

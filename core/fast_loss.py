@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from core import shared_prefix
+
 IGNORE_INDEX = -100
 # Labelled positions per lm_head + cross-entropy chunk: 4096 x 49,152 float32 logits is
 # 800 MB, the most we let one chunk hold at a time.
@@ -60,18 +62,25 @@ def causal_lm(model: Any) -> Any | None:
     return inner
 
 
-def labelled_loss(lm: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
-    """ForCausalLMLoss of `lm` on `inputs`, computing logits at labelled positions only."""
+def labelled_loss(lm: Any, inputs: dict[str, Any], num_items_in_batch: Any = None,
+                  share_prefix: bool = False) -> Any:
+    """ForCausalLMLoss of `lm` on `inputs`, computing logits at labelled positions only;
+    with `share_prefix`, the tokens every row starts with run once (core.shared_prefix)."""
     import torch
 
     decoder_inputs = {k: v for k, v in inputs.items() if k not in _LOSS_KEYS}
-    out = lm.model(**decoder_inputs, use_cache=False)
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     if "shift_labels" in inputs:  # padding-free collators shift for us
         targets = inputs["shift_labels"]
     else:
         targets = torch.nn.functional.pad(inputs["labels"], (0, 1), value=IGNORE_INDEX)[..., 1:]
     keep = targets != IGNORE_INDEX
+    shared = shared_prefix.prefix_length(decoder_inputs, keep) if share_prefix else 0
+    if shared:
+        hidden = shared_prefix.decode(lm.model, decoder_inputs, shared)
+        targets, keep = targets[:, shared:], keep[:, shared:]
+    else:
+        out = lm.model(**decoder_inputs, use_cache=False)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     total = chunked_cross_entropy(lm.get_output_embeddings(), hidden[keep], targets[keep])
     if num_items_in_batch is None:
         return total / keep.sum().clamp(min=1)
@@ -100,10 +109,10 @@ def chunked_cross_entropy(head: Any, hidden: Any, targets: Any) -> Any:
     return total
 
 
-def trainer_class(fast: bool) -> type:
+def trainer_class(fast: bool, share_prefix: bool = False) -> type:
     """transformers' Trainer, with (when `fast`) the training loss computed at labelled
-    positions only where the model allows it; evaluation (which wants logits) keeps the
-    plain path."""
+    positions only where the model allows it, and (when `share_prefix`) each batch's
+    common start run once; evaluation (which wants logits) keeps the plain path."""
     from transformers import Trainer
 
     class StudioTrainer(Trainer):
@@ -114,7 +123,7 @@ def trainer_class(fast: bool) -> type:
             lm = causal_lm(unwrapped) if fast and unwrapped is model else None
             if return_outputs or lm is None or "labels" not in inputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss = labelled_loss(lm, inputs, num_items_in_batch)
+            loss = labelled_loss(lm, inputs, num_items_in_batch, share_prefix)
             # As Trainer.compute_loss does, so multi-process runs average the same way.
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes

@@ -172,7 +172,7 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
     from datasets import Dataset
     from transformers import TrainingArguments, set_seed
 
-    from core import accel, batching, fast_loss, models
+    from core import accel, batching, fast_loss, models, shared_prefix
     from core.data.encode import build_datasets
     from core.methods import METHODS, implementation
     from core.methods.common import (
@@ -206,7 +206,10 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
     batch_mode = batching.choose(cfg, model, flash)
     labelled_only = bool(cfg.fast_loss and not accel.liger_loss(kernels)
                          and fast_loss.causal_lm(model) is not None)
+    share_prefix = bool(labelled_only and cfg.shared_prefix and not cfg.gradient_checkpointing
+                        and shared_prefix.usable(fast_loss.causal_lm(model)))
     print(f"batching: {batch_mode}, loss on labelled tokens only: {labelled_only}, "
+          f"shared prefix once per batch: {share_prefix}, "
           f"kernels: {kernels or 'none'}, threads: {threads or torch.get_num_threads()}",
           flush=True)
 
@@ -252,11 +255,12 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
         "device": device, "precision": precision, "method": cfg.method,
         "trainable_params": trainable, "total_params": total,
         "trainable_share": trainable / total if total else 0.0, **stats,
-        "batching": batch_mode, "fast_loss": labelled_only, "kernels": kernels,
+        "batching": batch_mode, "fast_loss": labelled_only, "shared_prefix": share_prefix,
+        "kernels": kernels,
         "threads": threads,
     }
     callback = _event_callback(cfg, run_dir, events, stop, tokenizer, start_info)
-    trainer = fast_loss.trainer_class(labelled_only)(
+    trainer = fast_loss.trainer_class(labelled_only, share_prefix)(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(train_items),

@@ -34,11 +34,15 @@ def _run(tiny_model_dir: Path, run_dir: Path, **kw) -> list[dict]:
 
 @pytest.mark.parametrize("method", ["lora", "adapter"])
 def test_labelled_loss_matches_plain_loss_step_by_step(tiny_model_dir, tmp_path, method):
+    # No dropout: with the shared prefix, the prompt's dropout mask is drawn once per batch
+    # (core.shared_prefix), so the random numbers would differ from the plain path's.
+    quiet = {"lora_dropout": 0.0} if method == "lora" else {}
     plain = _run(tiny_model_dir, tmp_path / "plain", method=method, batching="padded",
-                 fast_loss=False)
+                 fast_loss=False, **quiet)
     fast = _run(tiny_model_dir, tmp_path / "fast", method=method, batching="padded",
-                fast_loss=True)
+                fast_loss=True, **quiet)
     assert plain[0]["fast_loss"] is False and fast[0]["fast_loss"] is True
+    assert plain[0]["shared_prefix"] is False and fast[0]["shared_prefix"] is True
     assert fast[0]["batching"] == "padded"
     plain_losses = [e["loss"] for e in plain if e["type"] == "step"]
     fast_losses = [e["loss"] for e in fast if e["type"] == "step"]
@@ -196,3 +200,77 @@ def test_packed_run_trains_and_evaluates(tiny_model_dir, tmp_path):
     assert [e["step"] for e in steps] == [1, 2] and evals and evals[0]["eval_loss"] > 0
     # Packed rows carry no attention mask: their tokens are counted from the ids.
     assert steps[-1]["tokens_seen"] > steps[0]["tokens_seen"] > 0
+
+
+def _prefixed_batch(tiny_model_dir: Path, rows: int = 4):
+    """A padded batch of identity samples: the chat template's system prompt is a start
+    all rows share, their lengths differ."""
+    from transformers import DataCollatorForSeq2Seq
+
+    from core.data.encode import encode_messages
+
+    tok, encoded = _encoded(tiny_model_dir, rows)
+    items = [{"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids),
+              "labels": encode_messages(tok, examples["messages"], 512, False).labels}
+             for e, examples in zip(encoded, _examples(rows), strict=True)]
+    return DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)(items)
+
+
+def _examples(n: int) -> list[dict]:
+    from core.data.loader import load_one
+
+    return load_one("identity", RunConfig(dataset=["identity"]))[:n]
+
+
+def test_shared_prefix_gives_the_plain_loss_and_gradients(tiny_model_dir):
+    import torch
+
+    from core import fast_loss, shared_prefix
+
+    model = _model(tiny_model_dir).train()
+    lm = fast_loss.causal_lm(model)
+    assert shared_prefix.usable(lm)
+    batch = _prefixed_batch(tiny_model_dir)
+    lengths = batch["attention_mask"].sum(dim=1)
+    assert len(set(lengths.tolist())) > 1, "the rows should differ in length (padding)"
+    targets = torch.nn.functional.pad(batch["labels"], (0, 1), value=-100)[..., 1:]
+    shared = shared_prefix.prefix_length({k: batch[k] for k in ("input_ids", "attention_mask")},
+                                         targets != -100)
+    assert shared >= shared_prefix.MIN_PREFIX
+
+    def loss_and_grads(share: bool) -> tuple[float, list]:
+        model.zero_grad()
+        loss = fast_loss.labelled_loss(lm, dict(batch), share_prefix=share)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        return float(loss.detach()), grads
+
+    plain_loss, plain_grads = loss_and_grads(False)
+    shared_loss, shared_grads = loss_and_grads(True)
+    assert shared_loss == pytest.approx(plain_loss, abs=1e-5)
+    assert len(shared_grads) == len(plain_grads) > 0
+    for a, b in zip(shared_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_shared_prefix_stops_before_any_position_the_loss_reads():
+    import torch
+
+    from core.shared_prefix import MIN_PREFIX, prefix_length
+
+    ids = torch.tensor([[1] * 20 + [5, 6, 7], [1] * 20 + [8, 9, 0]])
+    mask = torch.tensor([[1] * 23, [1] * 22 + [0]])
+    used = torch.zeros_like(ids, dtype=torch.bool)
+    used[0, 21] = True
+    assert prefix_length({"input_ids": ids, "attention_mask": mask}, used) == 20
+    # A label predicted from inside the shared start: share only what comes before it.
+    used[1, 12] = True
+    assert prefix_length({"input_ids": ids, "attention_mask": mask}, used) == 12
+    # Too short to pay for itself, a single row, or a packed batch: no sharing.
+    used[1, MIN_PREFIX - 2] = True
+    assert prefix_length({"input_ids": ids, "attention_mask": mask}, used) == 0
+    assert prefix_length({"input_ids": ids[:1]}, used[:1]) == 0
+    assert prefix_length({"input_ids": ids, "position_ids": ids}, used) == 0
+    # Identical rows keep one token each to run batched.
+    same = torch.ones((2, 30), dtype=torch.long)
+    assert prefix_length({"input_ids": same}, torch.zeros_like(same, dtype=torch.bool)) == 29

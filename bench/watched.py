@@ -1,0 +1,64 @@
+"""Benchmark: does watching a run in the browser slow it down?
+
+The same LoRA job on the embedded model runs with the app serving and no page open, then
+with headless Chromium showing the Train tab (which re-attaches to the live run and draws
+its curves), interleaved A B A B on the same machine. Printed: samples/s of each (median)
+and the ratio watched / unwatched; the target is within 5%.
+Usage: `python bench/watched.py [--steps N] [--repeats N] [--dataset NAME]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, serve_app, wait_for  # noqa: E402
+from speed import run_once  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--dataset", default="sentiment")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from playwright.sync_api import sync_playwright
+
+    work = Path(tempfile.mkdtemp(prefix="peft-studio-watched-"))
+    saves = work / "saves"
+    saves.mkdir()
+    speeds: dict[str, list[float]] = {"unwatched": [], "watched": []}
+    with serve_app(work, saves=saves) as app, sync_playwright() as pw:
+        for _ in range(args.repeats):
+            speeds["unwatched"].append(
+                run_once(args.dataset, "studio", args.steps, saves)["samples_per_s"])
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport=VIEWPORT)
+            page.goto(app.url)
+            page.get_by_role("tab", name="Train").click()
+            speeds["watched"].append(
+                run_once(args.dataset, "studio", args.steps, saves)["samples_per_s"])
+            # The page must really have followed the run, or this measured nothing.
+            detail = page.locator(".ps-detail")
+            wait_for(lambda d=detail: "done" in d.inner_text(), 30,
+                     "the page to show the run it followed as done")
+            browser.close()
+            print(f"  unwatched {speeds['unwatched'][-1]:.3f}  watched "
+                  f"{speeds['watched'][-1]:.3f} samples/s", flush=True)
+    unwatched, watched = (statistics.median(speeds[k]) for k in ("unwatched", "watched"))
+    print(f"\n{args.dataset}, {args.steps} steps, median of {args.repeats}: unwatched "
+          f"{unwatched:.3f} samples/s, watched {watched:.3f}, ratio {watched / unwatched:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
