@@ -35,7 +35,10 @@ _PLAIN_KEYS = {"input_ids", "attention_mask"}
 def usable(lm: Any) -> bool:
     """Whether `lm` (a transformers causal LM, unwrapped from peft) can run this way."""
     config = getattr(lm, "config", None)
-    if config is None or getattr(lm, "is_gradient_checkpointing", False):
+    # transformers 5 renamed the flag (the old name warns); either means the cache is off.
+    name = ("is_activation_checkpointing" if hasattr(type(lm), "is_activation_checkpointing")
+            else "is_gradient_checkpointing")
+    if config is None or getattr(lm, name, False):
         return False
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     # Sliding-window and chunked layers mask differently from the full-attention cache.
