@@ -323,9 +323,11 @@ def trainer_kwargs(cfg: Any, run_dir: Path, on_cpu: bool, world_size: int) -> di
             write_deepspeed_config(cfg, run_dir)
         kwargs["deepspeed"] = str(path)
     elif v["distributed"] == "fsdp":
-        kwargs["fsdp"] = "full_shard auto_wrap"
-        # use_orig_params: peft mixes frozen and trained weights inside one wrapped layer.
-        kwargs["fsdp_config"] = {"use_orig_params": True, "sync_module_states": True}
+        # FSDP2 (transformers' default): each decoder layer (the model's _no_split_modules)
+        # is one shard unit, its weights gathered for its forward and freed after.
+        kwargs["fsdp"] = True
+        kwargs["fsdp_config"] = {"version": 2, "reshard_after_forward": True,
+                                 "auto_wrap_policy": "TRANSFORMER_BASED_WRAP"}
     return kwargs
 
 

@@ -39,7 +39,9 @@ def last_line(run_dir: Path, rank: int) -> str:
         return ""
     lines = [ln[len(prefix):].strip() for ln in text.splitlines() if ln.startswith(prefix)]
     lines = [ln for ln in lines if ln]
-    return lines[-1] if lines else ""
+    if not lines:
+        return ""
+    return lines[-1] if len(lines[-1]) <= 300 else lines[-1][:297] + "..."
 
 
 def describe_exit(exitcode: int) -> str:

@@ -58,6 +58,8 @@ def start(values: dict[str, Any], lang: str = "en") -> Started:
         run_dir = runner.start(cfg)
     except runner.BusyError as exc:
         return Started(None, BUSY(lang, error=exc))
+    except ConfigError as exc:  # what this machine lacks (GPUs, DeepSpeed)
+        return Started(None, problems_markdown(exc, lang))
     return Started(run_dir, STARTED(lang, name=run_dir.name))
 
 
