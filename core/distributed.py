@@ -401,3 +401,14 @@ def events_for_rank(run_dir: Path) -> Any:
             return {"type": type, **fields}
 
     return Silent(run_dir)
+
+
+def launch_notes(cfg: Any, config_path: str | Path) -> list[str]:
+    """How a run with these settings starts, for the command preview: torchrun's command
+    and each other machine's. Empty for one plain process."""
+    if not launched(cfg):
+        return []
+    notes = [f"started as: {command(cfg, config_path)}"]
+    notes += [f"on machine {k}: {line}"
+              for k, line in enumerate(node_commands(cfg, config_path), start=1)]
+    return notes

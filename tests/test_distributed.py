@@ -100,6 +100,16 @@ def test_two_processes_train_as_one_with_twice_the_batch(tiny_model_dir, saves):
     losses_one = [e["loss"] for e in steps(one)]
     assert losses_two == pytest.approx(losses_one, rel=1e-4)
     assert losses_two[-1] < losses_two[0]
+    # The memory estimate against the peak the 1-process run measured (resident memory,
+    # whole process): the same order of magnitude.
+    from core import memory_estimate
+    from webui import probe
+
+    facts = probe.ask("inspect", {"model": str(tiny_model_dir), "method": "lora"})
+    settings = RunConfig.load(one / "config.yaml")._values
+    measured = events_of(one)[-1]["peak_memory_mb"] * 2**20
+    estimated = memory_estimate.estimate(facts, settings, on_gpu=False).total
+    assert measured / 3 < estimated < measured * 3, (estimated / 2**20, measured / 2**20)
     assert (two / "adapter" / "adapter_config.json").is_file()
     # every rank's output is in log.txt, prefixed with its rank
     log = (two / "log.txt").read_text()
@@ -145,9 +155,13 @@ def free_port() -> int:
 def test_second_machine_joins_with_the_command_shown(tiny_model_dir, saves, tmp_path):
     cfg = tiny(tiny_model_dir, nproc_per_node=1, nnodes=2, master_addr="127.0.0.1",
                master_port=free_port())
-    node0 = runner.start(cfg)
+    from webui import training
+
+    started = training.start(cfg.to_dict())  # as the Train tab's Start does
+    node0 = started.run_dir
     (command,) = distributed.node_commands(cfg, node0 / "config.yaml")
     assert command == f"peft-studio train --config {node0 / 'config.yaml'} --node-rank 1"
+    assert f"- machine 1: `{command}`" in started.message
     # "machine 1" has its own saves/ (on one machine the device lock would refuse it)
     other = tmp_path / "machine1"
     env = {**os.environ, "PEFT_STUDIO_SAVES": str(other), "PYTHONPATH": str(ROOT)}
@@ -339,3 +353,24 @@ def test_fsdp_and_ddp_settings_are_accepted_by_training_arguments(tmp_path):
     plugin = json.loads(fsdp_line)
     assert plugin["fsdp_version"] == "2" and plugin["reshard_after_forward"] == "True"
     assert plugin["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+
+
+def test_preview_shows_how_the_run_starts_and_its_deepspeed_json(saves):
+    from webui import training
+
+    cli, yaml_text, problems = training.preview(
+        {"nproc_per_node": 2, "distributed": "zero3", "nnodes": 2, "master_addr": "10.0.0.1",
+         "run_name": "big"})
+    assert problems == ""
+    first, started, other = cli.splitlines()
+    assert first.startswith("peft-studio train ") and "--nproc-per-node 2" in first
+    config = saves / "big" / "config.yaml"
+    cfg = RunConfig.from_yaml(yaml_text)
+    assert started == f"# started as: {distributed.command(cfg, config)}"
+    assert other == f"# on machine 1: peft-studio train --config {config} --node-rank 1"
+    ds = yaml_text.split("# deepspeed.json, written into the run folder:\n")[1]
+    as_json = json.loads("".join(line[2:] + "\n" for line in ds.splitlines()))
+    assert as_json == distributed.deepspeed_config(cfg)
+    assert as_json["zero_optimization"]["stage"] == 3
+    single, _, _ = training.preview({})
+    assert "\n" not in single  # one process: nothing more to say
