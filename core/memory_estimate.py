@@ -77,20 +77,20 @@ def estimate(model: dict[str, Any], settings: dict[str, Any], on_gpu: bool,
 
 
 def _activations(model: dict[str, Any], settings: dict[str, Any], half: bool) -> float:
-    """Saved activations for the backward pass at the longest batch: per layer about
-    34·s·b·h + 5·a·s²·b bytes in 16-bit (Korthikanti et al., 2022), or only each layer's
-    input with gradient checkpointing; plus the float32 logits and their gradient."""
+    """Saved activations for the backward pass at the longest batch (every sample at the
+    cut-off): per layer about 34·s·b·h bytes in 16-bit (Korthikanti et al., 2022, without
+    the s² attention scores, which SDPA and flash-attention never keep), or only each
+    layer's input with gradient checkpointing; plus the float32 logits and their gradient."""
     b = int(settings.get("batch_size", 1))
     s = int(settings.get("cutoff_len", 1024))
     h = int(model.get("hidden_size") or 0)
     layers = int(model.get("num_layers") or 0)
-    heads = int(model.get("num_heads") or 1)
     vocab = int(model.get("vocab_size") or 0)
     scale = 1.0 if half else 2.0  # the formula counts 2-byte values
     if settings.get("gradient_checkpointing"):
         per_layer = 2.0 * s * b * h * scale
     else:
-        per_layer = (34.0 * s * b * h + 5.0 * heads * s * s * b) * scale
+        per_layer = 34.0 * s * b * h * scale
     logits = 2 * 4.0 * b * s * vocab
     return layers * per_layer + logits
 
