@@ -374,3 +374,17 @@ def test_preview_shows_how_the_run_starts_and_its_deepspeed_json(saves):
     assert as_json["zero_optimization"]["stage"] == 3
     single, _, _ = training.preview({})
     assert "\n" not in single  # one process: nothing more to say
+
+
+@pytest.mark.slow
+def test_embedded_model_in_two_processes(saves):
+    """The real model (SmolLM2-135M) in 2 gloo processes: about 30 s here."""
+    cfg = RunConfig(dataset=["identity"], max_steps=3, batch_size=1,
+                    gradient_accumulation_steps=1, cutoff_len=96, logging_steps=1,
+                    nproc_per_node=2)
+    run_dir = runner.start(cfg)
+    assert runner.wait(run_dir, timeout=300) == "done", (run_dir / "log.txt").read_text()
+    assert [e["step"] for e in steps(run_dir)] == [1, 2, 3]
+    assert next(e for e in events_of(run_dir) if e["type"] == "start")["processes"] == 2
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert_nothing_left(run_dir, within=10)
