@@ -43,6 +43,9 @@ def _train(args: argparse.Namespace) -> int:
     except runner.BusyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except ConfigError as exc:  # what this machine lacks (GPUs, DeepSpeed)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"run: {run_dir}", flush=True)
     if args.detach:
         return 0
@@ -104,10 +107,15 @@ def _follow(run_dir: Path, show_log: bool = False) -> int:
 
 def _describe(e: dict) -> str:
     kind = e["type"]
+    if kind == "start" and e.get("node_rank"):
+        return (f"start: machine {e['node_rank']} of {e['nodes']} joined; "
+                f"{e['processes']} processes in all")
     if kind == "start":
+        spread = (f" in {e['processes']} processes" if e.get("processes", 1) > 1 else "")
         return (f"start: {e.get('method')} on {e.get('device')} ({e.get('precision')}), "
                 f"{e.get('trainable_params'):,} of {e.get('total_params'):,} parameters "
-                f"trainable, {e.get('total_steps')} steps, {e.get('train_samples')} samples")
+                f"trainable, {e.get('total_steps')} steps, {e.get('train_samples')} samples"
+                f"{spread}")
     if kind == "step":
         eta = f", eta {e['eta']:.0f}s" if e.get("eta") is not None else ""
         return (f"step {e['step']}/{e['total_steps']}: loss {e['loss']:.4f}, "
@@ -117,7 +125,7 @@ def _describe(e: dict) -> str:
     if kind == "checkpoint":
         return f"checkpoint: {e['path']}"
     if kind == "end":
-        detail = e.get("output_dir") or e.get("error") or ""
+        detail = e.get("output_dir") or e.get("error") or e.get("note") or ""
         return f"end: {e['status']} {detail}".rstrip()
     return f"{kind}: {e}"
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from core.distributed import SETTINGS as DEVICE_SETTINGS
+from core.distributed import schema_problems as distributed_problems
 from core.fsutil import atomic_write_text
 from core.methods import METHODS
 from core.settings import Setting
@@ -216,7 +218,8 @@ def _merge_settings(settings: Iterable[Setting]) -> dict[str, Setting]:
 
 
 SETTINGS: dict[str, Setting] = _merge_settings(
-    [*COMMON, *STAGE_SETTINGS, *(s for spec in METHODS.values() for s in spec.settings)]
+    [*COMMON, *STAGE_SETTINGS, *DEVICE_SETTINGS,
+     *(s for spec in METHODS.values() for s in spec.settings)]
 )
 
 
@@ -405,6 +408,7 @@ def _cross_checks(v: dict[str, Any]) -> list[str]:
         problems.append("gradient_checkpointing: does not work with prefix tuning; turn it "
                         "off or choose another method")
     problems += stage_problems(v["stage"], v["method"])
+    problems += distributed_problems(v)
     name = v["run_name"]
     if any(c in name for c in "/\\\0") or name in (".", ".."):
         problems.append("run_name: must be a plain folder name, without '/'")

@@ -5,7 +5,8 @@ what is new. Files, not pipes: nobody has to be reading for the trainer to go on
 
 Event types (all carry "type" and "time"):
   start       device, dtype, method, trainable_params, total_params, total_steps,
-              train_samples, eval_samples, truncated_samples, cutoff_len
+              train_samples, eval_samples, truncated_samples, cutoff_len,
+              processes, nodes, devices (this machine's; see core.distributed)
   step        step, total_steps, epoch, loss, learning_rate, grad_norm,
               tokens_per_second, elapsed, eta
   eval        step, eval_loss
@@ -15,6 +16,10 @@ Event types (all carry "type" and "time"):
   diverged    step, reason               (then end: failed, diverged: true; core.health)
   progress    done, total, message       (evaluation and export jobs)
   end         status ("done" | "aborted" | "failed"), error, final_loss, output_dir
+              (+ failed_rank when a rank of a distributed run died, note on machines
+              other than 0; see core.launch)
+Only rank 0 of a distributed run writes here; on machines other than 0, core.launch
+writes a start and an end for that machine's part.
 """
 
 from __future__ import annotations

@@ -124,9 +124,10 @@ def _create_time(pid: int) -> float | None:
         return None
 
 
-def spawn(job_dir: Path, argv: list[str]) -> int:
+def spawn(job_dir: Path, argv: list[str], extra_env: dict[str, str] | None = None) -> int:
     """Run `python argv...` detached in its own session, output to job_dir/log.txt."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+           **(extra_env or {})}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     with open(job_dir / LOG, "ab") as log:
         proc = subprocess.Popen(
@@ -146,6 +147,23 @@ def spawn(job_dir: Path, argv: list[str]) -> int:
             "started": time.time()}
     atomic_write_text(job_dir / PROCESS, json.dumps(info))
     return proc.pid
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a job's process group and every process under it: torchrun starts each
+    rank in a session of its own, out of reach of the group."""
+    try:
+        below = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        below = []
+    for target in (pid, *(p.pid for p in below)):
+        try:
+            os.killpg(target, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(target, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def process_alive(job_dir: Path) -> bool:
@@ -314,6 +332,12 @@ def start(cfg: RunConfig, saves: Path | None = None) -> Path:
 
     One job at a time per machine: two trainers would fight for the same memory. The
     check and the start happen under one lock, so of two starts racing exactly one wins."""
+    from core import distributed
+    from core.config import ConfigError
+
+    missing = distributed.launch_problems(cfg)
+    if missing:
+        raise ConfigError(missing)
     saves = saves or saves_dir()
     with _locked(saves / START_LOCK):
         busy = active_run(saves)
@@ -328,7 +352,13 @@ def start(cfg: RunConfig, saves: Path | None = None) -> Path:
                             "it before starting a run")
         run_dir = new_run_dir(cfg, saves)
         cfg.save(run_dir / CONFIG)
-        spawn(run_dir, ["-m", "core.train", str(run_dir / CONFIG)])
+        if distributed.launched(cfg):
+            # torchrun under core.launch, which reports a rank that dies (see there)
+            distributed.write_deepspeed_config(cfg, run_dir)
+            spawn(run_dir, ["-m", "core.launch", str(run_dir / CONFIG)],
+                  distributed.environment(cfg))
+        else:
+            spawn(run_dir, ["-m", "core.train", str(run_dir / CONFIG)])
     return run_dir
 
 
@@ -364,10 +394,7 @@ def abort(run_dir: Path, timeout: float = 60.0) -> str:
             break
         time.sleep(0.2)
     if process_alive(run_dir) and info:
-        try:
-            os.killpg(info["pid"], signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_tree(info["pid"])
         while process_alive(run_dir):
             time.sleep(0.1)
     events, _ = read_events(run_dir)

@@ -21,6 +21,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "train": ("Training", "训练"),
     "schedule": ("Optimizer and schedule", "优化器与学习率"),
     "preference": ("Preference tuning", "偏好训练"),
+    "devices": ("Devices: several GPUs and machines", "设备：多 GPU 与多机"),
     "logging": ("Logging, evaluation and checkpoints", "日志、评估与检查点"),
     "output": ("Output", "输出"),
 }

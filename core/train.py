@@ -30,6 +30,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from core import distributed
 from core.config import RunConfig
 from core.events import EventWriter
 from core.health import Diverged
@@ -69,6 +70,8 @@ class StopRequest:
         runner to wait for the save rather than kill the process at its deadline."""
         from core.methods.common import save_result
 
+        if distributed.rank() != 0:  # every rank holds the same weights; rank 0 writes them
+            return out_dir
         events.emit("saving", path=str(out_dir))
         self.saving = out_dir
         try:
@@ -160,7 +163,7 @@ def _event_callback(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: St
                 path = run_dir / "checkpoints" / f"step-{state.global_step}"
                 stop.save(model, path, cfg, tokenizer, events)
                 events.emit("checkpoint", step=state.global_step, path=str(path))
-            if stop.requested:
+            if distributed.agree_to_stop(stop.requested):
                 control.should_training_stop = True
             return control
 
@@ -244,6 +247,7 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
         dataloader_num_workers=0,
         logging_nan_inf_filter=False,  # a NaN loss must be seen (core.health), not averaged
         train_sampling_strategy="group_by_length" if batch_mode == "grouped" else "random",
+        **distributed.trainer_kwargs(cfg, run_dir, device == "cpu", distributed.world_size()),
     )
     collator = batching.collator(batch_mode, tokenizer, flash)
     spec = METHODS[cfg.method]
@@ -256,8 +260,7 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
         "trainable_params": trainable, "total_params": total,
         "trainable_share": trainable / total if total else 0.0, **stats,
         "batching": batch_mode, "fast_loss": labelled_only, "shared_prefix": share_prefix,
-        "kernels": kernels,
-        "threads": threads,
+        "kernels": kernels, "threads": threads, **distributed.start_fields(device),
     }
     callback = _event_callback(cfg, run_dir, events, stop, tokenizer, start_info)
     trainer = fast_loss.trainer_class(labelled_only, share_prefix)(
@@ -358,11 +361,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config_path = Path(argv[0])
     run_dir = config_path.parent
-    events = EventWriter(run_dir)
+    events = distributed.events_for_rank(run_dir)
     stop = StopRequest(run_dir, events)
+    ranked = distributed.under_launcher()
+    if ranked:
+        distributed.die_with_parent()
     try:
         cfg = RunConfig.load(config_path)
-        device = _hold_device(run_dir, events, stop)
+        device = True if ranked else _hold_device(run_dir, events, stop)
         if device is None:
             raise KeyboardInterrupt
         result = train(cfg, run_dir, events, stop)
@@ -382,11 +388,16 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # every failure must reach the UI as an end event
         traceback.print_exc()
         sys.stdout.flush()
+        if ranked:
+            # core.launch names the rank that failed first; here it may only be a rank
+            # whose partner died. This line is what it quotes.
+            print(f"error: {readable_error(exc)}", file=sys.stderr, flush=True)
+            return 1
         events.emit("end", status="failed", error=readable_error(exc), final_loss=None,
                     output_dir=None)
         return 1
     try:
-        plot = plot_losses(run_dir)
+        plot = plot_losses(run_dir) if distributed.rank() == 0 else None
     except OSError as exc:  # a full disk loses the picture, never the result
         print(f"loss.png not written: {exc}", flush=True)
         plot = None

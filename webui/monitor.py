@@ -135,6 +135,17 @@ def progress(watch: Watch) -> str:
     return progress_html(step, total, elapsed, eta if steps else None, watch.status, caption)
 
 
+def _spread(start: dict) -> str:
+    """" · 2 processes on 2 machines (0, 1)" for a run of several processes."""
+    n = start.get("processes", 1)
+    if n <= 1:
+        return ""
+    nodes = start.get("nodes", 1)
+    where = f" on {nodes} machines" if nodes > 1 else ""
+    devices = ", ".join(str(d) for d in start.get("devices") or [])
+    return f" · **{n} processes**{where}" + (f" ({devices} here)" if devices else "")
+
+
 def stats(watch: Watch) -> str:
     if watch.run is None:
         return ""
@@ -151,6 +162,7 @@ def stats(watch: Watch) -> str:
             f"({start.get('precision', '?')}) · {trainable:,} of {total:,} parameters "
             f"trainable ({share:.3g}%) · {start.get('train_samples', '?')} training samples"
             + (f", {cut} cut at the cut-off" if cut else "")
+            + _spread(start)
         )
     if steps:
         e = steps[-1]

@@ -9,7 +9,8 @@ again about the same model and settings is instant.
 Commands:
   inspect  payload: a run's settings. Builds the model on the "meta" device (no weights
            are read) with the method applied: trainable and total parameters, and the
-           names of its linear layers (the choices for target modules).
+           names of its linear layers (the choices for target modules), its shapes and
+           each device's memory (for core.memory_estimate).
   preview  payload: model, dataset, cutoff_len, train_on_prompt, stage and the identity
            placeholders. Every sample's token length, and for the first PREVIEW_LIMIT
            samples the rendered text as (segment, trained) pieces.
@@ -95,8 +96,29 @@ def inspect_model(settings: dict[str, Any]) -> dict[str, Any]:
     targets = target_candidates(model)
     model = apply_method(model, cfg)
     trainable, total = count_parameters(model)
+    text = getattr(config, "text_config", None) or config
     return {"trainable": trainable, "total": total, "targets": targets,
-            "model_type": getattr(config, "model_type", "")}
+            "model_type": getattr(config, "model_type", ""),
+            # for the memory estimate (core.memory_estimate)
+            "hidden_size": getattr(text, "hidden_size", 0),
+            "num_layers": getattr(text, "num_hidden_layers", 0),
+            "num_heads": getattr(text, "num_attention_heads", 1),
+            "vocab_size": getattr(text, "vocab_size", 0),
+            **machine()}
+
+
+def machine() -> dict[str, Any]:
+    """Each device's memory: every visible GPU, or this machine's RAM."""
+    import psutil
+    import torch
+
+    if torch.cuda.is_available():
+        devices = [{"name": f"cuda:{i} ({torch.cuda.get_device_name(i)})", "kind": "gpu",
+                    "memory": torch.cuda.get_device_properties(i).total_memory}
+                   for i in range(torch.cuda.device_count())]
+        return {"devices": devices, "bf16": torch.cuda.is_bf16_supported()}
+    return {"devices": [{"name": "CPU (RAM)", "kind": "cpu",
+                         "memory": psutil.virtual_memory().total}], "bf16": False}
 
 
 def preview_data(payload: dict[str, Any]) -> dict[str, Any]:

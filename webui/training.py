@@ -4,6 +4,7 @@ save and load settings as YAML files and named presets."""
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 import threading
@@ -26,6 +27,10 @@ STARTED = Text("Started run **{name}**.", "已开始运行 **{name}**。")
 BUSY = Text("⚠ {error}", "⚠ {error}")
 ABORTING = Text("Stopping **{name}**: it finishes the current step and saves what it has "
                 "trained.", "正在停止 **{name}**：完成当前步骤后保存已训练的结果。")
+OTHER_MACHINES = Text("Now start each other machine with the same settings: copy this "
+                      "config.yaml to the same path there (the model and datasets too) and run:",
+                      "现在用相同设置启动其他每台机器：把这个 config.yaml 复制到那台机器的相同路径"
+                      "（模型和数据集也要在），然后运行：")
 NOTHING_TO_ABORT = Text("No run is training.", "当前没有正在训练的运行。")
 
 
@@ -54,11 +59,20 @@ def start(values: dict[str, Any], lang: str = "en") -> Started:
     problem = info_problem()
     if problem:
         return Started(None, BUSY(lang, error=problem))
+    from core import distributed
+
     try:
         run_dir = runner.start(cfg)
     except runner.BusyError as exc:
         return Started(None, BUSY(lang, error=exc))
-    return Started(run_dir, STARTED(lang, name=run_dir.name))
+    except ConfigError as exc:  # what this machine lacks (GPUs, DeepSpeed)
+        return Started(None, problems_markdown(exc, lang))
+    message = STARTED(lang, name=run_dir.name)
+    others = distributed.node_commands(cfg, run_dir / runner.CONFIG)
+    if others:
+        steps = "\n".join(f"- machine {k}: `{line}`" for k, line in enumerate(others, start=1))
+        message += "\n\n" + OTHER_MACHINES(lang) + "\n" + steps
+    return Started(run_dir, message)
 
 
 def abort(run_dir: str | Path | None, lang: str = "en") -> str:
@@ -91,6 +105,23 @@ def count_parameters(values: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def memory_markdown(values: dict[str, Any], result: dict[str, Any]) -> str:
+    """The estimate of memory per device for these settings, judged against each device
+    of this machine (from the probe's answer; no torch here)."""
+    from core import distributed, memory_estimate
+
+    settings = {**{n: s.default for n, s in SETTINGS.items()}, **config_values(values)}
+    gpus = [d for d in result.get("devices", []) if d.get("kind") == "gpu"]
+    chosen = distributed.device_list(str(settings.get("devices") or "")) or []
+    if chosen:
+        gpus = [d for i, d in enumerate(gpus) if i in chosen]
+    n = distributed.processes(settings, len(gpus))
+    est = memory_estimate.estimate(result, settings, on_gpu=bool(gpus), processes=n,
+                                   bf16=bool(result.get("bf16")))
+    devices = gpus[:n] if gpus else result.get("devices", [])
+    return memory_estimate.markdown(est, memory_estimate.judge(est, devices, n))
+
+
 def parameters_markdown(result: dict[str, Any]) -> str:
     return (f"**{result['trainable']:,}** of {result['total']:,} parameters trainable "
             f"(**{100 * result['share']:.3g}%**) · {result.get('model_type') or 'model'}")
@@ -103,7 +134,17 @@ def preview(values: dict[str, Any], lang: str = "en") -> tuple[str, str, str]:
         cfg = to_config(values)
     except ConfigError as exc:
         return "", "", problems_markdown(exc, lang)
-    return cfg.to_cli(), cfg.to_yaml(), ""
+    from core import distributed
+
+    config = saves_dir() / (cfg.run_name or "RUN") / runner.CONFIG
+    notes = "".join(f"\n# {line}" for line in distributed.launch_notes(cfg, config))
+    text = cfg.to_yaml()
+    ds = distributed.deepspeed_config(cfg)
+    if ds is not None:
+        lines = json.dumps(ds, indent=2).splitlines()
+        text += f"# {distributed.DEEPSPEED_FILE}, written into the run folder:\n"
+        text += "".join(f"# {line}\n" for line in lines)
+    return cfg.to_cli() + notes, text, ""
 
 
 def save_yaml(values: dict[str, Any]) -> Path:

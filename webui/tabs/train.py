@@ -28,6 +28,8 @@ from webui.widgets import (
     shown_for,
 )
 
+MEMORY_INPUTS = ("quantization", "batch_size", "cutoff_len", "gradient_checkpointing", "optim",
+                 "precision", "nproc_per_node", "devices", "distributed", "offload", "nnodes")
 COUNTING = Text("Counting (builds the model without weights)…", "正在统计（不加载权重构建模型）…")
 
 
@@ -179,7 +181,10 @@ def _wire_count(form: SettingsForm, shared: Shared, panel: _Panel) -> None:
             default = list(SETTINGS[name].default)
             updates.append(gr.update(choices=list(dict.fromkeys(
                 [*default, *result["targets"], *current]))))
-        return [training.parameters_markdown(result)] + updates
+        text = training.parameters_markdown(result)
+        if "devices" in result:  # answers cached before the estimate existed have none
+            text += "\n\n" + training.memory_markdown(named, result)
+        return [text] + updates
 
     inputs = [shared.lang, *form.components]
     outputs = [panel.count_result, *pickers]
@@ -193,6 +198,11 @@ def _wire_count(form: SettingsForm, shared: Shared, panel: _Panel) -> None:
         trigger.input(lambda lang: COUNTING(lang), shared.lang, panel.count_result,
                        show_progress="hidden").then(count, inputs, outputs,
                                                     trigger_mode="always_last", **kw)
+
+    # The memory estimate follows what it depends on; the probe's answer is cached per
+    # model and method, so this is arithmetic, not a new subprocess.
+    for name in MEMORY_INPUTS:
+        form.widgets[name].input(count, inputs, outputs, trigger_mode="always_last", **kw)
 
     def count_if_idle(lang: str, *values: Any) -> list[Any]:
         # The count belongs in view before anyone presses Start; but while a run trains,

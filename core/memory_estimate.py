@@ -1,0 +1,123 @@
+"""Memory per device before a run starts: weights, gradients, optimizer state, activations.
+
+Plain arithmetic over facts about the model (from the probe: parameter counts and shapes)
+and the run's settings, so the UI recomputes it at once when a batch size changes. It is
+an estimate for deciding whether to try, not a promise: allocator slack, kernels'
+workspaces and fragmentation come on top (hence "tight" well before 100%).
+
+How bytes are counted follows core.methods.common: trainable weights are kept in float32;
+the frozen base loads in bfloat16 on a GPU that has it (float32 otherwise, and on a CPU),
+or in 8/4 bits when quantized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+GB = 1024**3
+FITS, TIGHT, DOES_NOT_FIT = "fits", "tight", "does not fit"
+TIGHT_FROM = 0.8  # above this share of a device's memory the estimate's error matters
+# Optimizer state per trained weight, bytes.
+OPTIMIZER_BYTES = {"adamw_torch": 8, "adamw_torch_fused": 8, "paged_adamw_8bit": 2,
+                   "adamw_8bit": 2, "adafactor": 4, "sgd": 0}
+# What a process holds before any weight: the CUDA context and kernels on a GPU; Python,
+# torch and transformers on a CPU.
+BASELINE = {"gpu": 0.5 * GB, "cpu": 0.6 * GB}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+    baseline: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.baseline
+
+    def parts(self) -> dict[str, float]:
+        return {"weights": self.weights, "gradients": self.gradients,
+                "optimizer state": self.optimizer, "activations": self.activations,
+                "runtime": self.baseline}
+
+
+def estimate(model: dict[str, Any], settings: dict[str, Any], on_gpu: bool,
+             processes: int = 1, bf16: bool = True) -> Estimate:
+    """Bytes per device (per process). `model`: trainable, total, hidden_size,
+    num_layers, vocab_size, num_heads (from the probe). `settings`: the run's values.
+    `bf16`: the GPU supports bfloat16 (the auto precision)."""
+    trainable, total = int(model["trainable"]), int(model["total"])
+    frozen = max(total - trainable, 0)
+    quant = settings.get("quantization", "none")
+    precision = settings.get("precision", "auto")
+    half = on_gpu and (precision == "bf16" or (precision == "auto" and bf16))
+    frozen_bytes = {"4bit": 0.5625, "8bit": 1.0}.get(quant, 2.0 if half else 4.0)
+    weights = frozen * frozen_bytes + trainable * 4.0
+    gradients = trainable * 4.0
+    optimizer = trainable * OPTIMIZER_BYTES.get(settings.get("optim", "adamw_torch"), 8)
+
+    strategy = settings.get("distributed", "ddp")
+    world = max(processes * int(settings.get("nnodes", 1)), 1)
+    if strategy in ("zero2", "zero3", "fsdp"):
+        gradients /= world
+        optimizer /= world
+    if strategy in ("zero3", "fsdp"):
+        weights /= world
+    if settings.get("offload") and strategy in ("zero2", "zero3"):
+        optimizer = 0.0  # in CPU memory
+        if strategy == "zero3":
+            weights = 0.0
+
+    activations = _activations(model, settings, half or precision == "fp16")
+    return Estimate(weights, gradients, optimizer, activations,
+                    BASELINE["gpu" if on_gpu else "cpu"])
+
+
+def _activations(model: dict[str, Any], settings: dict[str, Any], half: bool) -> float:
+    """Saved activations for the backward pass at the longest batch (every sample at the
+    cut-off): per layer about 34·s·b·h bytes in 16-bit (Korthikanti et al., 2022, without
+    the s² attention scores, which SDPA and flash-attention never keep), or only each
+    layer's input with gradient checkpointing; plus the float32 logits and their gradient."""
+    b = int(settings.get("batch_size", 1))
+    s = int(settings.get("cutoff_len", 1024))
+    h = int(model.get("hidden_size") or 0)
+    layers = int(model.get("num_layers") or 0)
+    vocab = int(model.get("vocab_size") or 0)
+    scale = 1.0 if half else 2.0  # the formula counts 2-byte values
+    if settings.get("gradient_checkpointing"):
+        per_layer = 2.0 * s * b * h * scale
+    else:
+        per_layer = 34.0 * s * b * h * scale
+    logits = 2 * 4.0 * b * s * vocab
+    return layers * per_layer + logits
+
+
+def verdict(need: float, capacity: float) -> str:
+    """fits / tight / does not fit: `need` bytes against `capacity` bytes."""
+    if capacity <= 0 or need > capacity:
+        return DOES_NOT_FIT
+    return FITS if need <= TIGHT_FROM * capacity else TIGHT
+
+
+def judge(est: Estimate, devices: list[dict[str, Any]], processes: int) -> list[dict]:
+    """One line per device: {name, need, capacity, verdict}. On a CPU all processes
+    share one memory, so they are judged together."""
+    out = []
+    for dev in devices:
+        need = est.total if dev.get("kind") == "gpu" else est.total * max(processes, 1)
+        out.append({"name": dev["name"], "need": need, "capacity": float(dev["memory"]),
+                    "verdict": verdict(need, float(dev["memory"]))})
+    return out
+
+
+def markdown(est: Estimate, lines: list[dict]) -> str:
+    parts = " + ".join(f"{name} {value / GB:.2f}" for name, value in est.parts().items()
+                       if value)
+    mark = {FITS: "✓", TIGHT: "⚠", DOES_NOT_FIT: "✗"}
+    rows = [f"- {mark[ln['verdict']]} **{ln['verdict']}** on {ln['name']}: needs about "
+            f"{ln['need'] / GB:.2f} GB of {ln['capacity'] / GB:.1f} GB" for ln in lines]
+    return (f"Memory per process (estimate, GB): {parts} = **{est.total / GB:.2f}**\n"
+            + "\n".join(rows))
