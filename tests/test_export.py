@@ -9,26 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
-from test_chat import ANSWER, PROMPT, shared_code_run
+from support import ANSWER, PROMPT
 
 from core import export as ex
 from core import runner
 from core.config import RunConfig
 from core.methods import METHODS
-
-
-@pytest.fixture(scope="module")
-def code_run(tiny_model_dir, tmp_path_factory) -> Path:
-    return shared_code_run(tiny_model_dir, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def module_saves(tmp_path_factory) -> Path:
-    saves = tmp_path_factory.mktemp("export") / "saves"
-    saves.mkdir()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PEFT_STUDIO_SAVES", str(saves))
-        yield saves
 
 
 @pytest.fixture()
