@@ -13,14 +13,8 @@ from pathlib import Path
 import pytest
 from support import ANSWER, PROMPT
 
-from core.chat import (
-    ChatClient,
-    GenerationSettings,
-    base_target,
-    checkpoints,
-    finished_runs,
-    run_target,
-)
+from core.chat import ChatClient, GenerationSettings
+from core.runs import base_target, checkpoints, finished_runs, run_target
 
 ROOT = Path(__file__).resolve().parent.parent
 GREEDY = GenerationSettings(max_new_tokens=16, do_sample=False)
@@ -86,7 +80,8 @@ def test_stop_ends_a_reply_early(code_run, client):
 
 
 def test_worker_errors_reach_the_caller_and_it_stays_up(client):
-    from core.chat import ChatError, Target
+    from core.chat import ChatError
+    from core.runs import Target
 
     with pytest.raises(ChatError, match="not found"):
         list(client.stream(Target("/no/such/model"), user("hi"), GREEDY))
