@@ -265,7 +265,7 @@ def test_export_bad_name_and_unknown_run(finished_run, capsys):
 
 
 def test_export_tab_run_deleted_meanwhile(finished_run):
-    from webui.tabs.export import start_export
+    from webui.exporting import start_export
 
     shutil.rmtree(finished_run)
     path, note = start_export(finished_run.name, "final", "x", "2GB", False, False)
@@ -274,7 +274,7 @@ def test_export_tab_run_deleted_meanwhile(finished_run):
 
 
 def test_export_tab_result_deleted_meanwhile(finished_run):
-    from webui.tabs.export import start_export
+    from webui.exporting import start_export
 
     (finished_run / "adapter" / "studio.json").unlink()
     path, note = start_export(finished_run.name, "final", "x", "2GB", False, False)
