@@ -4,7 +4,7 @@ Three plans, chosen from the method registry, never from a method's name:
   merge    LoRA family: the adapter is merged into the base weights (the method's merge,
            i.e. merge_and_unload) and a plain transformers model is written.
   full     full and freeze runs already are whole models: written again, in shards.
-  adapter  asked for, or the method cannot merge (MethodSpec.not_mergeable_reason): the
+  adapter  asked for, or the method cannot merge (Method.not_mergeable_reason): the
            adapter folder alone, loadable on its base.
 Each writes into saves/exports/<name>: sharded safetensors (save_pretrained with the chosen
 max_shard_size), tokenizer with its chat template, generation config and a README.md

@@ -243,10 +243,7 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
     )
     collator = batching.collator(batch_mode, tokenizer, flash)
     spec = METHODS[cfg.method]
-    impl = implementation(cfg.method)
-    optimizer = None
-    if hasattr(impl, "create_optimizer"):
-        optimizer = impl.create_optimizer(model, cfg, args)
+    optimizer = implementation(cfg.method).create_optimizer(model, cfg, args)
     start_info = {
         "device": device, "precision": precision, "method": cfg.method,
         "trainable_params": trainable, "total_params": total,
