@@ -19,7 +19,6 @@ from core import runner
 from core.events import EventWriter, read_events, read_log, readable_error
 
 Spec = TypeVar("Spec")
-Work = Callable[[Any, Path, EventWriter], dict[str, Any]]
 
 
 def run_job(argv: list[str] | None, usage: str, load: Callable[[Path], Spec],
@@ -29,8 +28,9 @@ def run_job(argv: list[str] | None, usage: str, load: Callable[[Path], Spec],
 
     Loads the spec, takes the device when `device_for` names what for (an abort while
     waiting for it ends the job `aborted`), runs `work(spec, job_dir, events)` and writes
-    the end event from what it returns (status "done" unless it says otherwise). Any
-    exception ends the job `failed` with a readable error and the traceback in log.txt.
+    the end event from what it returns (status "done" unless it says otherwise). A
+    KeyboardInterrupt ends it `aborted`; any other exception `failed`, with a readable
+    error and the traceback in log.txt.
     Returns the exit code: 1 for a failed job, 2 for a bad command line, else 0."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -40,12 +40,15 @@ def run_job(argv: list[str] | None, usage: str, load: Callable[[Path], Spec],
     events = EventWriter(job)
     try:
         spec = load(Path(argv[0]))
-        device = None if device_for is None else runner.hold_device_for_job(
-            job, device_for(spec))
-        if device_for is not None and device is None:
-            events.emit("end", status=runner.ABORTED, error=None, output_dir=None)
-            return 0
+        if device_for is not None:
+            # Held (the lock file kept open) until this function returns.
+            device = runner.hold_device_for_job(job, device_for(spec))
+            if device is None:
+                raise KeyboardInterrupt  # aborted while it waited for the device
         end = {"status": runner.DONE, "error": None, **work(spec, job, events)}
+    except KeyboardInterrupt:  # Ctrl-C, or stopped before it began
+        events.emit("end", status=runner.ABORTED, error=None, output_dir=None)
+        return 0
     except Exception as exc:  # every failure must reach the UI as an end event
         traceback.print_exc()
         sys.stdout.flush()
