@@ -31,9 +31,10 @@ def main() -> int:
     import torch
 
     from core import models
-    from core.chat import Engine, GenerationSettings, Target
+    from core.chat import Engine, GenerationSettings
     from core.config import RunConfig
     from core.methods.common import apply_method, save_trained
+    from core.runs import Target
 
     torch.manual_seed(0)
     tok = models.load_tokenizer("embedded")

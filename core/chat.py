@@ -8,7 +8,7 @@ byte it held goes back to the system (freeing CUDA and allocator caches from ins
 long-lived process is never complete). The terminal command needs no such care and runs
 an Engine in its own process.
 
-Also here: finding finished runs and their checkpoints, which evaluation and export share.
+Which run and checkpoint to load is found by core/runs.py.
 """
 
 from __future__ import annotations
@@ -26,107 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from core.methods.common import MANIFEST, read_manifest
-from core.paths import ROOT, cache_dir, saves_dir
+from core.paths import ROOT, cache_dir, child_env
+from core.runs import Target, base_target, resolve_run, run_target
 from core.settings import GENERATION, check_fields
-
-
-# -- runs and their results --------------------------------------------------------------
-def resolve_run(name: str | Path) -> Path:
-    """A run folder from its name under saves/ or a path; raises ValueError if not one."""
-    path = Path(name).expanduser()
-    if not (path / "config.yaml").is_file():
-        path = saves_dir() / str(name)
-    if not (path / "config.yaml").is_file():
-        raise ValueError(f"no run named {str(name)!r} (looked in {saves_dir()})")
-    return path
-
-
-def run_output(run_dir: Path) -> Path | None:
-    """The trained result of a finished (or aborted but saved) run, else None."""
-    from core.runner import run_status
-
-    status, end = run_status(run_dir)
-    out = end.get("output_dir")
-    if status in ("done", "aborted") and out and (Path(out) / MANIFEST).is_file():
-        return Path(out)
-    for name in ("adapter", "model"):  # a run folder moved after training
-        if status in ("done", "aborted") and (run_dir / name / MANIFEST).is_file():
-            return run_dir / name
-    return None
-
-
-def diverged(run_dir: Path) -> bool:
-    """Whether the run ended `failed` because its training diverged (core.health)."""
-    from core.runner import run_status
-
-    return bool(run_status(run_dir)[1].get("diverged"))
-
-
-def finished_runs(saves: Path | None = None) -> list[Path]:
-    """Runs with a loadable result, newest first."""
-    from core.runner import list_runs
-
-    return [r.path for r in list_runs(saves) if run_output(r.path) is not None]
-
-
-def checkpoints(run_dir: Path) -> dict[str, Path]:
-    """{"final": result folder, "step-N": checkpoint folder, ...}, latest step first."""
-    found: dict[str, Path] = {}
-    out = run_output(run_dir)
-    if out is not None:
-        found["final"] = out
-    if diverged(run_dir):
-        # Which of its checkpoints were already going bad is unknown: offer none.
-        return found
-    steps = [p for p in (run_dir / "checkpoints").glob("step-*") if (p / MANIFEST).is_file()]
-    for p in sorted(steps, key=lambda p: int(p.name.split("-")[1]), reverse=True):
-        found[p.name] = p
-    return found
-
-
-def checkpoint_names(run: str | None) -> list[str]:
-    """The choices of a run's result picker: "final" first, then its checkpoints; just
-    "final" for no run, or one that is gone."""
-    if not run:
-        return ["final"]
-    try:
-        return list(checkpoints(resolve_run(run))) or ["final"]
-    except ValueError:
-        return ["final"]
-
-
-# -- what to talk to ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class Target:
-    """A base model (`trained` None) or a run's result loaded on its base."""
-
-    model: str
-    trained: str | None = None
-    label: str = ""
-
-    @property
-    def key(self) -> str:
-        return f"{self.model}|{self.trained or ''}"
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Target:
-        return cls(d["model"], d.get("trained"), d.get("label", ""))
-
-
-def run_target(run_dir: Path, checkpoint: str = "final") -> Target:
-    points = checkpoints(run_dir)
-    if checkpoint not in points:
-        raise ValueError(f"{run_dir.name} has no result {checkpoint!r}; it has: "
-                         f"{', '.join(points) or 'none (not finished?)'}")
-    out = points[checkpoint]
-    label = run_dir.name if checkpoint == "final" else f"{run_dir.name} @ {checkpoint}"
-    return Target(read_manifest(out)["model"], str(out), label)
-
-
-def base_target(model: str) -> Target:
-    return Target(model, None, f"base: {Path(model).name if '/' in model else model}")
-
 
 GENERATION_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty")
 
@@ -363,8 +265,7 @@ class ChatClient:
         if self.alive:
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env = child_env()
         with open(self.log_path, "wb") as log:
             # stderr to a file, never a pipe: nobody drains it between replies.
             self.proc = subprocess.Popen(

@@ -22,8 +22,9 @@ import threading
 import traceback
 from typing import IO, Any
 
-from core.chat import Engine, GenerationSettings, Reply, Target
+from core.chat import Engine, GenerationSettings, Reply
 from core.runner import hold_device
+from core.runs import Target
 
 
 def _protocol_stream() -> IO[str]:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-from core import runner
+from core import chat, evaluate, export, runner
 from core.config import ConfigError, add_arguments, config_from_args
-from core.events import read_events, read_log
+from core.jobs import follow
 from core.paths import saves_dir
+from core.runs import resolve_run
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -82,22 +82,7 @@ def dataset_problems(names: list[str]) -> list[str]:
 
 def _follow(run_dir: Path, show_log: bool = False) -> int:
     """Print the run's events as they come; Ctrl-C aborts it (it still saves)."""
-    offset = log_offset = 0
-    try:
-        while True:
-            events, offset = read_events(run_dir, offset)
-            for e in events:
-                print(_describe(e), flush=True)
-            if show_log:
-                text, log_offset = read_log(run_dir, log_offset)
-                sys.stdout.write(text)
-            status, _ = runner.run_status(run_dir)
-            if status != runner.RUNNING and not events:
-                break
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        print("aborting: the run stops at the next step and saves what it has...", flush=True)
-        status = runner.abort(run_dir)
+    follow(run_dir, _describe, show_log)
     status, end = runner.run_status(run_dir)
     if status == runner.FAILED:
         print(f"failed: {end.get('error')}\n(full log: {run_dir / 'log.txt'})", file=sys.stderr)
@@ -144,21 +129,16 @@ def _runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_dir(name: str) -> Path:
-    path = Path(name)
-    if not (path / runner.CONFIG).is_file():
-        path = saves_dir() / name
-    if not (path / runner.CONFIG).is_file():
-        raise SystemExit(f"error: no run named {name!r} in {saves_dir()}")
-    return path
-
-
 def _abort(args: argparse.Namespace) -> int:
     from core import compare
 
     queue = compare.comparisons_dir() / args.run
     # A comparison queue stops like a run: it aborts the run it is training, then ends.
-    run_dir = queue if (queue / compare.SPEC_FILE).is_file() else _run_dir(args.run)
+    try:
+        run_dir = queue if (queue / compare.SPEC_FILE).is_file() else resolve_run(args.run)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if runner.run_status(run_dir)[0] != runner.RUNNING:
         print(f"{run_dir.name} is not running")
         return 1
@@ -222,29 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "shipped with a hub model)")
     p.set_defaults(func=_webui)
 
-    for extra in _EXTRA_COMMANDS:
-        extra(sub)
+    for job in (chat, evaluate, export):  # their subcommands live beside the job
+        job.add_command(sub)
     return parser
-
-
-def _extra_commands() -> list:
-    """Subcommands that live beside their engine module (chat, evaluate, export): each
-    module offers `add_command(subparsers)`."""
-    import importlib
-
-    found = []
-    for name in ("core.chat", "core.evaluate", "core.export"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        found.append(module.add_command)
-    return found
-
-
-_EXTRA_COMMANDS = _extra_commands()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,10 +24,12 @@ from core import runner
 from core.config import SETTINGS, RunConfig
 from core.events import EventWriter, read_events
 from core.fsutil import atomic_write_text
+from core.jobs import run_job
 from core.paths import saves_dir
 
 SPEC_FILE = "compare.yaml"
 RESULTS = "results.json"
+SCORES = ("exact_match", "rouge_l")  # of core.metrics.METRICS, the ones a comparison shows
 # Table columns, in order, with the headers the UI shows.
 COLUMNS = {
     "method": "Method",
@@ -90,8 +92,7 @@ def row_for(run_dir: Path, method: str) -> dict[str, Any]:
         "seconds_per_step": end.get("seconds_per_step"),
         "final_loss": end.get("final_loss"),
         "final_eval_loss": end.get("final_eval_loss"),
-        "exact_match": None,
-        "rouge_l": None,
+        **dict.fromkeys(SCORES),
         "run": run_dir.name,
     }
 
@@ -146,7 +147,7 @@ def _evaluate(run_dir: Path, spec: CompareSpec, stop: dict[str, bool]) -> dict[s
     _wait(job, stop, lambda d: runner.abort(d, timeout=10))
     state = evaluate.job_state(job)
     scores = (state.results or {}).get("models", {}).get("fine_tuned", {})
-    return {"exact_match": scores.get("exact_match"), "rouge_l": scores.get("rouge_l")}
+    return {key: scores.get(key) for key in SCORES}
 
 
 def run(job: Path) -> list[dict[str, Any]]:
@@ -178,25 +179,18 @@ def run(job: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    job = Path(argv[0]).parent
-    events = EventWriter(job)
-    try:
-        rows = run(job)
-    except Exception as exc:  # the UI must learn why the queue stopped
-        import traceback
-
-        traceback.print_exc()
-        events.emit("end", status="failed", error=f"{type(exc).__name__}: {exc}")
-        return 1
+def _job(spec: dict[str, Any], job: Path, events: EventWriter) -> dict[str, Any]:
+    rows = run(job)
     failed = [r["method"] for r in rows if r["status"] != runner.DONE]
     stopped = (job / runner.ABORT_FILE).exists()  # runner.abort (Stop, the CLI) leaves it
-    status = "aborted" if stopped or len(rows) < len(
-        yaml.safe_load((job / SPEC_FILE).read_text())["methods"]) else "done"
-    events.emit("end", status=status, error=(f"not done: {', '.join(failed)}" if failed
-                                             else None))
-    return 0
+    status = runner.ABORTED if stopped or len(rows) < len(spec["methods"]) else runner.DONE
+    return {"status": status, "error": f"not done: {', '.join(failed)}" if failed else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Each run of the queue takes the device itself: the queue holds none.
+    return run_job(argv, "python -m core.compare JOB_DIR/compare.yaml",
+                   lambda path: yaml.safe_load(path.read_text()), _job)
 
 
 if __name__ == "__main__":

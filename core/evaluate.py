@@ -24,10 +24,13 @@ from typing import Any
 
 import yaml
 
-from core.chat import base_target, resolve_run, run_target
-from core.events import EventWriter, read_events
+from core.events import EventWriter
 from core.fsutil import atomic_write_text
+from core.jobs import describe_progress, follow
+from core.metrics import METRIC_KEYS
 from core.runner import hold_device_for_job
+from core.runs import base_target, resolve_run, run_config, run_target
+from core.settings import GENERATION, check_fields
 
 SPEC_FILE = "eval.yaml"
 RESULTS = "results.json"
@@ -38,16 +41,14 @@ class EvalSpec:
     run_dir: str
     dataset: list[str]
     checkpoint: str = "final"
-    max_samples: int = 50
-    max_new_tokens: int = 64
-    batch_size: int = 8
-    cutoff_len: int = 1024
+    max_samples: int = GENERATION["max_samples"].default
+    max_new_tokens: int = 64  # scored answers are short: less than a chat reply's default
+    batch_size: int = GENERATION["batch_size"].default
+    cutoff_len: int = GENERATION["cutoff_len"].default
     include_base: bool = True
 
     def __post_init__(self) -> None:
         """Bounds from core.settings.GENERATION; raises SettingsError (a ValueError)."""
-        from core.settings import GENERATION, check_fields
-
         check_fields(self, [GENERATION[n] for n in ("max_samples", "max_new_tokens",
                                                     "batch_size", "cutoff_len")])
 
@@ -59,11 +60,10 @@ class EvalSpec:
 # -- starting and listing (UI and CLI side: no torch) ------------------------------------
 def default_dataset(run_dir: Path) -> str | None:
     """The held-out split of the run's training data, when the registry has one."""
-    from core.config import RunConfig
     from core.data.registry import test_sets
 
     try:
-        trained_on = set(RunConfig.load(run_dir / "config.yaml").dataset)
+        trained_on = set(run_config(run_dir).dataset)
     except Exception:
         return None
     return next((t for t, of in test_sets().items() if of in trained_on), None)
@@ -116,10 +116,11 @@ class Sample:
 def load_samples(dataset: list[str], max_samples: int) -> list[Sample]:
     from types import SimpleNamespace
 
+    from core.config import SETTINGS
     from core.data.loader import load_examples
 
-    cfg = SimpleNamespace(max_samples=0, identity_name="Studio Assistant",
-                          identity_author="the PEFT Studio team")
+    cfg = SimpleNamespace(max_samples=0, identity_name=SETTINGS["identity_name"].default,
+                          identity_author=SETTINGS["identity_author"].default)
     samples = []
     for ex in load_examples(dataset, cfg):
         messages = ex.get("messages")
@@ -269,8 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     atomic_write_text(job / RESULTS, json.dumps(results, indent=1, ensure_ascii=False))
     events.emit("end", status="done", error=None, output_dir=str(job),
-                summary={k: {m: v.get(m) for m in ("loss", "perplexity", "exact_match",
-                                                   "bleu", "rouge_l")}
+                summary={k: {m: v.get(m) for m in METRIC_KEYS}
                          for k, v in results["models"].items()})
     return 0
 
@@ -287,32 +287,12 @@ def add_command(subparsers: Any) -> None:
                    help="registered names or files (default: the held-out split of the "
                    "run's dataset, e.g. sentiment_test)")
     p.add_argument("--checkpoint", default="final", help="'final' or step-N")
-    p.add_argument("--max-samples", type=int, default=50, help="0 = all")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--cutoff-len", type=int, default=1024)
+    p.add_argument("--max-samples", type=int, default=EvalSpec.max_samples, help="0 = all")
+    p.add_argument("--max-new-tokens", type=int, default=EvalSpec.max_new_tokens)
+    p.add_argument("--batch-size", type=int, default=EvalSpec.batch_size)
+    p.add_argument("--cutoff-len", type=int, default=EvalSpec.cutoff_len)
     p.add_argument("--no-base", action="store_true", help="skip the base model")
     p.set_defaults(func=_main)
-
-
-def follow_job(job: Path) -> str:
-    """Print a job's progress until it ends; Ctrl-C aborts it. Returns its status."""
-    from core.runner import RUNNING, abort, run_status
-
-    offset = 0
-    try:
-        while True:
-            new, offset = read_events(job, offset)
-            for e in new:
-                if e["type"] == "progress":
-                    print(f"[{e['done']}/{e['total']}] {e['message']}", flush=True)
-            status = run_status(job)[0]
-            if status != RUNNING and not new:
-                return status
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        print("aborting ...", file=sys.stderr)
-        return abort(job, timeout=5)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -341,7 +321,7 @@ def _main(args: argparse.Namespace) -> int:
         return 2
     job = start(spec)
     print(f"evaluation: {job}", flush=True)
-    if follow_job(job) == "aborted":
+    if follow(job, describe_progress, abort_timeout=5) == "aborted":
         return 1
     state = job_state(job)
     if state.status != "done" or not state.results:
@@ -355,7 +335,7 @@ def summary_table(results: dict[str, Any]) -> str:
     models = results["models"]
     names = [n for n in ("base", "fine_tuned") if n in models]
     lines = [f"{'metric':14}" + "".join(f"{n:>14}" for n in names)]
-    for metric in ("loss", "perplexity", "exact_match", "bleu", "rouge_l"):
+    for metric in METRIC_KEYS:
         lines.append(f"{metric:14}" + "".join(f"{models[n][metric]:>14.4g}" for n in names))
     lines.append(f"({results['samples']} samples of {', '.join(results['dataset'])})")
     return "\n".join(lines)

@@ -97,3 +97,11 @@ def tail_log(run_dir: str | Path, max_bytes: int = 8000) -> str:
         return ""
     text, _ = read_log(run_dir, max(0, size - max_bytes), max_bytes)
     return text
+
+
+def readable_error(exc: BaseException) -> str:
+    """The message a person should read: our own errors already say what to do."""
+    text = str(exc).strip() or type(exc).__name__
+    if type(exc).__module__.startswith("core"):
+        return text
+    return f"{type(exc).__name__}: {text}"

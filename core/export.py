@@ -4,7 +4,7 @@ Three plans, chosen from the method registry, never from a method's name:
   merge    LoRA family: the adapter is merged into the base weights (the method's merge,
            i.e. merge_and_unload) and a plain transformers model is written.
   full     full and freeze runs already are whole models: written again, in shards.
-  adapter  asked for, or the method cannot merge (MethodSpec.not_mergeable_reason): the
+  adapter  asked for, or the method cannot merge (Method.not_mergeable_reason): the
            adapter folder alone, loadable on its base.
 Each writes into saves/exports/<name>: sharded safetensors (save_pretrained with the chosen
 max_shard_size), tokenizer with its chat template, generation config and a README.md
@@ -28,18 +28,17 @@ import re
 import shutil
 import sys
 import time
-import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from core.chat import resolve_run, run_target
 from core.events import EventWriter, read_events
+from core.jobs import describe_progress, follow, run_job
 from core.methods.common import read_manifest
 from core.paths import saves_dir
-from core.runner import hold_device_for_job
+from core.runs import resolve_run, run_target
 
 SPEC_FILE = "export.yaml"
 # A plain folder name: no separators, no leading dot (so never "." or ".." or hidden).
@@ -418,28 +417,15 @@ def export(spec: ExportSpec, events: EventWriter) -> dict[str, Any]:
     return {**info, "output_dir": str(out), "bytes": size, "seconds": round(time.time() - t0, 1)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m core.export JOB_DIR/export.yaml", file=sys.stderr)
-        return 2
-    job = Path(argv[0]).parent
-    events = EventWriter(job)
-    try:
-        spec = ExportSpec.load(Path(argv[0]))
-        device = hold_device_for_job(job, f"export of {Path(spec.run_dir).name}")
-        if device is None:
-            events.emit("end", status="aborted", error=None, output_dir=None)
-            return 0
-        result = export(spec, events)
-    except Exception as exc:  # every failure must reach the UI as an end event
-        traceback.print_exc()
-        message = str(exc) if isinstance(exc, ExportError) else f"{type(exc).__name__}: {exc}"
-        events.emit("end", status="failed", error=message, output_dir=None)
-        return 1
-    events.emit("end", status="done", error=None, **result)
+def _job(spec: ExportSpec, job: Path, events: EventWriter) -> dict[str, Any]:
+    result = export(spec, events)
     print(f"exported: {result['output_dir']}", flush=True)
-    return 0
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(argv, "python -m core.export JOB_DIR/export.yaml", ExportSpec.load, _job,
+                   device_for=lambda spec: f"export of {Path(spec.run_dir).name}")
 
 
 # -- `peft-studio export` ----------------------------------------------------------------
@@ -480,8 +466,6 @@ def name_from_out(out: str) -> str:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from core.evaluate import follow_job
-
     try:
         run_dir = resolve_run(args.run)
         spec = ExportSpec(str(run_dir), name_from_out(args.out), args.checkpoint,
@@ -493,7 +477,7 @@ def _main(args: argparse.Namespace) -> int:
     except (ValueError, ExportError, OSError) as exc:  # OSError: a result without manifest
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    follow_job(job)
+    follow(job, describe_progress, abort_timeout=5)
     state = job_state(job)
     end = state["end"]
     if state["status"] != "done":

@@ -17,6 +17,17 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 
+# Every score an evaluation reports, in the order tables show them: key, label, and whether
+# lower is better. Loss and perplexity are computed on the reference answers (core.evaluate).
+METRICS = (
+    ("exact_match", "Exact match (%)", False),
+    ("bleu", "BLEU-4", False),
+    ("rouge_l", "ROUGE-L", False),
+    ("loss", "Loss (answer tokens)", True),
+    ("perplexity", "Perplexity", True),
+)
+METRIC_KEYS = tuple(key for key, _, _ in METRICS)
+
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]")
 _EDGE_PUNCT = string.punctuation + "。，！？：；、“”‘’（）《》「」 \t\n"

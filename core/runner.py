@@ -30,7 +30,7 @@ import yaml
 from core.config import RunConfig
 from core.events import LOG, EventWriter, read_events
 from core.fsutil import atomic_write_text
-from core.paths import ROOT, saves_dir
+from core.paths import ROOT, child_env, saves_dir
 
 PROCESS = "process.json"
 CONFIG = "config.yaml"
@@ -126,9 +126,7 @@ def _create_time(pid: int) -> float | None:
 
 def spawn(job_dir: Path, argv: list[str], extra_env: dict[str, str] | None = None) -> int:
     """Run `python argv...` detached in its own session, output to job_dir/log.txt."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
-           **(extra_env or {})}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env = child_env(**(extra_env or {}))
     with open(job_dir / LOG, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, *argv],

@@ -32,11 +32,10 @@ from typing import Any
 
 from core import distributed
 from core.config import RunConfig
-from core.events import EventWriter
+from core.events import EventWriter, readable_error
 from core.health import Diverged
+from core.runner import ABORT_FILE
 from core.stages import PREFERENCE_STAGES, REWARD_METRICS
-
-ABORT_FILE = "ABORT"
 
 
 class StopRequest:
@@ -251,10 +250,7 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
     )
     collator = batching.collator(batch_mode, tokenizer, flash)
     spec = METHODS[cfg.method]
-    impl = implementation(cfg.method)
-    optimizer = None
-    if hasattr(impl, "create_optimizer"):
-        optimizer = impl.create_optimizer(model, cfg, args)
+    optimizer = implementation(cfg.method).create_optimizer(model, cfg, args)
     start_info = {
         "device": device, "precision": precision, "method": cfg.method,
         "trainable_params": trainable, "total_params": total,
@@ -305,43 +301,6 @@ def _peak_memory_mb() -> float:
         return round(torch.cuda.max_memory_allocated() / 2**20, 1)
     # ru_maxrss is in KiB on Linux: the whole process's peak resident memory.
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def plot_losses(run_dir: Path) -> Path | None:
-    """loss.png from the run's own events, so it matches what the UI showed."""
-    from core.events import read_events
-
-    events, _ = read_events(run_dir)
-    steps = [(e["step"], e["loss"]) for e in events if e["type"] == "step"]
-    evals = [(e["step"], e["eval_loss"]) for e in events if e["type"] == "eval"]
-    if not steps:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot(*zip(*steps, strict=True), label="training loss")
-    if evals:
-        ax.plot(*zip(*evals, strict=True), "o-", label="evaluation loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(run_dir.name)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    path = run_dir / "loss.png"
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def readable_error(exc: BaseException) -> str:
-    """The message a person should read: our own errors already say what to do."""
-    text = str(exc).strip() or type(exc).__name__
-    if type(exc).__module__.startswith("core"):
-        return text
-    return f"{type(exc).__name__}: {text}"
 
 
 def _hold_device(run_dir: Path, events: EventWriter, stop: StopRequest) -> Any:
@@ -397,7 +356,9 @@ def main(argv: list[str] | None = None) -> int:
                     output_dir=None)
         return 1
     try:
-        plot = plot_losses(run_dir) if distributed.rank() == 0 else None
+        from core.plots import save_loss_plot
+
+        plot = save_loss_plot(run_dir) if distributed.rank() == 0 else None
     except OSError as exc:  # a full disk loses the picture, never the result
         print(f"loss.png not written: {exc}", flush=True)
         plot = None

@@ -8,6 +8,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -72,3 +73,34 @@ def saves(tmp_path, monkeypatch) -> Path:
 def output_dir() -> Path:
     OUTPUT.mkdir(parents=True, exist_ok=True)
     return OUTPUT
+
+
+@pytest.fixture()
+def data(tmp_path, monkeypatch) -> Path:
+    """A private copy of data/ (the registry writes dataset_info.json)."""
+    path = tmp_path / "data"
+    shutil.copytree(ROOT / "data", path)
+    monkeypatch.setenv("PEFT_STUDIO_DATA", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def code_run(tiny_model_dir, tmp_path_factory) -> Path:
+    """The code-word run (tests/support.py), trained once per session and shared by the
+    chat, evaluate, export and browser tests: starting processes is most of their time on
+    a small machine."""
+    from support import train_code_word_run
+
+    saves = tmp_path_factory.mktemp("code-word") / "saves"
+    saves.mkdir()
+    return train_code_word_run(tiny_model_dir, saves)
+
+
+@pytest.fixture(scope="module")
+def module_saves(tmp_path_factory) -> Path:
+    """An empty saves/ folder shared by one test module."""
+    saves = tmp_path_factory.mktemp("module") / "saves"
+    saves.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PEFT_STUDIO_SAVES", str(saves))
+        yield saves

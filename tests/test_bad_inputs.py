@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from support import run_cli
 
-from core.cli import main
 from core.config import SETTINGS, ConfigError, RunConfig
 from core.events import EventWriter
 from core.settings import GENERATION, SettingsError
@@ -20,25 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 BILLION_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
     f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n"
     for p, c in zip("abcdefgh", "bcdefghi", strict=True))
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse's own refusals
-        code = exc.code
-    captured = capsys.readouterr()
-    text = captured.out + captured.err
-    assert "Traceback" not in text
-    return code, text
-
-
-@pytest.fixture()
-def data(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "data"
-    shutil.copytree(ROOT / "data", path)
-    monkeypatch.setenv("PEFT_STUDIO_DATA", str(path))
-    return path
 
 
 @pytest.fixture()
@@ -284,7 +265,7 @@ def test_export_bad_name_and_unknown_run(finished_run, capsys):
 
 
 def test_export_tab_run_deleted_meanwhile(finished_run):
-    from webui.tabs.export import start_export
+    from webui.exporting import start_export
 
     shutil.rmtree(finished_run)
     path, note = start_export(finished_run.name, "final", "x", "2GB", False, False)
@@ -293,7 +274,7 @@ def test_export_tab_run_deleted_meanwhile(finished_run):
 
 
 def test_export_tab_result_deleted_meanwhile(finished_run):
-    from webui.tabs.export import start_export
+    from webui.exporting import start_export
 
     (finished_run / "adapter" / "studio.json").unlink()
     path, note = start_export(finished_run.name, "final", "x", "2GB", False, False)

@@ -8,14 +8,9 @@ from pathlib import Path
 
 import pytest
 from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, serve_app, wait_for
-from test_chat import ANSWER, PROMPT, shared_code_run
+from support import ANSWER, PROMPT
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def code_run(tiny_model_dir, tmp_path_factory) -> Path:
-    return shared_code_run(tiny_model_dir, tmp_path_factory)
 
 
 @pytest.fixture()

@@ -7,60 +7,17 @@ that its greedy reply is that row's answer: a trained adapter visibly changes th
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 
 import pytest
+from support import ANSWER, PROMPT
 
-from core import runner
-from core.chat import (
-    ChatClient,
-    GenerationSettings,
-    base_target,
-    checkpoints,
-    finished_runs,
-    run_target,
-)
-from core.config import RunConfig
+from core.chat import ChatClient, GenerationSettings
+from core.runs import base_target, checkpoints, finished_runs, run_target
 
 ROOT = Path(__file__).resolve().parent.parent
-PROMPT = "Say the code word."
-ANSWER = "The code word is pineapple."
 GREEDY = GenerationSettings(max_new_tokens=16, do_sample=False)
-
-
-def train_code_word_run(tiny_model_dir: Path, saves: Path, **kw) -> Path:
-    """A finished tiny LoRA run whose greedy answer to PROMPT is ANSWER."""
-    data = saves.parent / "code_word.json"
-    data.write_text(json.dumps([{"instruction": PROMPT, "input": "", "output": ANSWER}]))
-    settings = dict(model=str(tiny_model_dir), dataset=[str(data)], max_steps=30,
-                    learning_rate=1e-2, lr_scheduler_type="constant", batch_size=1,
-                    gradient_accumulation_steps=1, cutoff_len=64, lora_rank=16,
-                    lora_dropout=0.0, logging_steps=10, save_steps=15, run_name="code-word")
-    run_dir = runner.start(RunConfig(**{**settings, **kw}), saves)
-    status = runner.wait(run_dir, timeout=600)
-    assert status == "done", (run_dir / "log.txt").read_text()[-3000:]
-    return run_dir
-
-
-_SHARED: dict[str, Path] = {}
-
-
-def shared_code_run(tiny_model_dir: Path, tmp_path_factory) -> Path:
-    """The code-word run, trained once per session and shared by the chat, evaluate,
-    export and browser tests (each module's `code_run` fixture calls this): starting
-    processes is most of their time on a small machine."""
-    if "run" not in _SHARED:
-        saves = tmp_path_factory.mktemp("code-word") / "saves"
-        saves.mkdir()
-        _SHARED["run"] = train_code_word_run(tiny_model_dir, saves)
-    return _SHARED["run"]
-
-
-@pytest.fixture(scope="module")
-def code_run(tiny_model_dir, tmp_path_factory) -> Path:
-    return shared_code_run(tiny_model_dir, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +80,8 @@ def test_stop_ends_a_reply_early(code_run, client):
 
 
 def test_worker_errors_reach_the_caller_and_it_stays_up(client):
-    from core.chat import ChatError, Target
+    from core.chat import ChatError
+    from core.runs import Target
 
     with pytest.raises(ChatError, match="not found"):
         list(client.stream(Target("/no/such/model"), user("hi"), GREEDY))

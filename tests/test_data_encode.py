@@ -4,8 +4,6 @@ pre-training blocks, and the whole build from the bundled datasets."""
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
@@ -23,7 +21,6 @@ from core.data.encode import (
 )
 from core.data.formats import DataError
 from core.data.loader import load_examples
-from core.paths import ROOT
 
 CHAT = [
     {"role": "user", "content": "What is 2+2?"},
@@ -31,14 +28,6 @@ CHAT = [
     {"role": "user", "content": "你好吗？"},
     {"role": "assistant", "content": "我很好，谢谢。"},
 ]
-
-
-@pytest.fixture()
-def data(tmp_path, monkeypatch) -> Path:
-    copy = tmp_path / "data"
-    shutil.copytree(ROOT / "data", copy)
-    monkeypatch.setenv("PEFT_STUDIO_DATA", str(copy))
-    return copy
 
 
 def trained_text(tokenizer, enc: Encoded) -> str:

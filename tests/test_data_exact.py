@@ -7,7 +7,6 @@ import csv
 import datetime
 import json
 import os
-import shutil
 import tempfile
 import tracemalloc
 from pathlib import Path
@@ -24,7 +23,6 @@ from core.data.encode import encode_messages, render
 from core.data.formats import DataError, to_example, validate_file
 from core.data.loader import load_examples
 from core.data.reader import read_rows, scan
-from core.paths import ROOT
 from webui import dataview, upload
 
 # Strings that pandas, Arrow or a spreadsheet would turn into something else.
@@ -37,14 +35,6 @@ TRICKY = [
 ]
 SUFFIXES = [".json", ".jsonl", ".csv", ".parquet"]
 COLUMNS = ["instruction", "input", "output"]
-
-
-@pytest.fixture()
-def data(tmp_path, monkeypatch) -> Path:
-    copy = tmp_path / "data"
-    shutil.copytree(ROOT / "data", copy)
-    monkeypatch.setenv("PEFT_STUDIO_DATA", str(copy))
-    return copy
 
 
 def write(path: Path, rows: list[dict[str, str]]) -> Path:

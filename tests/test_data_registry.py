@@ -4,22 +4,12 @@ dataset_info.json. Works on a copy of data/ so the real one is never touched."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from core.data import registry
 from core.data.formats import DataError
-from core.paths import ROOT
-
-
-@pytest.fixture()
-def data(tmp_path, monkeypatch) -> Path:
-    copy = tmp_path / "data"
-    shutil.copytree(ROOT / "data", copy)
-    monkeypatch.setenv("PEFT_STUDIO_DATA", str(copy))
-    return copy
 
 
 def write_json(path: Path, rows: list[dict]) -> Path:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_chat import ANSWER, PROMPT, shared_code_run
+from support import ANSWER, PROMPT
 
 from core import evaluate as ev
 from core import runner
@@ -76,11 +76,6 @@ def test_differences_are_marked_in_the_predictions_table():
 
 
 # -- the job -----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def code_run(tiny_model_dir, tmp_path_factory) -> Path:
-    return shared_code_run(tiny_model_dir, tmp_path_factory)
-
-
 def _wait(job: Path, timeout: float = 600) -> ev.EvalJob:
     deadline = time.time() + timeout
     while (state := ev.job_state(job)).status == "running":

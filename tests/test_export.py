@@ -9,26 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
-from test_chat import ANSWER, PROMPT, shared_code_run
+from support import ANSWER, PROMPT
 
 from core import export as ex
 from core import runner
 from core.config import RunConfig
 from core.methods import METHODS
-
-
-@pytest.fixture(scope="module")
-def code_run(tiny_model_dir, tmp_path_factory) -> Path:
-    return shared_code_run(tiny_model_dir, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def module_saves(tmp_path_factory) -> Path:
-    saves = tmp_path_factory.mktemp("export") / "saves"
-    saves.mkdir()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PEFT_STUDIO_SAVES", str(saves))
-        yield saves
 
 
 @pytest.fixture()
@@ -172,8 +158,8 @@ def test_existing_export_is_never_overwritten_without_the_flag(lora_run, module_
 
 def test_method_that_cannot_merge_exports_its_adapter_with_the_reason(tiny_model_dir,
                                                                        module_saves):
-    from core.chat import checkpoints
     from core.methods.common import load_trained
+    from core.runs import checkpoints
 
     reason = METHODS["prompt"].not_mergeable_reason
     assert reason and ex.plan("prompt", False) == ("adapter", reason)
@@ -187,6 +173,6 @@ def test_method_that_cannot_merge_exports_its_adapter_with_the_reason(tiny_model
     model, _ = load_trained(out)  # the exported folder loads like the run's own result
     assert model.peft_config["default"].num_virtual_tokens == 4
     assert "final" in checkpoints(run_dir)
-    from webui.tabs.export import plan_text
+    from webui.exporting import plan_text
 
     assert reason in plan_text(run_dir.name, "final", False, "en")

@@ -11,24 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_chat import ANSWER, PROMPT, shared_code_run
+from support import ANSWER, PROMPT
 
 from core import export as ex
 from core import export_gguf as gg
-
-
-@pytest.fixture(scope="module")
-def code_run(tiny_model_dir, tmp_path_factory) -> Path:
-    return shared_code_run(tiny_model_dir, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def module_saves(tmp_path_factory) -> Path:
-    saves = tmp_path_factory.mktemp("export-gguf") / "saves"
-    saves.mkdir()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PEFT_STUDIO_SAVES", str(saves))
-        yield saves
 
 
 def greedy_answer(folder: Path, gguf_file: str, prompt: str, tokens: int = 16) -> str:

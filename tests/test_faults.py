@@ -15,25 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+from support import events_of, tiny
 
-from core import chat, compare, runner
-from core.config import RunConfig
-from core.events import read_events
+from core import chat, compare, runner, runs
 from core.fsutil import atomic_write_text
 from core.health import Health
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def events_of(run_dir: Path) -> list[dict]:
-    return read_events(run_dir)[0]
-
-
-def tiny(tiny_model_dir: Path, **kw) -> RunConfig:
-    settings = dict(model=str(tiny_model_dir), dataset=["identity"], max_steps=4,
-                    batch_size=2, gradient_accumulation_steps=1, cutoff_len=96,
-                    logging_steps=1, learning_rate=1e-3)
-    return RunConfig(**{**settings, **kw})
 
 
 def wait_for(predicate, run_dir: Path, timeout: float = 120, poll: float = 0.05):
@@ -90,10 +78,10 @@ def test_diverging_run_fails_at_its_step_and_offers_no_result(tiny_model_dir, sa
     assert not (run_dir / "model").exists() and not (run_dir / "checkpoints").exists()
     assert (run_dir / "checkpoints-before-divergence" / "step-2" / "studio.json").is_file()
     # Chat, Evaluate and Export pick runs through these: nothing to offer.
-    assert chat.run_output(run_dir) is None and chat.checkpoints(run_dir) == {}
-    assert run_dir not in chat.finished_runs()
+    assert runs.run_output(run_dir) is None and runs.checkpoints(run_dir) == {}
+    assert run_dir not in runs.finished_runs()
     with pytest.raises(ValueError, match="has no result"):
-        chat.run_target(run_dir, "step-2")
+        runs.run_target(run_dir, "step-2")
     info = runner.list_runs()[0]
     assert info.status == "failed" and "diverged" in info.error
     from webui import monitor  # what the Train tab shows
@@ -140,7 +128,7 @@ def test_aborts_during_the_final_save_wait_for_it(tiny_model_dir, saves):
     model = Path(end["output_dir"])
     assert (model / "model.safetensors").is_file() and (model / "studio.json").is_file()
     assert not [p for p in run_dir.iterdir() if ".partial" in p.name]
-    assert chat.run_output(run_dir) == model
+    assert runs.run_output(run_dir) == model
 
     from core import evaluate
 
@@ -189,7 +177,7 @@ def test_disk_full_fails_clearly_and_leaves_no_half_result(tiny_model_dir, small
     leftovers = [p for p in run_dir.rglob("*") if p.is_dir()
                  and (p.name in ("adapter", "step-2") or ".partial" in p.name)]
     assert leftovers == []
-    assert chat.checkpoints(run_dir) == {}
+    assert runs.checkpoints(run_dir) == {}
 
 
 def test_atomic_write_keeps_the_old_file_when_the_disk_is_full(small_disk):
@@ -308,7 +296,7 @@ def test_chat_waits_for_the_device_and_says_for_whom(tiny_model_dir, saves):
     client = chat.ChatClient()
     holder = runner.hold_device("run busy-run")
     try:
-        replies = client.load_events(chat.base_target(str(tiny_model_dir)))
+        replies = client.load_events(runs.base_target(str(tiny_model_dir)))
         first = next(replies)
         assert first == {"id": 1, "type": "waiting", "holder": "run busy-run"}
         holder.close()  # the run ends: the chat goes on by itself

@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.cookiejar
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -119,14 +118,6 @@ def test_logins_from_env_and_file(tmp_path):
 
 
 # -- what a browser may ask for -----------------------------------------------------------
-@pytest.fixture()
-def data(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "data"
-    shutil.copytree(ROOT / "data", path)
-    monkeypatch.setenv("PEFT_STUDIO_DATA", str(path))
-    return path
-
-
 def _values(**changes):
     from core.config import SETTINGS
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from core.config import ConfigError, RunConfig
-from core.methods import METHODS, implementation
+from core.methods import METHODS, Method, implementation
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,12 +61,9 @@ def train_steps(model, cfg, ids, mask, tmp_path, steps=8) -> list[float]:
     import torch
     from transformers import TrainingArguments
 
-    impl = implementation(cfg.method)
-    optimizer = None
-    if hasattr(impl, "create_optimizer"):
-        args = TrainingArguments(output_dir=str(tmp_path / "args"), use_cpu=True,
-                                 report_to="none", learning_rate=cfg.learning_rate)
-        optimizer = impl.create_optimizer(model, cfg, args)
+    args = TrainingArguments(output_dir=str(tmp_path / "args"), use_cpu=True,
+                             report_to="none", learning_rate=cfg.learning_rate)
+    optimizer = implementation(cfg.method).create_optimizer(model, cfg, args)
     if optimizer is None:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
@@ -179,7 +176,7 @@ def test_gradient_checkpointing_reaches_the_trainable_weights(method, tiny_model
 
 
 def test_adapter_folder_is_self_describing(tiny_model_dir, tmp_path):
-    from core.methods import bottleneck
+    from core.methods import adapter
     from core.methods.common import apply_method, count_parameters, load_base_for_training
 
     cfg = RunConfig(model=str(tiny_model_dir), method="adapter", adapter_size=8,
@@ -194,7 +191,7 @@ def test_adapter_folder_is_self_describing(tiny_model_dir, tmp_path):
     assert (config["bottleneck_size"], config["placement"], config["activation"]) == \
         (8, "attention", "relu")
     assert (tmp_path / "adapter_model.safetensors").is_file()
-    assert bottleneck.find_targets(load_base_for_training(cfg), "ffn") == [
+    assert adapter.find_targets(load_base_for_training(cfg), "ffn") == [
         "model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
 
 
@@ -278,11 +275,21 @@ def test_declarations_are_complete():
             if s.kind in (int, float):
                 assert s.minimum is not None and s.maximum is not None, s.name
             assert s.check(s.default) == (s.default, None), s.name
-        module = implementation(spec.id)
-        for fn in ("wrap", "save", "load"):
-            assert callable(getattr(module, fn)), (spec.id, fn)
-        if spec.mergeable:
-            assert callable(module.merge), spec.id
+        assert isinstance(spec, Method) and implementation(spec.id) is spec
+
+
+def test_registry_finds_every_method_module_in_picker_order():
+    assert list(METHODS) == ["lora", "ia3", "prefix", "prompt", "ptuning", "adapter",
+                             "freeze", "full"]
+    with pytest.raises(KeyError, match="choose one of: lora, ia3"):
+        implementation("lora2")
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt", "ptuning", "adapter"])
+def test_methods_that_cannot_merge_say_why(method):
+    with pytest.raises(ValueError) as refused:
+        METHODS[method].merge(object())
+    assert str(refused.value) == METHODS[method].not_mergeable_reason
 
 
 def test_declarations_import_no_torch():

@@ -12,23 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from support import events_of, tiny
 
 from core import runner
 from core.config import RunConfig
-from core.events import read_events
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def events_of(run_dir: Path) -> list[dict]:
-    return read_events(run_dir)[0]
-
-
-def tiny(tiny_model_dir: Path, **kw) -> RunConfig:
-    settings = dict(model=str(tiny_model_dir), dataset=["identity"], max_steps=4,
-                    batch_size=2, gradient_accumulation_steps=1, cutoff_len=96,
-                    logging_steps=1, learning_rate=1e-3)
-    return RunConfig(**{**settings, **kw})
 
 
 def assert_no_process_left(run_dir: Path) -> None:

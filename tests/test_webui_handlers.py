@@ -4,7 +4,6 @@ start/abort of a real run, the run monitor, history, presets, and the light star
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -21,15 +20,6 @@ from webui import dataview, history, monitor, training, upload
 from webui.widgets import SettingsForm, config_values, from_config, make, to_config
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture()
-def data(tmp_path, monkeypatch) -> Path:
-    """A private copy of data/ (the registry writes dataset_info.json)."""
-    path = tmp_path / "data"
-    shutil.copytree(ROOT / "data", path)
-    monkeypatch.setenv("PEFT_STUDIO_DATA", str(path))
-    return path
 
 
 def widget_values(**changes) -> dict:

@@ -75,9 +75,3 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False,
                 auth_message="PEFT Studio: log in with a user:password the server was "
                              "started with.",
                 max_file_size=upload.max_upload_mb() * 2**20)
-
-
-if __name__ == "__main__":
-    from core.cli import main
-
-    raise SystemExit(main(["webui", *__import__("sys").argv[1:]]))

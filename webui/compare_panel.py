@@ -15,8 +15,8 @@ from core import compare, runner
 from core.config import ConfigError
 from core.events import read_events
 from core.methods import METHODS
+from core.plots import loss_figure
 from webui import history
-from webui.plots import loss_figure
 from webui.shared import Shared
 from webui.training import problems_markdown
 from webui.widgets import SettingsForm, config_values

@@ -13,8 +13,8 @@ from core.config import SETTINGS
 from core.data.formats import DataError
 from core.data.reader import scan
 from core.data.registry import load_info, resolve
+from core.plots import length_histogram
 from webui import probe
-from webui.plots import length_histogram
 from webui.upload import cell_text
 
 PAGE_SIZE = 10

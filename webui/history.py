@@ -10,8 +10,8 @@ import pandas as pd
 from core import runner
 from core.events import tail_log
 from core.paths import saves_dir
+from core.plots import lr_frame, overlay_frame
 from webui.monitor import events_of
-from webui.plots import lr_frame, overlay_frame
 
 COLUMNS = ["run", "status", "method", "model", "dataset", "steps", "final loss", "started"]
 

@@ -60,15 +60,6 @@ def attach(run_dir: str | Path | None) -> Watch:
     return poll(watch)[0] if run_dir else watch
 
 
-def find_run() -> Path | None:
-    """The live run if there is one, else the newest run (to show how it ended)."""
-    live = runner.active_run()
-    if live is not None:
-        return live
-    runs = runner.list_runs()
-    return runs[0].path if runs else None
-
-
 def poll(watch: Watch, now: float | None = None) -> tuple[Watch, Changes]:
     """Read what is new. When the watched run is over (or there is none), look every few
     seconds for a live run started elsewhere and switch to it."""

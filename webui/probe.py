@@ -19,14 +19,14 @@ Commands:
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from core.events import readable_error
+from core.paths import ROOT, child_env
+
 MARK = "@@probe@@ "  # libraries may print to stdout too; our answer is the marked line
 PREVIEW_LIMIT = 500
 TIMEOUT = 600
@@ -46,8 +46,7 @@ def ask(command: str, payload: dict[str, Any], timeout: float = TIMEOUT) -> dict
     with _lock:
         if key in _cache:
             return _cache[key]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env = child_env()
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "webui.probe", command],
@@ -169,14 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         import traceback
 
         traceback.print_exc()
-        result = {"error": _readable(exc)}
+        result = {"error": readable_error(exc)}
     print(MARK + json.dumps(result), flush=True)
     return 0
-
-
-def _readable(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text if type(exc).__module__.startswith("core") else f"{type(exc).__name__}: {text}"
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.paths import ROOT
+from core.data.errors import DataError
+from core.data.reader import loads, open_rows
 
 FORMATS = ("alpaca", "messages", "sharegpt", "text", "pairwise", "kto")
 PREFERENCE_FORMATS = ("pairwise", "kto")
@@ -51,44 +52,6 @@ ROLES = {
     "chatgpt": "assistant",
     "system": "system",
 }
-
-
-class DataError(Exception):
-    """A problem with a data file, located as precisely as we can."""
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        file: str | Path | None = None,
-        row: int | None = None,
-        field: str | None = None,
-    ):
-        self.file = str(file) if file is not None else None
-        self.row = row
-        self.field = field
-        self.reason = reason
-        super().__init__(self._message())
-
-    def _message(self) -> str:
-        where = []
-        if self.file:
-            where.append(display_path(self.file))
-        if self.row is not None:
-            where.append(f"row {self.row}")
-        if self.field:
-            where.append(f"field {self.field!r}")
-        return f"{', '.join(where)}: {self.reason}" if where else self.reason
-
-
-def display_path(path: str | Path) -> str:
-    """Paths inside the project are shown relative to it ("data/x.json"): shorter, and
-    the same on every machine."""
-    p = Path(path)
-    try:
-        return str(p.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(p)
 
 
 @dataclass(frozen=True)
@@ -367,8 +330,6 @@ def _fill(text: str, placeholders: Mapping[str, str] | None) -> str:
 def _maybe_json(value: Any) -> Any:
     # CSV has no lists: a list column arrives as its JSON text.
     if isinstance(value, str) and value.strip().startswith("["):
-        from core.data.reader import loads
-
         try:
             return loads(value)
         except json.JSONDecodeError as exc:
@@ -445,8 +406,6 @@ def validate_file(
 ) -> list[DataError]:
     """Every problem in a file, one DataError per bad row (empty list: the file is fine).
     Rows are checked as they are read, so a big file is never all in memory."""
-    from core.data.reader import open_rows
-
     problems = []
     try:
         cols = column_map(fmt, columns)

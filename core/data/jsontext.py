@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from core.data.formats import DataError
+from core.data.errors import DataError
 
 _SPACE = re.compile(r"[ \t\n\r]*")
 CHUNK = 1 << 18

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from core.data import jsontext
-from core.data.formats import DataError
+from core.data.errors import DataError
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
 UTF8_HINT = "save the file as UTF-8 (in a spreadsheet: \"CSV UTF-8\"; in an editor: " \

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.data.formats import FORMATS, DataError, detect_format, display_path, validate_file
+from core.data.errors import DataError, display_path
+from core.data.formats import FORMATS, detect_format, validate_file
 from core.data.reader import SUFFIXES, scan
 from core.fsutil import atomic_write_text
 from core.paths import data_dir

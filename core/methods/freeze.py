@@ -4,13 +4,43 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.methods import MethodSpec
-
-# The result is a whole model, saved, loaded and "merged" exactly as full tuning's.
-from core.methods.full import load, merge, save  # noqa: F401
+from core.methods.full import Full
 from core.settings import Setting as S
 
-SPEC = MethodSpec(
+
+def decoder_layers(model: Any) -> tuple[str, Any]:
+    """(name, ModuleList) of the model's stack of decoder layers: its longest ModuleList."""
+    from torch import nn
+
+    stacks = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList)]
+    if not stacks:
+        raise ValueError("freeze: cannot find the decoder layers of this model")
+    return max(stacks, key=lambda item: len(item[1]))
+
+
+class Freeze(Full):
+    """The result is a whole model, saved, loaded and "merged" exactly as full tuning's."""
+
+    def wrap(self, model: Any, cfg: Any) -> Any:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        _, layers = decoder_layers(model)
+        n = min(cfg.freeze_trainable_layers, len(layers))
+        chosen = list(layers)[-n:] if cfg.freeze_from == "last" else list(layers)[:n]
+        for layer in chosen:
+            layer.requires_grad_(True)
+        modules = dict(model.named_modules())
+        for extra in cfg.freeze_extra_modules:
+            found = [m for name, m in modules.items()
+                     if name == extra or name.endswith("." + extra)]
+            if not found:
+                raise ValueError(f"freeze_extra_modules: no module named {extra!r} in this model")
+            for m in found:
+                m.requires_grad_(True)
+        return model
+
+
+METHOD = Freeze(
     id="freeze",
     label="Freeze tuning (last layers)",
     label_zh="冻结微调（只训练部分层）",
@@ -37,32 +67,5 @@ SPEC = MethodSpec(
           help_zh="按名称额外完整训练这些模块：例如 embed_tokens（输入嵌入；权重共享的模型与输出"
                   "头共用）、norm（最后的归一化层）或 lm_head。"),
     ),
+    position=7,
 )
-
-
-def decoder_layers(model: Any) -> tuple[str, Any]:
-    """(name, ModuleList) of the model's stack of decoder layers: its longest ModuleList."""
-    from torch import nn
-
-    stacks = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList)]
-    if not stacks:
-        raise ValueError("freeze: cannot find the decoder layers of this model")
-    return max(stacks, key=lambda item: len(item[1]))
-
-
-def wrap(model: Any, cfg: Any) -> Any:
-    for p in model.parameters():
-        p.requires_grad_(False)
-    _, layers = decoder_layers(model)
-    n = min(cfg.freeze_trainable_layers, len(layers))
-    chosen = list(layers)[-n:] if cfg.freeze_from == "last" else list(layers)[:n]
-    for layer in chosen:
-        layer.requires_grad_(True)
-    modules = dict(model.named_modules())
-    for extra in cfg.freeze_extra_modules:
-        found = [m for name, m in modules.items() if name == extra or name.endswith("." + extra)]
-        if not found:
-            raise ValueError(f"freeze_extra_modules: no module named {extra!r} in this model")
-        for m in found:
-            m.requires_grad_(True)
-    return model

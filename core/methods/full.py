@@ -5,9 +5,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from core.methods import MethodSpec
+from core.methods import Method
 
-SPEC = MethodSpec(
+
+class Full(Method):
+    """Also the base of freeze tuning: a whole model is saved, loaded and "merged" alike."""
+
+    def wrap(self, model: Any, cfg: Any) -> Any:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    def save(self, model: Any, out_dir: Path, cfg: Any = None) -> None:
+        model.save_pretrained(str(out_dir), safe_serialization=True)
+
+    def load(self, base_model: Any, out_dir: Path, cfg: Any = None) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(str(out_dir), dtype=base_model.dtype)
+
+    def merge(self, model: Any) -> Any:
+        return model
+
+
+METHOD = Full(
     id="full",
     label="Full fine-tuning",
     label_zh="全参数微调",
@@ -17,24 +38,5 @@ SPEC = MethodSpec(
     help_zh="训练模型的全部权重。能力最强，也最耗显存（所有参数的权重、梯度和优化器状态）；请使用"
             "较小的学习率，如 1e-5。",
     saves_full_model=True,
+    position=8,
 )
-
-
-def wrap(model: Any, cfg: Any) -> Any:
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return model
-
-
-def save(model: Any, out_dir: Path, cfg: Any = None) -> None:
-    model.save_pretrained(str(out_dir), safe_serialization=True)
-
-
-def load(base_model: Any, out_dir: Path, cfg: Any = None) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(out_dir), dtype=base_model.dtype)
-
-
-def merge(model: Any) -> Any:
-    return model

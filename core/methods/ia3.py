@@ -2,13 +2,44 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from core.methods import MethodSpec, _peft
+from core.methods import Method, peft_targets, peft_wrap
 from core.settings import Setting as S
 
-SPEC = MethodSpec(
+
+class IA3(Method):
+    def wrap(self, model: Any, cfg: Any) -> Any:
+        from peft import IA3Config, TaskType
+
+        target = peft_targets(cfg.ia3_target)
+        feedforward = list(cfg.ia3_feedforward)
+        if isinstance(target, list):
+            outside = [m for m in feedforward if m not in target]
+            if outside:
+                raise ValueError(
+                    f"ia3_feedforward: {', '.join(outside)} must also be in ia3_target "
+                    f"({', '.join(target)})"
+                )
+        config = IA3Config(
+            task_type=TaskType.CAUSAL_LM,
+            target_modules=target,
+            feedforward_modules=feedforward,
+        )
+        try:
+            return peft_wrap(model, config)
+        except ValueError as exc:
+            if "not found in the base model" not in str(exc):
+                raise
+            from core.methods.common import target_candidates
+
+            raise ValueError(
+                f"ia3_target: {', '.join(target)} not found in this model; its linear layers "
+                f"are: {', '.join(target_candidates(model))}"
+            ) from exc
+
+
+METHOD = IA3(
     id="ia3",
     label="IA3",
     label_zh="IA3（激活缩放）",
@@ -29,42 +60,5 @@ SPEC = MethodSpec(
           item_type=str, advanced=True,
           help_zh="目标层中哪些是前馈层：缩放它们的输入而不是输出。必须包含在目标模块中。"),
     ),
+    position=2,
 )
-
-
-def wrap(model: Any, cfg: Any) -> Any:
-    from peft import IA3Config, TaskType
-
-    target = _peft.target_modules(cfg.ia3_target)
-    feedforward = list(cfg.ia3_feedforward)
-    if isinstance(target, list):
-        outside = [m for m in feedforward if m not in target]
-        if outside:
-            raise ValueError(
-                f"ia3_feedforward: {', '.join(outside)} must also be in ia3_target "
-                f"({', '.join(target)})"
-            )
-    config = IA3Config(
-        task_type=TaskType.CAUSAL_LM,
-        target_modules=target,
-        feedforward_modules=feedforward,
-    )
-    try:
-        return _peft.wrap_with(model, config)
-    except ValueError as exc:
-        if "not found in the base model" not in str(exc):
-            raise
-        from core.methods.common import target_candidates
-
-        raise ValueError(
-            f"ia3_target: {', '.join(target)} not found in this model; its linear layers "
-            f"are: {', '.join(target_candidates(model))}"
-        ) from exc
-
-
-def save(model: Any, out_dir: Path, cfg: Any = None) -> None:
-    _peft.save(model, out_dir, cfg)
-
-
-load = _peft.load
-merge = _peft.merge

@@ -3,13 +3,48 @@ is quantized (see `quantization` in core.config)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from core.methods import MethodSpec, _peft
+from core.methods import Method, peft_targets, peft_wrap
 from core.settings import Setting as S
 
-SPEC = MethodSpec(
+
+class Lora(Method):
+    def wrap(self, model: Any, cfg: Any) -> Any:
+        from peft import LoraConfig, TaskType
+
+        init: Any = {"default": True, "gaussian": "gaussian", "pissa": "pissa"}[cfg.lora_init]
+        config = LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=peft_targets(cfg.lora_target),
+            bias=cfg.lora_bias,
+            use_dora=cfg.use_dora,
+            use_rslora=cfg.use_rslora,
+            init_lora_weights=init,
+        )
+        return peft_wrap(model, config)
+
+    def create_optimizer(self, model: Any, cfg: Any, args: Any) -> Any:
+        if not cfg.use_loraplus:
+            return None
+        from peft.optimizers import create_loraplus_optimizer
+        from transformers import Trainer
+
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+        return create_loraplus_optimizer(
+            model,
+            optimizer_cls,
+            lr=cfg.learning_rate,
+            loraplus_lr_ratio=cfg.loraplus_lr_ratio,
+            weight_decay=cfg.weight_decay,
+            **{k: v for k, v in optimizer_kwargs.items() if k != "lr"},
+        )
+
+
+METHOD = Lora(
     id="lora",
     label="LoRA (DoRA, rsLoRA, PiSSA, LoRA+, QLoRA)",
     label_zh="LoRA（含 DoRA、rsLoRA、PiSSA、LoRA+、QLoRA）",
@@ -61,47 +96,5 @@ SPEC = MethodSpec(
           label_zh="LoRA+ 学习率比例", minimum=1.0, maximum=1024.0,
           help_zh="开启 LoRA+ 时，B 矩阵的学习率是 A 的多少倍（论文取 16）。"),
     ),
+    position=1,
 )
-
-
-def wrap(model: Any, cfg: Any) -> Any:
-    from peft import LoraConfig, TaskType
-
-    init: Any = {"default": True, "gaussian": "gaussian", "pissa": "pissa"}[cfg.lora_init]
-    config = LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
-        r=cfg.lora_rank,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=_peft.target_modules(cfg.lora_target),
-        bias=cfg.lora_bias,
-        use_dora=cfg.use_dora,
-        use_rslora=cfg.use_rslora,
-        init_lora_weights=init,
-    )
-    return _peft.wrap_with(model, config)
-
-
-def create_optimizer(model: Any, cfg: Any, args: Any) -> Any:
-    if not cfg.use_loraplus:
-        return None
-    from peft.optimizers import create_loraplus_optimizer
-    from transformers import Trainer
-
-    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
-    return create_loraplus_optimizer(
-        model,
-        optimizer_cls,
-        lr=cfg.learning_rate,
-        loraplus_lr_ratio=cfg.loraplus_lr_ratio,
-        weight_decay=cfg.weight_decay,
-        **{k: v for k, v in optimizer_kwargs.items() if k != "lr"},
-    )
-
-
-def save(model: Any, out_dir: Path, cfg: Any = None) -> None:
-    _peft.save(model, out_dir, cfg)
-
-
-load = _peft.load
-merge = _peft.merge

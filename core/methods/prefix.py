@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from core.methods import MethodSpec, _peft
+from core.methods import Method, peft_wrap
 from core.methods.common import NUM_VIRTUAL_TOKENS
 from core.settings import Setting as S
 
-SPEC = MethodSpec(
+
+class PrefixTuning(Method):
+    def wrap(self, model: Any, cfg: Any) -> Any:
+        from peft import PrefixTuningConfig, TaskType
+
+        config = PrefixTuningConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=cfg.num_virtual_tokens,
+            prefix_projection=cfg.prefix_projection,
+            encoder_hidden_size=cfg.prefix_hidden_size,
+        )
+        return peft_wrap(model, config)
+
+
+METHOD = PrefixTuning(
     id="prefix",
     label="Prefix tuning (P-tuning v2)",
     label_zh="前缀微调（P-tuning v2）",
@@ -33,23 +46,5 @@ SPEC = MethodSpec(
           maximum=65536, advanced=True,
           help_zh="前缀投影 MLP 的隐藏层大小。"),
     ),
+    position=3,
 )
-
-
-def wrap(model: Any, cfg: Any) -> Any:
-    from peft import PrefixTuningConfig, TaskType
-
-    config = PrefixTuningConfig(
-        task_type=TaskType.CAUSAL_LM,
-        num_virtual_tokens=cfg.num_virtual_tokens,
-        prefix_projection=cfg.prefix_projection,
-        encoder_hidden_size=cfg.prefix_hidden_size,
-    )
-    return _peft.wrap_with(model, config)
-
-
-def save(model: Any, out_dir: Path, cfg: Any = None) -> None:
-    _peft.save(model, out_dir, cfg)
-
-
-load = _peft.load

@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from core.methods import MethodSpec, _peft
+from core.methods import Method, peft_wrap
 from core.methods.common import NUM_VIRTUAL_TOKENS
 from core.settings import Setting as S
 
-SPEC = MethodSpec(
+
+class PromptTuning(Method):
+    def wrap(self, model: Any, cfg: Any) -> Any:
+        from peft import PromptTuningConfig, PromptTuningInit, TaskType
+
+        from core import models
+
+        text = cfg.prompt_init_text.strip()
+        extra: dict[str, Any] = {"prompt_tuning_init": PromptTuningInit.RANDOM}
+        if text:
+            extra = {
+                "prompt_tuning_init": PromptTuningInit.TEXT,
+                "prompt_tuning_init_text": text,
+                "tokenizer_name_or_path": models.local_folder(cfg.model),
+            }
+        config = PromptTuningConfig(
+            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens, **extra
+        )
+        return peft_wrap(model, config)
+
+
+METHOD = PromptTuning(
     id="prompt",
     label="Prompt tuning",
     label_zh="提示词微调（Prompt Tuning）",
@@ -27,30 +47,5 @@ SPEC = MethodSpec(
           "method", label="Initial prompt text", label_zh="初始提示词文本",
           help_zh="用这段文本的嵌入初始化软提示（例如对任务的描述）；留空则随机初始化。"),
     ),
+    position=4,
 )
-
-
-def wrap(model: Any, cfg: Any) -> Any:
-    from peft import PromptTuningConfig, PromptTuningInit, TaskType
-
-    from core import models
-
-    text = cfg.prompt_init_text.strip()
-    extra: dict[str, Any] = {"prompt_tuning_init": PromptTuningInit.RANDOM}
-    if text:
-        extra = {
-            "prompt_tuning_init": PromptTuningInit.TEXT,
-            "prompt_tuning_init_text": text,
-            "tokenizer_name_or_path": models.local_folder(cfg.model),
-        }
-    config = PromptTuningConfig(
-        task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens, **extra
-    )
-    return _peft.wrap_with(model, config)
-
-
-def save(model: Any, out_dir: Path, cfg: Any = None) -> None:
-    _peft.save(model, out_dir, cfg)
-
-
-load = _peft.load

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from core.methods import MethodSpec, _peft
+from core.methods import Method, peft_wrap
 from core.methods.common import NUM_VIRTUAL_TOKENS
 from core.settings import Setting as S
 
-SPEC = MethodSpec(
+
+class PTuning(Method):
+    def wrap(self, model: Any, cfg: Any) -> Any:
+        from peft import PromptEncoderConfig, TaskType
+
+        config = PromptEncoderConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=cfg.num_virtual_tokens,
+            encoder_reparameterization_type=cfg.ptuning_encoder.upper(),
+            encoder_hidden_size=cfg.ptuning_hidden_size,
+        )
+        return peft_wrap(model, config)
+
+
+METHOD = PTuning(
     id="ptuning",
     label="P-tuning",
     label_zh="P-tuning",
@@ -31,23 +44,5 @@ SPEC = MethodSpec(
           maximum=65536, advanced=True,
           help_zh="编码器的隐藏层大小。"),
     ),
+    position=5,
 )
-
-
-def wrap(model: Any, cfg: Any) -> Any:
-    from peft import PromptEncoderConfig, TaskType
-
-    config = PromptEncoderConfig(
-        task_type=TaskType.CAUSAL_LM,
-        num_virtual_tokens=cfg.num_virtual_tokens,
-        encoder_reparameterization_type=cfg.ptuning_encoder.upper(),
-        encoder_hidden_size=cfg.ptuning_hidden_size,
-    )
-    return _peft.wrap_with(model, config)
-
-
-def save(model: Any, out_dir: Path, cfg: Any = None) -> None:
-    _peft.save(model, out_dir, cfg)
-
-
-load = _peft.load

@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 
 from core import evaluate as ev
-from core.chat import checkpoint_names, finished_runs, resolve_run
+from core.runs import checkpoint_names, finished_runs, resolve_run
 from webui import guard
 from webui.i18n import Text
 from webui.shared import Shared

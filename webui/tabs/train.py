@@ -11,10 +11,10 @@ import gradio as gr
 
 from core import runner
 from core.config import SETTINGS, ConfigError
+from core.plots import loss_figure, loss_frame, lr_figure, lr_frame
 from webui import compare_panel, dataview, guard, history, monitor, training
 from webui.i18n import I18n, Text
 from webui.monitor import Watch
-from webui.plots import loss_figure, loss_frame, lr_figure, lr_frame
 from webui.probe import ProbeError
 from webui.shared import Shared
 from webui.widgets import (

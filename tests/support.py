@@ -1,0 +1,53 @@
+"""Helpers shared by the test modules (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from core import runner
+from core.cli import main
+from core.config import RunConfig
+from core.events import read_events
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "Say the code word."
+ANSWER = "The code word is pineapple."
+
+
+def events_of(run_dir: Path) -> list[dict]:
+    return read_events(run_dir)[0]
+
+
+def tiny(tiny_model_dir: Path, **kw) -> RunConfig:
+    """A few steps of LoRA on `identity` with the tiny random Llama."""
+    settings = dict(model=str(tiny_model_dir), dataset=["identity"], max_steps=4,
+                    batch_size=2, gradient_accumulation_steps=1, cutoff_len=96,
+                    logging_steps=1, learning_rate=1e-3)
+    return RunConfig(**{**settings, **kw})
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    """The CLI's exit code and everything it printed; it must never print a traceback."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "Traceback" not in text
+    return code, text
+
+
+def train_code_word_run(tiny_model_dir: Path, saves: Path, **kw) -> Path:
+    """A finished tiny LoRA run whose greedy answer to PROMPT is ANSWER."""
+    data = saves.parent / "code_word.json"
+    data.write_text(json.dumps([{"instruction": PROMPT, "input": "", "output": ANSWER}]))
+    settings = dict(model=str(tiny_model_dir), dataset=[str(data)], max_steps=30,
+                    learning_rate=1e-2, lr_scheduler_type="constant", batch_size=1,
+                    gradient_accumulation_steps=1, cutoff_len=64, lora_rank=16,
+                    lora_dropout=0.0, logging_steps=10, save_steps=15, run_name="code-word")
+    run_dir = runner.start(RunConfig(**{**settings, **kw}), saves)
+    status = runner.wait(run_dir, timeout=600)
+    assert status == "done", (run_dir / "log.txt").read_text()[-3000:]
+    return run_dir
