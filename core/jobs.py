@@ -2,8 +2,9 @@
 to its events.jsonl, exactly one end event (done, aborted, or failed with a readable
 error), and a terminal that follows it.
 
-A job module (core/export.py, core/compare.py) keeps a spec that `runner.start_job` writes
-as YAML, a function doing the work, and a `main` that hands both to `run_job`.
+A job module (core/train.py, core/export.py, core/compare.py) keeps a spec that
+`runner.start_job` writes as YAML, a function doing the work, and a `main` that hands both
+to `run_job`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from core import runner
+from core import distributed, runner
 from core.events import EventWriter, read_events, read_log, readable_error
 
 Spec = TypeVar("Spec")
@@ -37,7 +38,8 @@ def run_job(argv: list[str] | None, usage: str, load: Callable[[Path], Spec],
         print(f"usage: {usage}", file=sys.stderr)
         return 2
     job = Path(argv[0]).parent
-    events = EventWriter(job)
+    # Under torchrun (core.launch) every rank runs this; rank 0 alone writes events.
+    events = distributed.events_for_rank(job)
     try:
         spec = load(Path(argv[0]))
         if device_for is not None:
@@ -52,6 +54,11 @@ def run_job(argv: list[str] | None, usage: str, load: Callable[[Path], Spec],
     except Exception as exc:  # every failure must reach the UI as an end event
         traceback.print_exc()
         sys.stdout.flush()
+        if distributed.under_launcher():
+            # core.launch names the rank that failed first (this one may only have lost its
+            # partner) and writes the end event; this line is what it quotes.
+            print(f"error: {readable_error(exc)}", file=sys.stderr, flush=True)
+            return 1
         events.emit("end", status=runner.FAILED, error=readable_error(exc), output_dir=None)
         return 1
     events.emit("end", **end)

@@ -26,13 +26,12 @@ import resource
 import signal
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 from core import distributed
 from core.config import RunConfig
-from core.events import EventWriter, readable_error
+from core.events import EventWriter
 from core.health import Diverged
 from core.runner import ABORT_FILE
 from core.stages import PREFERENCE_STAGES, REWARD_METRICS
@@ -313,27 +312,22 @@ def _hold_device(run_dir: Path, events: EventWriter, stop: StopRequest) -> Any:
                        saves=run_dir.parent)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m core.train RUN_DIR/config.yaml", file=sys.stderr)
-        return 2
-    config_path = Path(argv[0])
-    run_dir = config_path.parent
-    events = distributed.events_for_rank(run_dir)
+_HELD: list[Any] = []
+
+
+def _job(cfg: RunConfig, run_dir: Path, events: EventWriter) -> dict[str, Any]:
+    """Train, then say how it ended: run_job writes it as the end event."""
     stop = StopRequest(run_dir, events)
-    ranked = distributed.under_launcher()
-    if ranked:
-        distributed.die_with_parent()
+    if distributed.under_launcher():
+        distributed.die_with_parent()  # core.launch holds the device for all ranks
+    else:
+        # Kept until the process exits, after run_job's end event: nobody sees the device
+        # free while this run still reads as running.
+        _HELD.append(_hold_device(run_dir, events, stop))
+        if _HELD[-1] is None:
+            raise KeyboardInterrupt  # aborted while it waited: run_job ends it "aborted"
     try:
-        cfg = RunConfig.load(config_path)
-        device = True if ranked else _hold_device(run_dir, events, stop)
-        if device is None:
-            raise KeyboardInterrupt
         result = train(cfg, run_dir, events, stop)
-    except KeyboardInterrupt:
-        events.emit("end", status="aborted", error=None, final_loss=None, output_dir=None)
-        return 0
     except Diverged as exc:
         print(f"diverged: {exc}", flush=True)
         # Its checkpoints stay on disk for whoever wants to look, under a name that no
@@ -341,20 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         if (run_dir / "checkpoints").is_dir():
             os.replace(run_dir / "checkpoints", run_dir / "checkpoints-before-divergence")
         events.emit("diverged", step=exc.step, reason=exc.reason)
-        events.emit("end", status="failed", error=str(exc), diverged=True, step=exc.step,
-                    final_loss=None, output_dir=None)
-        return 1
-    except Exception as exc:  # every failure must reach the UI as an end event
-        traceback.print_exc()
-        sys.stdout.flush()
-        if ranked:
-            # core.launch names the rank that failed first; here it may only be a rank
-            # whose partner died. This line is what it quotes.
-            print(f"error: {readable_error(exc)}", file=sys.stderr, flush=True)
-            return 1
-        events.emit("end", status="failed", error=readable_error(exc), final_loss=None,
-                    output_dir=None)
-        return 1
+        return {"status": "failed", "error": str(exc), "diverged": True, "step": exc.step,
+                "final_loss": None, "output_dir": None}
     try:
         from core.plots import save_loss_plot
 
@@ -369,9 +351,14 @@ def main(argv: list[str] | None = None) -> int:
         status, error = "failed", "the loss became infinite or NaN; lower the learning rate"
     else:
         error = None
-    events.emit("end", status=status, error=error, plot=str(plot) if plot else None, **result)
     print(f"{status}: {result['output_dir']}", flush=True)
-    return 0 if status != "failed" else 1
+    return {"status": status, "error": error, "plot": str(plot) if plot else None, **result}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core.jobs import run_job
+
+    return run_job(argv, "python -m core.train RUN_DIR/config.yaml", RunConfig.load, _job)
 
 
 if __name__ == "__main__":
