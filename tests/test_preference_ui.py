@@ -127,3 +127,72 @@ def test_data_tab_shows_a_kto_reply_with_its_label(tiny_model_dir):
     assert "✘ undesirable" in view.summary
     trained = "".join(t for t, kind in view.segments if kind == dataview.TRAINED)
     assert trained == f"{rows[bad - 1]['completion']}<|im_end|>"
+
+
+# -- Evaluate tab and `peft-studio evaluate`: preference accuracy, base vs tuned ----------
+def _wait_job(job: Path) -> None:
+    import time
+
+    from core import evaluate as ev
+
+    deadline = time.time() + 300
+    while ev.job_state(job).status == "running" and time.time() < deadline:
+        time.sleep(0.3)
+    assert ev.job_state(job).status == "done", (job / "log.txt").read_text()[-3000:]
+
+
+def test_evaluate_tab_scores_pairs_base_vs_tuned_and_lists_them(runs, monkeypatch):
+    from core.pref_eval import evaluate_run
+    from webui import evaluating
+
+    monkeypatch.setenv("PEFT_STUDIO_SAVES", str(runs["dpo"].parent))
+    pairs = str(runs["pairs"])
+    checkpoint, dataset, _ = evaluating.on_run("run-dpo")
+    assert dataset["value"] == pairs  # the run's own pairs: no registered held-out split
+    progress, note, job, _, timer = evaluating.on_start(
+        "run-dpo", "final", pairs, 0, 16, 4, True)
+    assert job and "Evaluation started" in note and timer.active
+    _wait_job(Path(job))
+    _, note, metrics, listing, past, timer = evaluating.on_tick(job, "run-dpo")
+    assert note == "" and not timer.active
+    assert "Preference accuracy" in metrics and "Implicit-reward accuracy" in metrics
+    assert listing.count("<tr><td>") == len(PAIRS)
+    assert "Gladly, here it is." in listing and "No." in listing
+    assert "preference accuracy" in past["choices"][0][0]
+    # The same numbers as core.pref_eval's own evaluation of the run.
+    results = json.loads((Path(job) / "results.json").read_text())
+    expected = evaluate_run(runs["dpo"], pairs)
+    models = results["models"]
+    assert models["base"]["accuracy"] == expected["base"]["accuracy"]
+    assert models["fine_tuned"]["accuracy"] == expected["tuned"]["accuracy"]
+    assert models["fine_tuned"]["mean_margin"] == pytest.approx(
+        expected["tuned"]["mean_margin"], abs=1e-3)
+    assert models["fine_tuned"]["implicit_reward_accuracy"] == pytest.approx(
+        expected["tuned"]["implicit_reward_accuracy"])
+    # Each listed pair says which reply each model ranked higher, from its margin.
+    ranked_right = sum(r["fine_tuned_margin"] > 0 for r in results["rows"])
+    assert ranked_right / len(PAIRS) == models["fine_tuned"]["accuracy"]
+    assert listing.count("✔ chosen") == sum(
+        (r["base_margin"] > 0) + (r["fine_tuned_margin"] > 0) for r in results["rows"])
+
+
+def test_cli_evaluate_on_pairs_prints_accuracy_and_the_pairs(runs, monkeypatch, capsys):
+    from core.cli import main
+
+    monkeypatch.setenv("PEFT_STUDIO_SAVES", str(runs["dpo"].parent))
+    code = main(["evaluate", "run-dpo", "--dataset", str(runs["pairs"]), "--max-samples",
+                 "5", "--batch-size", "2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "accuracy" in out and "mean_margin" in out and "(5 pairs of" in out
+    listed = [line for line in out.splitlines() if "Please help with task" in line]
+    assert len(listed) == 5 and all(" -> " in line for line in listed)
+
+
+def test_a_mix_of_pairs_and_answers_is_refused(runs):
+    from core.evaluate import dataset_kind
+
+    assert dataset_kind(["sentiment_pref_test"]) == "preference"
+    assert dataset_kind(["sentiment_test"]) == "answers"
+    with pytest.raises(ValueError, match="evaluate them one at a time"):
+        dataset_kind(["sentiment_pref_test", "sentiment_test"])
