@@ -1,10 +1,12 @@
 """Preference runs in the web UI, through its handlers (no browser): the reward curves of
-the Train tab and the run history, the Data tab's pair view, and the Evaluate tab's
-preference accuracy. The runs are real DPO, KTO and SFT runs on the tiny random Llama."""
+the Train tab and the run history, the Data tab's pair view, the Evaluate tab's
+preference accuracy; and a DPO run in Chat's compare mode and in Export, as an SFT run.
+The runs are real DPO, KTO and SFT runs on the tiny random Llama."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -35,11 +37,13 @@ def runs(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
                                for p in PAIRS]))
     saves = root / "saves"
     out = {}
-    for name, stage, data, steps in [("dpo", "dpo", pairs, 3), ("kto", "kto", kto, 2),
-                                     ("sft", "sft", sft, 1)]:
+    # The DPO run learns fast enough to change its greedy replies (for Chat's compare).
+    for name, stage, data, steps, lr in [("dpo", "dpo", pairs, 3, 1e-2),
+                                         ("kto", "kto", kto, 2, 1e-3),
+                                         ("sft", "sft", sft, 1, 1e-3)]:
         cfg = RunConfig(model=str(tiny_model_dir), stage=stage, dataset=[str(data)],
                         max_steps=steps, batch_size=4, gradient_accumulation_steps=1,
-                        cutoff_len=48, logging_steps=1, learning_rate=1e-3)
+                        cutoff_len=48, logging_steps=1, learning_rate=lr)
         run_dir = saves / f"run-{name}"
         run_dir.mkdir(parents=True)
         cfg.save(run_dir / "config.yaml")
@@ -131,8 +135,6 @@ def test_data_tab_shows_a_kto_reply_with_its_label(tiny_model_dir):
 
 # -- Evaluate tab and `peft-studio evaluate`: preference accuracy, base vs tuned ----------
 def _wait_job(job: Path) -> None:
-    import time
-
     from core import evaluate as ev
 
     deadline = time.time() + 300
@@ -196,3 +198,54 @@ def test_a_mix_of_pairs_and_answers_is_refused(runs):
     assert dataset_kind(["sentiment_test"]) == "answers"
     with pytest.raises(ValueError, match="evaluate them one at a time"):
         dataset_kind(["sentiment_pref_test", "sentiment_test"])
+
+
+# -- Chat and Export take a DPO run as they take an SFT run -------------------------------
+def test_chat_compare_mode_answers_with_the_dpo_run_and_its_base(runs, monkeypatch):
+    from core.chat import ChatClient, GenerationSettings, base_target, run_target
+
+    monkeypatch.setenv("PEFT_STUDIO_SAVES", str(runs["dpo"].parent))
+    tuned = run_target(runs["dpo"])
+    assert tuned.trained == str(runs["dpo"] / "adapter")
+    base = base_target(tuned.model)
+    greedy = GenerationSettings(max_new_tokens=12, do_sample=False)
+    prompt = [{"role": "user", "content": PAIRS[0]["prompt"]}]
+    client = ChatClient()
+    try:
+        assert client.load(tuned)["shared_base"] is False
+        # The base answers through the DPO adapter's model with the adapter switched off
+        # (TRL's "ref" copy was not saved, so there is one adapter to switch).
+        assert client.load(base)["shared_base"] is True
+        answers = {t.label: "".join(client.stream(t, prompt, greedy)) for t in (base, tuned)}
+    finally:
+        client.unload()
+    assert all(answers.values()) and answers[tuned.label] != answers[base.label], answers
+
+
+def test_export_merges_a_dpo_lora_run_as_for_sft(runs, monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core import export as ex
+    from core.methods.common import load_trained
+
+    monkeypatch.setenv("PEFT_STUDIO_SAVES", str(runs["dpo"].parent))
+    job = ex.start(ex.ExportSpec(str(runs["dpo"]), "dpo-merged"))
+    deadline = time.time() + 300
+    while (state := ex.job_state(job))["status"] == "running" and time.time() < deadline:
+        time.sleep(0.3)
+    assert state["status"] == "done", (job / "log.txt").read_text()[-3000:]
+    end = state["end"]
+    assert end["plan"] == "merge" and end["max_abs_diff"] < 1e-4
+    out = Path(end["output_dir"])
+    assert not any(p.name.startswith("adapter") for p in out.iterdir())
+    merged = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    tok = AutoTokenizer.from_pretrained(str(out))
+    adapter, _ = load_trained(runs["dpo"] / "adapter")
+    ids = tok.apply_chat_template([{"role": "user", "content": PAIRS[0]["prompt"]}],
+                                  add_generation_prompt=True, return_tensors="pt",
+                                  return_dict=True)
+    with torch.inference_mode():
+        diff = merged(**ids).logits - adapter.eval()(**ids).logits
+    assert float(diff.abs().max()) < 1e-4
+    assert "dpo" in (out / "README.md").read_text()  # the card names the stage's settings
