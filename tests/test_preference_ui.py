@@ -226,10 +226,14 @@ def test_export_merges_a_dpo_lora_run_as_for_sft(runs, monkeypatch):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from core import evaluate as ev
     from core import export as ex
     from core.methods.common import load_trained
 
     monkeypatch.setenv("PEFT_STUDIO_SAVES", str(runs["dpo"].parent))
+    if not ev.past_evaluations(runs["dpo"]):  # the card shows the latest evaluation
+        _wait_job(ev.start(ev.EvalSpec(str(runs["dpo"]), [str(runs["pairs"])],
+                                       max_samples=4)))
     job = ex.start(ex.ExportSpec(str(runs["dpo"]), "dpo-merged"))
     deadline = time.time() + 300
     while (state := ex.job_state(job))["status"] == "running" and time.time() < deadline:
@@ -248,4 +252,6 @@ def test_export_merges_a_dpo_lora_run_as_for_sft(runs, monkeypatch):
     with torch.inference_mode():
         diff = merged(**ids).logits - adapter.eval()(**ids).logits
     assert float(diff.abs().max()) < 1e-4
-    assert "dpo" in (out / "README.md").read_text()  # the card names the stage's settings
+    card = (out / "README.md").read_text()
+    assert "| stage | `dpo` |" in card
+    assert "Preference evaluation on" in card and "| fine-tuned |" in card
