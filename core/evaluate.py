@@ -7,7 +7,10 @@ as training: the UI polls files, holds no weights, and a closed tab stops nothin
 
 For the base and the fine-tuned model it reports the loss on the reference answers
 (assistant tokens only, exactly the tokens training learned) with its perplexity, and
-greedy answers scored with exact match, BLEU-4 and ROUGE-L (core.metrics).
+greedy answers scored with exact match, BLEU-4 and ROUGE-L (core.metrics). On pairwise
+data (a chosen and a rejected reply per prompt) it reports preference accuracy instead:
+the share of pairs whose chosen reply the model finds likelier, and the mean margin
+(core.pref_eval), with every pair's margins.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import json
 import math
 import sys
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,7 @@ import yaml
 from core.events import EventWriter
 from core.fsutil import atomic_write_text
 from core.jobs import describe_progress, follow
-from core.metrics import METRIC_KEYS
-from core.runner import hold_device_for_job
+from core.metrics import METRIC_KEYS, PREFERENCE_KEYS
 from core.runs import base_target, resolve_run, run_config, run_target
 from core.settings import GENERATION, check_fields
 
@@ -199,6 +200,33 @@ def greedy_answers(entry: Any, samples: list[Sample], spec: EvalSpec, tick: Any)
     return answers
 
 
+def dataset_kind(dataset: list[str]) -> str:
+    """"preference" when every dataset is pairwise, "answers" when none is; raises
+    ValueError for a mix (their scores cannot go in one table)."""
+    from core.data.registry import resolve
+
+    formats = {resolve(d).format for d in dataset}
+    if "pairwise" not in formats:
+        return "answers"
+    if formats != {"pairwise"}:
+        raise ValueError(f"{', '.join(dataset)} mixes pairwise data with data that has "
+                         "reference answers; evaluate them one at a time")
+    return "preference"
+
+
+def _progress(events: EventWriter, total: int) -> Any:
+    """progress(message) -> tick(n), which counts n more items done under `message`."""
+    done = 0
+
+    def progress(message: str) -> Any:
+        def tick(n: int) -> None:
+            nonlocal done
+            done += n
+            events.emit("progress", done=done, total=total, message=message)
+        return tick
+    return progress
+
+
 def evaluate(spec: EvalSpec, events: EventWriter) -> dict[str, Any]:
     from core.chat import Engine
     from core.metrics import corpus_scores, sample_scores
@@ -208,17 +236,11 @@ def evaluate(spec: EvalSpec, events: EventWriter) -> dict[str, Any]:
     targets = [("fine_tuned", tuned)]
     if spec.include_base:
         targets.append(("base", base_target(tuned.model)))
+    if dataset_kind(spec.dataset) == "preference":
+        return evaluate_preference(spec, targets, events)
     samples = load_samples(spec.dataset, spec.max_samples)
     total = 2 * len(samples) * len(targets)
-    done = 0
-
-    def progress(message: str) -> Any:
-        def tick(n: int) -> None:
-            nonlocal done
-            done += n
-            events.emit("progress", done=done, total=total, message=message)
-        return tick
-
+    progress = _progress(events, total)
     events.emit("progress", done=0, total=total, message="loading the model")
     engine = Engine()
     models: dict[str, dict[str, Any]] = {}
@@ -249,30 +271,75 @@ def evaluate(spec: EvalSpec, events: EventWriter) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m core.evaluate JOB_DIR/eval.yaml", file=sys.stderr)
-        return 2
-    job = Path(argv[0]).parent
-    events = EventWriter(job)
-    try:
-        spec = EvalSpec.load(Path(argv[0]))
-        device = hold_device_for_job(job, f"evaluation of {Path(spec.run_dir).name}")
-        if device is None:
-            events.emit("end", status="aborted", error=None, output_dir=None)
-            return 0
-        results = evaluate(spec, events)
-    except Exception as exc:  # every failure must reach the UI as an end event
-        traceback.print_exc()
-        events.emit("end", status="failed", error=f"{type(exc).__name__}: {exc}",
-                    output_dir=None)
-        return 1
+def load_pairs(dataset: list[str], max_samples: int) -> list[dict[str, Any]]:
+    from types import SimpleNamespace
+
+    from core.data.loader import load_examples
+
+    cfg = SimpleNamespace(max_samples=0, identity_name="Studio Assistant",
+                          identity_author="the PEFT Studio team")
+    pairs = load_examples(dataset, cfg)
+    if not pairs:
+        raise ValueError(f"{', '.join(dataset)} has no pairs")
+    return pairs[:max_samples] if max_samples > 0 else pairs
+
+
+def evaluate_preference(spec: EvalSpec, targets: list[tuple[str, Any]],
+                        events: EventWriter) -> dict[str, Any]:
+    """Preference accuracy and mean margin of each model on pairwise data, and for the
+    tuned model against the base the implicit-reward accuracy (core.pref_eval)."""
+    import torch
+
+    from core.chat import Engine
+    from core.pref_eval import implicit_accuracy, pair_scores, summary
+
+    pairs = load_pairs(spec.dataset, spec.max_samples)
+    progress = _progress(events, 2 * len(pairs) * len(targets))
+    events.emit("progress", done=0, total=2 * len(pairs) * len(targets),
+                message="loading the model")
+    engine = Engine()
+    models: dict[str, dict[str, Any]] = {}
+    scores: dict[str, tuple[list[float], list[float]]] = {}
+    for name, target in targets:
+        t0 = time.time()
+        entry = engine.entry(target)
+        label = "base model" if name == "base" else "fine-tuned model"
+        with entry.active() as module, torch.inference_mode():
+            scores[name] = pair_scores(module, entry.tokenizer, pairs, spec.cutoff_len,
+                                       spec.batch_size, progress(f"{label}: scoring replies"))
+        models[name] = {"label": target.label, **summary(*scores[name]),
+                        "seconds": round(time.time() - t0, 1)}
+        print(f"{name}: {models[name]}", flush=True)
+        if not hasattr(entry.model, "disable_adapter"):
+            engine.unload(target)  # a whole fine-tuned model: make room for the base
+    if "base" in scores:
+        models["fine_tuned"]["implicit_reward_accuracy"] = implicit_accuracy(
+            scores["fine_tuned"], scores["base"])
+    rows = [{"prompt": p["prompt"][-1]["content"], "chosen": p["chosen"][-1]["content"],
+             "rejected": p["rejected"][-1]["content"],
+             **{f"{n}_margin": round(c[i] - r[i], 4) for n, (c, r) in scores.items()}}
+            for i, p in enumerate(pairs)]
+    tuned = targets[0][1]
+    return {
+        "kind": "preference", "run": Path(spec.run_dir).name, "checkpoint": spec.checkpoint,
+        "trained_dir": tuned.trained, "base_model": tuned.model, "dataset": spec.dataset,
+        "samples": len(pairs), "time": time.time(), "models": models, "rows": rows,
+    }
+
+
+def _job(spec: EvalSpec, job: Path, events: EventWriter) -> dict[str, Any]:
+    results = evaluate(spec, events)
     atomic_write_text(job / RESULTS, json.dumps(results, indent=1, ensure_ascii=False))
-    events.emit("end", status="done", error=None, output_dir=str(job),
-                summary={k: {m: v.get(m) for m in METRIC_KEYS}
-                         for k, v in results["models"].items()})
-    return 0
+    return {"output_dir": str(job),
+            "summary": {k: {m: v for m, v in scores.items() if m != "label"}
+                        for k, scores in results["models"].items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core.jobs import run_job
+
+    return run_job(argv, "python -m core.evaluate JOB_DIR/eval.yaml", EvalSpec.load, _job,
+                   device_for=lambda spec: f"evaluation of {Path(spec.run_dir).name}")
 
 
 # -- `peft-studio evaluate` --------------------------------------------------------------
@@ -334,11 +401,27 @@ def _main(args: argparse.Namespace) -> int:
 def summary_table(results: dict[str, Any]) -> str:
     models = results["models"]
     names = [n for n in ("base", "fine_tuned") if n in models]
-    lines = [f"{'metric':14}" + "".join(f"{n:>14}" for n in names)]
-    for metric in METRIC_KEYS:
-        lines.append(f"{metric:14}" + "".join(f"{models[n][metric]:>14.4g}" for n in names))
-    lines.append(f"({results['samples']} samples of {', '.join(results['dataset'])})")
+    preference = results.get("kind") == "preference"
+    metrics = PREFERENCE_KEYS if preference else METRIC_KEYS
+    width = 26 if preference else 14
+    lines = [f"{'metric':{width}}" + "".join(f"{n:>14}" for n in names)]
+    for metric in metrics:
+        cells = [models[n].get(metric) for n in names]
+        lines.append(f"{metric:{width}}" + "".join(
+            f"{'-':>14}" if v is None else f"{v:>14.4g}" for v in cells))
+    lines.append(f"({results['samples']} {'pairs' if preference else 'samples'} of "
+                 f"{', '.join(results['dataset'])})")
+    if preference:
+        lines += ["", "pair  ranked higher (base -> fine-tuned)  prompt"]
+        for i, row in enumerate(results["rows"], 1):
+            ranks = " -> ".join(ranked(row, n) for n in names)
+            lines.append(f"{i:>4}  {ranks:36}  {row['prompt'][-60:]!r}")
     return "\n".join(lines)
+
+
+def ranked(row: dict[str, Any], model: str) -> str:
+    """Which reply of a pair the model ranked higher: "chosen" is right."""
+    return "chosen" if row[f"{model}_margin"] > 0 else "rejected"
 
 
 if __name__ == "__main__":

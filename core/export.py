@@ -337,7 +337,15 @@ def model_card(name: str, run_dir: Path, trained: Path, info: dict[str, Any]) ->
     if end.get("final_eval_loss") is not None:
         lines.append(f"- final validation loss: {end['final_eval_loss']:.4f}")
     evaluated = next((j.results for j in past_evaluations(run_dir) if j.results), None)
-    if evaluated:
+    if evaluated and evaluated.get("kind") == "preference":
+        lines += ["", f"Preference evaluation on {', '.join(evaluated['dataset'])} "
+                  f"({evaluated['samples']} pairs; a reply's score is its log-likelihood):",
+                  "", "| model | accuracy (chosen ranked higher) | mean margin |",
+                  "|---|---|---|"]
+        for key, m in evaluated["models"].items():
+            lines.append(f"| {key.replace('_', '-')} | {100 * m['accuracy']:.1f}% "
+                         f"| {m['mean_margin']:.3f} |")
+    elif evaluated:
         lines += ["", f"Evaluation on {', '.join(evaluated['dataset'])} "
                   f"({evaluated['samples']} samples, greedy answers):", "",
                   "| model | loss | perplexity | exact match | BLEU-4 | ROUGE-L |",

@@ -27,6 +27,13 @@ METRICS = (
     ("perplexity", "Perplexity", True),
 )
 METRIC_KEYS = tuple(key for key, _, _ in METRICS)
+# What an evaluation on pairwise data reports (core.pref_eval); higher is better for all.
+PREFERENCE_METRICS = (
+    ("accuracy", "Preference accuracy (chosen ranked higher)"),
+    ("mean_margin", "Mean margin, log p(chosen) - log p(rejected)"),
+    ("implicit_reward_accuracy", "Implicit-reward accuracy (tuning favoured chosen)"),
+)
+PREFERENCE_KEYS = tuple(key for key, _ in PREFERENCE_METRICS)
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]")

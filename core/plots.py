@@ -1,6 +1,6 @@
 """Every plot, drawn once: loss and learning-rate curves from a run's events (the Train tab,
-the comparison panel, run history and the trainer's loss.png) and the token-length
-histogram (the Data tab). Pure functions of their inputs.
+the comparison panel, run history and the trainer's loss.png), a preference run's rewards
+and reward accuracy, and the token-length histograms (the Data tab). Pure functions of their inputs.
 
 Curves are matplotlib figures for gr.Plot rather than gr.LinePlot: Gradio 6's LinePlot
 does not redraw its lines when its first value was empty, and cannot show a lone
@@ -31,6 +31,20 @@ def lr_frame(events: list[dict[str, Any]]) -> pd.DataFrame:
     rows = [(e["step"], e["learning_rate"]) for e in events
             if e["type"] == "step" and e.get("learning_rate") is not None]
     return _typed(pd.DataFrame(rows, columns=["step", "learning_rate"]), "learning_rate")
+
+
+# The reward columns of a preference run's step events (core.stages.REWARD_METRICS).
+REWARDS = {"reward_chosen": "chosen", "reward_rejected": "rejected",
+           "reward_margin": "margin", "reward_accuracy": "accuracy"}
+
+
+def reward_frame(events: list[dict[str, Any]]) -> pd.DataFrame:
+    """step and the four reward columns, one row per logged step that has rewards (only
+    preference runs do); a metric a stage does not log (KTO's accuracy) is NaN."""
+    rows = [[e["step"], *(e.get(k, float("nan")) for k in REWARDS)] for e in events
+            if e["type"] == "step" and any(k in e for k in REWARDS)]
+    frame = pd.DataFrame(rows, columns=["step", *REWARDS.values()])
+    return frame.astype({"step": "int64", **dict.fromkeys(REWARDS.values(), "float64")})
 
 
 def _typed(frame: pd.DataFrame, y: str) -> pd.DataFrame:
@@ -91,15 +105,53 @@ def lr_figure(frame: pd.DataFrame) -> Any:
     return fig
 
 
-def length_histogram(lengths: list[int], cutoff: int, title: str = "") -> Any:
-    """Token lengths with the cut-off line; the title says how many samples it cuts."""
+def rewards_figure(frame: pd.DataFrame) -> Any:
+    """Chosen and rejected rewards and their margin per step. None when there is none."""
+    if frame.empty:
+        return None
+    fig, ax = _figure(2.6)
+    for column, color, style in (("chosen", "#2da44e", "-"), ("rejected", "#e5484d", "-"),
+                                 ("margin", "#0969da", "--")):
+        ax.plot(frame["step"], frame[column], style, color=color, label=column,
+                marker="o" if len(frame) == 1 else None, markersize=4, linewidth=1.6)
+    ax.axhline(0, color="#888", linewidth=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def reward_accuracy_figure(frame: pd.DataFrame) -> Any:
+    """Share of pairs whose chosen reply out-scored the rejected one, per step. None when
+    the stage logs no accuracy (KTO: its replies are not paired)."""
+    points = frame.dropna(subset=["accuracy"]) if not frame.empty else frame
+    if points.empty:
+        return None
+    fig, ax = _figure(2.2)
+    ax.plot(points["step"], points["accuracy"], "o-", color="#8250df", markersize=3,
+            linewidth=1.6)
+    ax.axhline(0.5, color="#888", linewidth=0.8, linestyle=":")  # a coin toss
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward accuracy")
+    return fig
+
+
+def length_histogram(lengths: list[int], cutoff: int, title: str = "",
+                     rejected: list[int] | None = None) -> Any:
+    """Token lengths with the cut-off line; the title says how many samples it cuts.
+    With `rejected`, `lengths` are the chosen replies' samples and both are drawn."""
     fig, ax = _figure(3.2)
     if lengths:
         # Bins across the whole axis (which reaches the cut-off): bars stay readable when
         # every sample is far shorter than the cut-off.
-        top = max(max(lengths), cutoff) * 1.02
-        ax.hist(lengths, bins=[top * i / 50 for i in range(51)], color="#6b8afd",
-                edgecolor="white")
+        top = max(max(lengths), max(rejected or [0]), cutoff) * 1.02
+        bins = [top * i / 50 for i in range(51)]
+        if rejected is None:
+            ax.hist(lengths, bins=bins, color="#6b8afd", edgecolor="white")
+        else:
+            ax.hist([lengths, rejected], bins=bins, color=["#2da44e", "#e5484d"],
+                    label=["prompt + chosen", "prompt + rejected"], edgecolor="white")
     ax.axvline(cutoff, color="#e5484d", linestyle="--", linewidth=2,
                label=f"cut-off ({cutoff} tokens)")
     ax.set_xlabel("tokens per sample")

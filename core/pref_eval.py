@@ -17,12 +17,14 @@ import argparse
 import contextlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
 def reply_logps(model: Any, tokenizer: Any, conversations: list[list[dict]],
-                cutoff_len: int = 1024, batch_size: int = 8) -> list[float]:
+                cutoff_len: int = 1024, batch_size: int = 8,
+                tick: Callable[[int], None] | None = None) -> list[float]:
     """Summed log-probability of the last (assistant) message of each conversation."""
     import torch
 
@@ -47,16 +49,28 @@ def reply_logps(model: Any, tokenizer: Any, conversations: list[list[dict]],
         keep = target != IGNORE_INDEX
         picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         out += (picked * keep).sum(-1).tolist()
+        if tick is not None:
+            tick(len(batch))
     return out
 
 
-def pair_scores(model: Any, tokenizer: Any, pairs: list[dict],
-                cutoff_len: int = 1024) -> tuple[list[float], list[float]]:
+def pair_scores(model: Any, tokenizer: Any, pairs: list[dict], cutoff_len: int = 1024,
+                batch_size: int = 8, tick: Callable[[int], None] | None = None,
+                ) -> tuple[list[float], list[float]]:
+    """(chosen, rejected) summed log-likelihoods; `tick(n)` after each batch of replies."""
     chosen = reply_logps(model, tokenizer, [p["prompt"] + p["chosen"] for p in pairs],
-                         cutoff_len)
+                         cutoff_len, batch_size, tick)
     rejected = reply_logps(model, tokenizer, [p["prompt"] + p["rejected"] for p in pairs],
-                           cutoff_len)
+                           cutoff_len, batch_size, tick)
     return chosen, rejected
+
+
+def implicit_accuracy(tuned: tuple[list[float], list[float]],
+                      base: tuple[list[float], list[float]]) -> float:
+    """Share of pairs where tuning raised the chosen reply's log-likelihood more than the
+    rejected one's: DPO's implicit reward ranks them right."""
+    right = [(tc - bc) > (tr - br) for tc, tr, bc, br in zip(*tuned, *base, strict=True)]
+    return sum(right) / len(right)
 
 
 def summary(chosen: list[float], rejected: list[float]) -> dict[str, float]:
@@ -97,12 +111,11 @@ def evaluate_run(result_dir: str | Path, dataset: str, max_samples: int = 0) -> 
         base_ctx = contextlib.nullcontext()
     with base_ctx:
         base = pair_scores(base_model, tokenizer, pairs, cutoff)
-    implicit = [(tc - bc) > (tr - br)
-                for tc, tr, bc, br in zip(*tuned, *base, strict=True)]
     return {
         "dataset": dataset, "pairs": len(pairs),
         "base": summary(*base),
-        "tuned": {**summary(*tuned), "implicit_reward_accuracy": sum(implicit) / len(pairs)},
+        "tuned": {**summary(*tuned),
+                  "implicit_reward_accuracy": implicit_accuracy(tuned, base)},
     }
 
 

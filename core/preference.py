@@ -113,38 +113,13 @@ def _reference(cfg: RunConfig, model: Any) -> Any:
 
 def _trl_config(cfg: RunConfig, run_dir: Path, device: str, precision: str,
                 has_eval: bool) -> Any:
-    common = dict(
-        output_dir=str(run_dir / "trainer"),
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        optim=cfg.optim,
-        # TRL's configs default to bf16 and gradient checkpointing: set both from the run.
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=device == "cpu",
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-        logging_first_step=True,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=cfg.eval_steps,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        max_length=cfg.cutoff_len,
-        # DPO's and KTO's batches carry input_ids, so Trainer can count tokens for the
-        # speed curve; ORPO's (chosen_input_ids, ...) do not: there it would only warn.
-        include_num_input_tokens_seen="non_padding" if cfg.stage != "orpo" else "no",
-    )
+    from core.trainer_args import shared_kwargs
+
+    common = dict(shared_kwargs(cfg, run_dir, device, precision, has_eval),
+                  max_length=cfg.cutoff_len)
+    if cfg.stage == "orpo":
+        # Counted by _orpo_trainer itself; Trainer's counter would only warn every step.
+        common["include_num_input_tokens_seen"] = "no"
     if cfg.stage == "dpo":
         from trl import DPOConfig
 
@@ -169,9 +144,25 @@ def _trainer_class(stage: str) -> Any:
         from trl import KTOTrainer
 
         return KTOTrainer
+    return _orpo_trainer()
+
+
+def _orpo_trainer() -> Any:
     from trl.experimental.orpo import ORPOTrainer
 
-    return ORPOTrainer
+    class CountingORPOTrainer(ORPOTrainer):
+        """ORPO's batches hold chosen_* and rejected_* sequences (each with its prompt)
+        but no input_ids, so Trainer's token counter finds nothing: count both here, as
+        DPO's concatenated batch is counted, for the tokens/s of the step events."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if model.training:
+                seen = sum(int(inputs[k].sum()) for k in
+                           ("chosen_attention_mask", "rejected_attention_mask") if k in inputs)
+                self.state.num_input_tokens_seen += seen
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    return CountingORPOTrainer
 
 
 def train_preference(cfg: RunConfig, run_dir: Path, events: EventWriter,
@@ -208,9 +199,7 @@ def train_preference(cfg: RunConfig, run_dir: Path, events: EventWriter,
     trainable, total = count_parameters(model)
     print(f"trainable parameters: {trainable:,} of {total:,}", flush=True)
     args = _trl_config(cfg, run_dir, device, precision, bool(eval_ex))
-    impl = implementation(cfg.method)
-    optimizer = impl.create_optimizer(model, cfg, args) \
-        if hasattr(impl, "create_optimizer") else None
+    optimizer = implementation(cfg.method).create_optimizer(model, cfg, args)
     start_info = {
         "device": device, "precision": precision, "method": cfg.method,
         "trainable_params": trainable, "total_params": total,

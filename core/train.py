@@ -171,7 +171,7 @@ def _event_callback(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: St
 def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
 
     from core import accel, batching, fast_loss, models, shared_prefix
     from core.data.encode import build_datasets
@@ -181,6 +181,7 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
         count_parameters,
         load_base_for_training,
     )
+    from core.trainer_args import training_arguments
 
     if cfg.stage in PREFERENCE_STAGES:
         from core.preference import train_preference
@@ -215,35 +216,9 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
           flush=True)
 
     has_eval = bool(eval_items)
-    args = TrainingArguments(
-        output_dir=str(run_dir / "trainer"),
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        optim=cfg.optim,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=device == "cpu",
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-        logging_first_step=True,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=cfg.eval_steps,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding",
-        dataloader_num_workers=0,
-        logging_nan_inf_filter=False,  # a NaN loss must be seen (core.health), not averaged
+    args = training_arguments(
+        cfg, run_dir, device, precision, has_eval,
+        remove_unused_columns=False,  # every column goes to our collator
         train_sampling_strategy="group_by_length" if batch_mode == "grouped" else "random",
         **distributed.trainer_kwargs(cfg, run_dir, device == "cpu", distributed.world_size()),
     )

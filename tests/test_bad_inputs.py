@@ -226,7 +226,7 @@ def test_evaluate_unknown_run(saves, capsys):
 
 
 def test_evaluate_tab_run_deleted_meanwhile(finished_run, data):
-    from webui.tabs.evaluate import start_evaluation
+    from webui.evaluating import start_evaluation
 
     shutil.rmtree(finished_run)
     path, note = start_evaluation(finished_run.name, "final", "identity", 5, 16, 2, True)
@@ -235,7 +235,7 @@ def test_evaluate_tab_run_deleted_meanwhile(finished_run, data):
 
 
 def test_evaluate_tab_bad_numbers_and_dataset(finished_run, data):
-    from webui.tabs.evaluate import start_evaluation
+    from webui.evaluating import start_evaluation
 
     path, note = start_evaluation(finished_run.name, "final", "identity", 5, 16, 0, True)
     assert path is None and "batch_size: must be at least 1" in note

@@ -152,8 +152,9 @@ def test_stage_runs_end_done_with_rewards_and_the_result_loads(
         assert {"reward_chosen", "reward_rejected", "reward_margin"} <= set(e)
         if stage != "kto":  # TRL's KTO logs no accuracy: its replies are not paired
             assert 0.0 <= e["reward_accuracy"] <= 1.0
-    if stage != "orpo":  # ORPO's batches have no input_ids for Trainer's token counter
-        assert steps[-1]["tokens_seen"] > 0 and steps[-1]["tokens_per_second"] > 0
+    # Every stage counts its tokens (ORPO's batches need our own counter).
+    assert 0 < steps[0]["tokens_seen"] < steps[-1]["tokens_seen"]
+    assert all(e["tokens_per_second"] > 0 for e in steps)
     model, tok = load_trained(events[-1]["output_dir"])
     assert set(getattr(model, "peft_config", {"default": 0})) == {"default"}
     ids = tok("Please help.", return_tensors="pt")
@@ -271,3 +272,21 @@ def test_embedded_dpo_raises_held_out_preference_accuracy(saves, embedded_dir):
     assert result["pairs"] == 60
     assert result["tuned"]["accuracy"] > result["base"]["accuracy"]
     assert result["tuned"]["mean_margin"] > result["base"]["mean_margin"]
+
+
+@pytest.mark.parametrize("stage", ["dpo", "orpo", "kto"])
+def test_preference_trainer_arguments_are_sfts_plus_their_own(stage, tmp_path):
+    """One builder feeds every stage: what SFT's TrainingArguments say about schedule,
+    logging and NaN handling, the TRL config says too."""
+    from core.preference import _trl_config
+    from core.trainer_args import shared_kwargs, training_arguments
+
+    cfg = RunConfig(stage=stage, max_steps=7, learning_rate=3e-4, logging_steps=2)
+    sft = training_arguments(RunConfig(max_steps=7, learning_rate=3e-4, logging_steps=2),
+                             tmp_path, "cpu", "fp32", True)
+    pref = _trl_config(cfg, tmp_path, "cpu", "fp32", True)
+    assert pref.logging_nan_inf_filter is False  # core.health sees a NaN loss
+    for key in shared_kwargs(cfg, tmp_path, "cpu", "fp32", True):
+        if key != "include_num_input_tokens_seen":
+            assert getattr(pref, key) == getattr(sft, key), key
+    assert pref.max_length == cfg.cutoff_len and not pref.gradient_checkpointing

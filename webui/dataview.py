@@ -74,13 +74,32 @@ def page(name: str, number: int = 1, size: int = PAGE_SIZE) -> Page:
     return Page(frame, number, pages, found.total)
 
 
+Segments = list[tuple[str, str]]  # for gr.HighlightedText: (text, trained | masked)
+
+
 @dataclass
 class ModelView:
-    segments: list[tuple[str, str]]  # for gr.HighlightedText: (text, trained | masked)
+    segments: Segments  # the whole sample; for preference data the reply (kto) or none
     figure: Any
     summary: str
     sample: int
     count: int
+    kind: str = "messages"  # messages | text | pairwise | kto
+    prompt: str = ""  # preference data: the prompt as the chat template renders it
+    chosen: Segments | None = None  # pairwise: the two replies, trained tokens marked
+    rejected: Segments | None = None
+
+    @property
+    def shows(self) -> dict[str, bool]:
+        """Which parts of the view this sample fills: the rendered prompt (preference data),
+        the whole sample or the one reply, and the chosen/rejected pair."""
+        preference = self.kind in ("pairwise", "kto")
+        return {"prompt": preference, "sample": self.kind != "pairwise",
+                "pair": self.kind == "pairwise"}
+
+
+def _marked(pieces: list[tuple[str, bool]]) -> Segments:
+    return [(text, TRAINED if trained else MASKED) for text, trained in pieces]
 
 
 def model_view(model: str | None, dataset: str, sample: int, cutoff_len: int,
@@ -98,8 +117,9 @@ def model_view(model: str | None, dataset: str, sample: int, cutoff_len: int,
     lengths, samples = answer["lengths"], answer["samples"]
     count = answer["count"]
     index = min(max(1, int(sample or 1)), max(1, len(samples)))
-    segments = [(text, TRAINED if trained else MASKED)
-                for text, trained in (samples[index - 1] if samples else [])]
+    if answer.get("kind") in ("pairwise", "kto"):
+        return _preference_view(answer, index, int(cutoff_len))
+    segments = _marked(samples[index - 1] if samples else [])
     cut = sum(n > cutoff_len for n in lengths)
     title = (f"{cut} of {count} samples are longer than the cut-off and would be cut"
              if cut else f"all {count} samples fit in the cut-off")
@@ -111,3 +131,28 @@ def model_view(model: str | None, dataset: str, sample: int, cutoff_len: int,
         summary += " · raw text: every token is trained (stage pt)"
     return ModelView(segments, length_histogram(lengths, int(cutoff_len), title), summary,
                      index, count)
+
+
+def _preference_view(answer: dict[str, Any], index: int, cutoff_len: int) -> ModelView:
+    """A pair side by side (pairwise), or one reply and its label (kto)."""
+    kind, count, lengths = answer["kind"], answer["count"], answer["lengths"]
+    one = answer["samples"][index - 1] if answer["samples"] else {"prompt": ""}
+    rejected = answer.get("rejected_lengths")
+    cut = sum(n > cutoff_len for n in [*lengths, *(rejected or [])])
+    noun = "pairs" if kind == "pairwise" else "samples"
+    title = (f"{cut} prompt + reply sequences are longer than the cut-off and would be cut"
+             if cut else f"all {count} {noun} fit in the cut-off")
+    figure = length_histogram(lengths, cutoff_len, title, rejected)
+    if kind == "pairwise":
+        summary = (f"Pair **{index}** of {count}: prompt + chosen "
+                   f"{lengths[index - 1] if lengths else 0} tokens, prompt + rejected "
+                   f"{rejected[index - 1] if rejected else 0} tokens · **{cut}** cut at "
+                   f"{cutoff_len} · green tokens are the replies' trained tokens")
+        return ModelView([], figure, summary, index, count, kind, one["prompt"],
+                         _marked(one.get("chosen", [])), _marked(one.get("rejected", [])))
+    label = "✔ desirable" if one.get("label") else "✘ undesirable"
+    summary = (f"Sample **{index}** of {count}: **{label}** reply · "
+               f"{lengths[index - 1] if lengths else 0} tokens with the prompt · **{cut}** "
+               f"cut at {cutoff_len}")
+    return ModelView(_marked(one.get("completion", [])), figure, summary, index, count, kind,
+                     one["prompt"])

@@ -10,7 +10,7 @@ import pandas as pd
 from core import runner
 from core.events import tail_log
 from core.paths import saves_dir
-from core.plots import lr_frame, overlay_frame
+from core.plots import lr_frame, overlay_frame, reward_frame
 from webui.monitor import events_of
 
 COLUMNS = ["run", "status", "method", "model", "dataset", "steps", "final loss", "started"]
@@ -64,3 +64,9 @@ def curves(names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
 def run_dir(name: str) -> Path:
     # Only a plain folder name: a crafted value must not reach outside saves/.
     return saves_dir() / Path(name).name
+
+
+def rewards(names: list[str]) -> pd.DataFrame:
+    """The first selected run's rewards per step; empty unless it is a preference run."""
+    first = next((n for n in names if run_dir(n).is_dir()), None)
+    return reward_frame(events_of(run_dir(first)) if first else [])

@@ -166,9 +166,21 @@ def stats(watch: Watch) -> str:
             parts.append(f"**{e['tokens_per_second']:,.0f}** tokens/s")
         parts.append(f"epoch {e.get('epoch', 0):.2f}")
         lines.append(" · ".join(parts))
+        if "reward_margin" in e:
+            lines.append(reward_line(e))
     if watch.end:
         lines.append(_ending(watch))
     return "\n\n".join(lines)
+
+
+def reward_line(step: dict[str, Any]) -> str:
+    """A preference run's rewards at one logged step."""
+    parts = [f"rewards: chosen {step['reward_chosen']:.3f}",
+             f"rejected {step['reward_rejected']:.3f}",
+             f"margin **{step['reward_margin']:.3f}**"]
+    if step.get("reward_accuracy") is not None:
+        parts.append(f"reward accuracy **{100 * step['reward_accuracy']:.0f}%**")
+    return " · ".join(parts) + f" (step {step['step']})"
 
 
 def _ending(watch: Watch) -> str:

@@ -13,7 +13,8 @@ Commands:
            each device's memory (for core.memory_estimate).
   preview  payload: model, dataset, cutoff_len, train_on_prompt, stage and the identity
            placeholders. Every sample's token length, and for the first PREVIEW_LIMIT
-           samples the rendered text as (segment, trained) pieces.
+           samples the rendered text as (segment, trained) pieces; for pairwise and kto
+           data the rendered prompt and each reply's pieces (see _preference_preview).
 """
 
 from __future__ import annotations
@@ -132,6 +133,8 @@ def preview_data(payload: dict[str, Any]) -> dict[str, Any]:
                            identity_author=payload.get("identity_author", ""))
     examples = load_examples([payload["dataset"]], opts)
     cutoff = int(payload["cutoff_len"])
+    if examples and "prompt" in examples[0]:
+        return _preference_preview(tokenizer, examples, cutoff)
     lengths = token_lengths(examples, tokenizer)
     samples = []
     for ex in examples[:PREVIEW_LIMIT]:
@@ -142,6 +145,44 @@ def preview_data(payload: dict[str, Any]) -> dict[str, Any]:
             samples.append(_text_preview(tokenizer, ex["text"], cutoff))
     return {"lengths": lengths, "samples": samples, "count": len(examples),
             "kind": "messages" if examples and "messages" in examples[0] else "text"}
+
+
+def _preference_preview(tokenizer: Any, examples: list[dict], cutoff: int) -> dict[str, Any]:
+    """Pairs (or KTO's labelled replies): the prompt rendered once, each reply with its
+    trained tokens, as the SFT preview marks them; lengths count prompt and reply."""
+    from core.data.encode import preview, prompt_text, token_lengths
+
+    kto = "completion" in examples[0]
+    replies = ("completion",) if kto else ("chosen", "rejected")
+    lengths = {r: token_lengths([{"messages": ex["prompt"] + ex[r]} for ex in examples],
+                                tokenizer) for r in replies}
+    samples = []
+    for ex in examples[:PREVIEW_LIMIT]:
+        prompt = prompt_text(tokenizer, ex["prompt"])
+        sample: dict[str, Any] = {"prompt": prompt}
+        for r in replies:
+            # Prompt tokens are never trained in these stages (TRL masks them).
+            segments = preview(tokenizer, ex["prompt"] + ex[r], cutoff, False)
+            sample[r] = _after(segments, len(prompt))
+        if kto:
+            sample["label"] = ex["label"]
+        samples.append(sample)
+    first = lengths[replies[0]]
+    return {"lengths": first, "samples": samples, "count": len(examples),
+            "kind": "kto" if kto else "pairwise",
+            **({} if kto else {"rejected_lengths": lengths["rejected"]})}
+
+
+def _after(segments: list[tuple[str, bool]], skip: int) -> list[tuple[str, bool]]:
+    """The segments past the first `skip` characters (the rendered prompt)."""
+    out = []
+    for text, trained in segments:
+        if skip >= len(text):
+            skip -= len(text)
+            continue
+        out.append((text[skip:], trained))
+        skip = 0
+    return out
 
 
 def _text_preview(tokenizer: Any, text: str, cutoff: int) -> list[tuple[str, bool]]:

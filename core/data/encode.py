@@ -121,6 +121,11 @@ def encode_messages(
     return Encoded(ids[:cutoff_len], labels[:cutoff_len], len(ids), len(ids) > cutoff_len)
 
 
+def prompt_text(tokenizer: Any, messages: list[dict]) -> str:
+    """The conversation rendered up to where the assistant's reply begins."""
+    return _apply(tokenizer, messages, True)
+
+
 def preview(
     tokenizer: Any, messages: list[dict], cutoff_len: int, train_on_prompt: bool = False
 ) -> list[tuple[str, bool]]:

@@ -238,23 +238,41 @@ def _model_view(shared: Shared, browse: gr.Dropdown) -> None:
         show = i18n.add(gr.Button("Show", variant="secondary", scale=1), "Show", "查看")
     shared.preview_cutoff, shared.preview_train_on_prompt = cutoff, prompt_loss
     summary = gr.Markdown()
+    # Preference data: the prompt once, as the template renders it (never trained).
+    prompt = i18n.add(gr.Textbox(label="Prompt (rendered with the chat template)", lines=4,
+                                 max_lines=12, interactive=False, visible=False,
+                                 elem_id="pair-prompt"),
+                      "Prompt (rendered with the chat template)", "提示（按对话模板渲染）")
     seen = i18n.add(gr.HighlightedText(label="Rendered sample", color_map=dataview.COLOR_MAP,
-                                       show_legend=True, combine_adjacent=True),
+                                       show_legend=True, combine_adjacent=True,
+                                       elem_id="data-seen"),
                     "Rendered sample", "渲染后的样本")
+    with gr.Row(visible=False, elem_id="pair-view") as pair:
+        chosen = i18n.add(gr.HighlightedText(label="✔ Chosen reply",
+                                             color_map=dataview.COLOR_MAP,
+                                             combine_adjacent=True, elem_id="pair-chosen"),
+                          "✔ Chosen reply", "✔ 被选回复")
+        rejected = i18n.add(gr.HighlightedText(label="✘ Rejected reply",
+                                               color_map=dataview.COLOR_MAP,
+                                               combine_adjacent=True, elem_id="pair-rejected"),
+                            "✘ Rejected reply", "✘ 被拒回复")
     histogram = i18n.add(plot_box("Token lengths"), "Token lengths", "Token 长度分布")
 
     def view(model: str | None, dataset: str | None, number: float | None, cut: float | None,
              on_prompt: bool) -> list[Any]:
         if not dataset:
-            return [gr.skip(), "Choose a dataset above.", gr.skip(), gr.skip()]
+            return [gr.skip(), "Choose a dataset above.", *[gr.skip()] * 6]
         try:
             v = dataview.model_view(model, dataset, int(number or 1),
                                     int(cut or SETTINGS["cutoff_len"].default), on_prompt)
         except ProbeError as exc:
-            return [gr.skip(), f"✗ {exc}", None, None]
-        return [v.sample, v.summary, v.segments, v.figure]
+            return [gr.skip(), f"✗ {exc}", gr.skip(), None, gr.skip(), None, None, None]
+        shows = v.shows
+        return [v.sample, v.summary, gr.update(value=v.prompt, visible=shows["prompt"]),
+                gr.update(value=v.segments, visible=shows["sample"]),
+                gr.update(visible=shows["pair"]), v.chosen, v.rejected, v.figure]
 
     inputs = [shared.model, browse, sample, cutoff, prompt_loss]
-    outputs = [sample, summary, seen, histogram]
+    outputs = [sample, summary, prompt, seen, pair, chosen, rejected, histogram]
     show.click(view, inputs, outputs, concurrency_id="probe")
     sample.input(view, inputs, outputs, concurrency_id="probe", trigger_mode="always_last")

@@ -1,229 +1,41 @@
-"""Evaluate tab: score a run against its base model on a held-out split or any dataset.
-
-The evaluation is a subprocess job (core.evaluate) writing into RUN/evals/<time>/; this
-tab starts it, polls its events with a timer for the progress bar, and renders
-results.json: the metrics side by side and every prediction against its reference, with
-the words that differ marked.
-"""
+"""Evaluate tab: score a run against its base model on a held-out split or any dataset
+(preference accuracy on pairwise data). Layout and wiring only; the actions are in
+webui.evaluating."""
 
 from __future__ import annotations
 
-import difflib
-import html
-from datetime import datetime
-from pathlib import Path
-from typing import Any
-
 import gradio as gr
 
-from core import evaluate as ev
-from core.runs import checkpoint_names, finished_runs, resolve_run
-from webui import guard
-from webui.i18n import Text
+from core.evaluate import EvalSpec
+from webui import evaluating as ev_ui
 from webui.shared import Shared
-
-T_PICK_RUN = Text("Choose a finished run first.", "请先选择一个已完成的训练。")
-T_PICK_DATA = Text("Choose a dataset to evaluate on.", "请选择用于评估的数据集。")
-T_STARTED = Text("Evaluation started: {job}", "评估已开始：{job}")
-T_FAILED = Text("Evaluation failed: {error}", "评估失败：{error}")
-T_ABORTED = Text("Evaluation aborted.", "评估已中止。")
-T_NO_PAST = Text("No evaluations of this run yet.", "该训练尚无评估记录。")
-T_WAITING = Text("starting", "正在启动")
-T_REFUSED = Text("Not started: {error}", "未开始：{error}")
-
-METRICS = (  # key, label, lower is better
-    ("exact_match", "Exact match (%)", False),
-    ("bleu", "BLEU-4", False),
-    ("rouge_l", "ROUGE-L", False),
-    ("loss", "Loss (answer tokens)", True),
-    ("perplexity", "Perplexity", True),
-)
-
-
-def dataset_choices(run: str | None = None) -> list[tuple[str, str]]:
-    """(label, name): held-out splits first, then every other registered dataset, then
-    the run's own training data when it is not registered (a file it was trained on)."""
-    from core.data.formats import DataError
-    from core.data.registry import load_info
-
-    try:
-        info = load_info()
-    except DataError:  # the Data tab says why; the run's own data is still offered
-        info = {}
-    tests = [(f"{n} (held-out split of {e.get('test_of', '?')})", n)
-             for n, e in info.items() if e.get("split") == "test"]
-    others = [(n, n) for n, e in info.items() if e.get("split") != "test"]
-    own = [(f"{Path(d).name} (this run's training data)", d) for d in _trained_on(run)
-           if d not in info]
-    return tests + others + own
-
-
-def _trained_on(run: str | None) -> list[str]:
-    if not run:
-        return []
-    try:
-        from core.config import RunConfig
-
-        return list(RunConfig.load(resolve_run(run) / "config.yaml").dataset)
-    except Exception:
-        return []
-
-
-def progress_html(done: int, total: int, message: str, status: str = "running") -> str:
-    """A bar in the app's own progress style (webui.app CSS: ps-progress, ps-bar, ps-fill,
-    coloured by ps-done / ps-failed / ps-aborted)."""
-    share = 100.0 * done / total if total else 0.0
-    return (f'<div class="ps-progress ps-{status}"><div class="ps-bar">'
-            f'<div class="ps-fill" style="width:{share:.1f}%"></div></div>'
-            f'<div class="ps-job-detail" style="font-size:.85rem;margin-top:4px">'
-            f"{done}/{total} · {html.escape(message)}</div></div>")
-
-
-def metrics_html(results: dict[str, Any]) -> str:
-    models = results["models"]
-    names = [n for n in ("base", "fine_tuned") if n in models]
-    heads = {"base": "Base model", "fine_tuned": "Fine-tuned"}
-    head = "".join(f"<th>{heads[n]}<br><small>{html.escape(models[n]['label'])}</small></th>"
-                   for n in names)
-    rows = []
-    for key, label, lower_better in METRICS:
-        cells = []
-        values = [models[n].get(key) for n in names]
-        for v in values:
-            best = len(names) == 2 and v == (min if lower_better else max)(values) \
-                and values[0] != values[1]
-            style = ' style="font-weight:bold;color:#15803d"' if best else ""
-            cells.append(f"<td{style}>{_fmt(v)}</td>")
-        change = ""
-        if len(names) == 2 and None not in values:
-            delta = values[1] - values[0]
-            change = f"<td>{'+' if delta > 0 else ''}{_fmt(delta)}</td>"
-        rows.append(f"<tr><td>{label}</td>{''.join(cells)}{change}</tr>")
-    change_head = "<th>Change</th>" if len(names) == 2 else ""
-    when = datetime.fromtimestamp(results["time"]).strftime("%Y-%m-%d %H:%M")
-    return (
-        f"<div><b>{html.escape(results['run'])}</b> ({html.escape(results['checkpoint'])}) on "
-        f"{html.escape(_names(results['dataset']))}: {results['samples']} sample(s), greedy "
-        f"answers of at most {results['max_new_tokens']} tokens, {when}</div>"
-        '<table class="ps-metrics" style="width:auto;margin-top:6px">'
-        f"<tr><th>Metric</th>{head}{change_head}</tr>{''.join(rows)}</table>"
-    )
-
-
-def _names(datasets: list[str]) -> str:
-    """Dataset names as shown: a file by its name, not its whole path."""
-    return ", ".join(Path(d).name for d in datasets)
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float) and abs(v) >= 1000:
-        return f"{v:,.0f}"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def diff_html(prediction: str, reference: str) -> str:
-    """The prediction with words the reference lacks highlighted, and reference words it
-    misses struck through: the difference is visible without reading both texts."""
-    pred, ref = prediction.split(), reference.split()
-    out = []
-    matcher = difflib.SequenceMatcher(a=ref, b=pred, autojunk=False)
-    for op, a0, a1, b0, b1 in matcher.get_opcodes():
-        if op == "equal":
-            out.append(html.escape(" ".join(pred[b0:b1])))
-            continue
-        if a1 > a0:
-            out.append('<del style="color:#b91c1c;opacity:.7">'
-                       f'{html.escape(" ".join(ref[a0:a1]))}</del>')
-        if b1 > b0:
-            out.append('<span style="background:#fde68a;color:#111">'
-                       f'{html.escape(" ".join(pred[b0:b1]))}</span>')
-    if not pred:
-        out.insert(0, "<i>(empty answer)</i>")
-    return " ".join(out)
-
-
-def predictions_html(results: dict[str, Any], limit: int = 200) -> str:
-    names = [n for n in ("base", "fine_tuned") if n in results["models"]]
-    heads = "".join(f"<th>{'Base model' if n == 'base' else 'Fine-tuned'}</th>" for n in names)
-    rows = []
-    for i, row in enumerate(results["rows"][:limit], 1):
-        cells = []
-        for n in names:
-            ok = row[f"{n}_scores"]["exact_match"] > 0
-            mark = '<span style="color:#15803d">✔</span>' if ok else \
-                '<span style="color:#b91c1c">✘</span>'
-            cells.append(f"<td>{mark} {diff_html(row[n], row['reference'])}</td>")
-        prompt = html.escape(row["prompt"][:300] + ("…" if len(row["prompt"]) > 300 else ""))
-        rows.append(f"<tr><td>{i}</td><td style='max-width:420px'>{prompt}</td>"
-                    f"<td>{html.escape(row['reference'])}</td>{''.join(cells)}</tr>")
-    more = ""
-    if len(results["rows"]) > limit:
-        more = f"<div>First {limit} of {len(results['rows'])} shown; all are in results.json."
-    legend = ("<div style='font-size:.9em;margin:4px 0'>✔ exact match · "
-              "<span style='background:#fde68a;color:#111'>words not in the reference</span> · "
-              "<del style='color:#b91c1c'>reference words missing</del></div>")
-    return (f"{legend}<div style='max-height:560px;overflow:auto'>"
-            "<table class='ps-predictions' style='font-size:.92em'><tr><th>#</th>"
-            f"<th>Prompt</th><th>Reference</th>{heads}</tr>{''.join(rows)}</table></div>{more}")
-
-
-def _past_choices(run: str | None) -> list[tuple[str, str]]:
-    if not run:
-        return []
-    try:
-        jobs = ev.past_evaluations(resolve_run(run))
-    except ValueError:
-        return []
-    out = []
-    for job in jobs:
-        data = _names(job.spec.get("dataset", []))
-        if job.results:
-            m = job.results["models"]
-            em = " vs ".join(f"{m[n]['exact_match']:.0f}%" for n in ("base", "fine_tuned")
-                             if n in m)
-            label = f"{job.path.name} · {data} · exact match {em}"
-        else:
-            label = f"{job.path.name} · {data} · {job.status}"
-        out.append((label, str(job.path)))
-    return out
-
-
-def _show(job_path: str | None) -> tuple[str, str]:
-    if not job_path:
-        return "", ""
-    state = ev.job_state(Path(job_path))
-    if state.results:
-        return metrics_html(state.results), predictions_html(state.results)
-    if state.status == "failed":
-        return f"<div style='color:#b91c1c'>{html.escape(state.error or 'failed')}</div>", ""
-    return "", ""
 
 
 def build(shared: Shared) -> None:
     i18n = shared.i18n
-    runs = [p.name for p in finished_runs()]
+    runs = ev_ui.run_names()
     first = runs[0] if runs else None
-    datasets = dataset_choices(first)
+    datasets = ev_ui.dataset_choices(first)
     with gr.Row(equal_height=True):
         run = i18n.add(gr.Dropdown(runs, value=first, label="Run", scale=3), "Run", "训练结果")
-        checkpoint = i18n.add(gr.Dropdown(checkpoint_names(first), value="final",
+        checkpoint = i18n.add(gr.Dropdown(ev_ui.checkpoint_names(first), value="final",
                                           label="Checkpoint", scale=1), "Checkpoint", "检查点")
-        dataset = i18n.add(gr.Dropdown(datasets, value=_default_dataset(first, datasets),
+        dataset = i18n.add(gr.Dropdown(datasets, value=ev_ui.default_dataset(first, datasets),
                                        label="Dataset", scale=3),
                            "Dataset", "数据集", "A held-out split tells whether the tuning "
                            "generalises", "留出的测试集能说明微调是否泛化")
         refresh = i18n.add(gr.Button("Refresh", scale=0, min_width=80), "Refresh", "刷新")
     with gr.Row(equal_height=True):
-        max_samples = i18n.add(gr.Number(50, precision=0, minimum=0, label="Max samples",
+        max_samples = i18n.add(gr.Number(EvalSpec.max_samples, precision=0, minimum=0,
+                                         label="Max samples",
                                          elem_id="eval-max-samples"),
                                "Max samples", "最大样本数", "0 = all", "0 表示全部")
-        max_new_tokens = i18n.add(gr.Number(64, precision=0, minimum=1,
+        max_new_tokens = i18n.add(gr.Number(EvalSpec.max_new_tokens, precision=0, minimum=1,
                                             label="Max new tokens",
                                             elem_id="eval-max-new-tokens"),
                                   "Max new tokens", "最大生成词元数")
-        batch_size = i18n.add(gr.Number(8, precision=0, minimum=1, label="Batch size",
+        batch_size = i18n.add(gr.Number(EvalSpec.batch_size, precision=0, minimum=1,
+                                        label="Batch size",
                                         elem_id="eval-batch-size"),
                               "Batch size", "批大小")
         include_base = i18n.add(gr.Checkbox(True, label="Also evaluate the base model"),
@@ -234,9 +46,9 @@ def build(shared: Shared) -> None:
         abort = i18n.add(gr.Button("Abort"), "Abort", "中止")
     progress = gr.HTML("", elem_id="eval-progress")
     message = gr.Markdown("")
-    history = _past_choices(first)
+    history = ev_ui.past_choices(first)
     latest = history[0][1] if history else None
-    shown = _show(latest)
+    shown = ev_ui.show(latest)
     past = i18n.add(gr.Dropdown(history, label="Past evaluations of this run", value=latest),
                     "Past evaluations of this run", "该训练的历史评估")
     metrics = gr.HTML(shown[0], elem_id="eval-metrics")
@@ -244,105 +56,15 @@ def build(shared: Shared) -> None:
     job = gr.State("")
     timer = gr.Timer(1.0, active=False)
 
-    def on_run(run_: str | None) -> list[Any]:
-        choices = _past_choices(run_)
-        latest = choices[0][1] if choices else None
-        return [gr.update(choices=checkpoint_names(run_), value="final"),
-                gr.update(choices=dataset_choices(run_),
-                          value=_default_dataset(run_, dataset_choices(run_))),
-                gr.update(choices=choices, value=latest)]
-
-    def on_refresh(run_: str | None) -> list[Any]:
-        runs_ = [p.name for p in finished_runs()]
-        value = run_ if run_ in runs_ else (runs_[0] if runs_ else None)
-        return [gr.update(choices=runs_, value=value),
-                gr.update(choices=dataset_choices(value))]
-
-    def on_start(run_, ckpt, data, n, new_tokens, batch, base, lang) -> list[Any]:
-        path, note = start_evaluation(run_, ckpt, data, n, new_tokens, batch, base, lang)
-        if path is None:
-            return ["", note, "", gr.update(), gr.Timer(active=False)]
-        return [progress_html(0, 1, T_WAITING(lang)), note, str(path),
-                gr.update(value=None), gr.Timer(active=True)]
-
-    def on_tick(job_path: str, run_: str, lang: str) -> list[Any]:
-        if not job_path:
-            return [gr.update()] * 5 + [gr.Timer(active=False)]
-        state = ev.job_state(Path(job_path))
-        message = state.message if state.status == "running" else state.status
-        bar = progress_html(state.done, state.total or 1, message, state.status)
-        if state.status == "running":
-            return [bar, gr.update(), gr.update(), gr.update(), gr.update(), gr.Timer()]
-        shown = _show(job_path)
-        note = {"done": "", "aborted": T_ABORTED(lang)}.get(
-            state.status, T_FAILED(lang, error=state.error))
-        return [bar, note, *shown, gr.update(choices=_past_choices(run_), value=job_path),
-                gr.Timer(active=False)]
-
-    def on_abort(job_path: str) -> None:
-        if job_path:
-            from core.runner import abort as abort_job
-
-            abort_job(Path(job_path), timeout=5)
-
-    run.change(on_run, run, [checkpoint, dataset, past])
-    refresh.click(on_refresh, run, [run, dataset])
-    shared.runs_changed.change(on_refresh, run, [run, dataset])
-    shared.blocks.load(on_refresh, run, [run, dataset])
-    shared.datasets_changed.change(on_refresh, run, [run, dataset])
-    start.click(on_start, [run, checkpoint, dataset, max_samples, max_new_tokens, batch_size,
-                           include_base, shared.lang],
+    run.change(ev_ui.on_run, run, [checkpoint, dataset, past])
+    refresh.click(ev_ui.on_refresh, run, [run, dataset])
+    shared.runs_changed.change(ev_ui.on_refresh, run, [run, dataset])
+    shared.blocks.load(ev_ui.on_refresh, run, [run, dataset])
+    shared.datasets_changed.change(ev_ui.on_refresh, run, [run, dataset])
+    start.click(ev_ui.on_start, [run, checkpoint, dataset, max_samples, max_new_tokens,
+                                 batch_size, include_base, shared.lang],
                 [progress, message, job, past, timer])
-    timer.tick(on_tick, [job, run, shared.lang],
+    timer.tick(ev_ui.on_tick, [job, run, shared.lang],
                [progress, message, metrics, predictions, past, timer])
-    abort.click(on_abort, job, None)
-    past.change(_show, past, [metrics, predictions])
-
-
-def start_evaluation(run: str | None, ckpt: str | None, data: str | None, n: Any,
-                     new_tokens: Any, batch: Any, base: bool,
-                     lang: str = "en") -> tuple[Path | None, str]:
-    """Start an evaluation from the tab's values: (job folder, message), or (None, why
-    not). The browser may only name registered datasets or files under data/."""
-    if not run:
-        return None, T_PICK_RUN(lang)
-    if not data:
-        return None, T_PICK_DATA(lang)
-    try:
-        run_dir = guard.existing_run(run)
-        from core.config import ConfigError, RunConfig
-
-        try:
-            cfg = RunConfig.load(run_dir / "config.yaml")
-        except ConfigError:
-            cfg = None
-        cutoff = cfg.cutoff_len if cfg else 1024
-        # The run's own training files were chosen where the run was started (the CLI
-        # may name any path); scoring on them reads nothing new.
-        refused = None if cfg and data in cfg.dataset else guard.browser_dataset_problem(data)
-        if refused:
-            return None, T_REFUSED(lang, error=refused)
-        spec = ev.EvalSpec(str(run_dir), [data], ckpt or "final", n if n is not None else 0,
-                           new_tokens if new_tokens is not None else 64,
-                           batch if batch is not None else 8, cutoff, bool(base))
-    except ValueError as exc:
-        return None, T_REFUSED(lang, error=exc)
-    path = ev.start(spec)
-    return path, T_STARTED(lang, job=path)
-
-
-def _default_dataset(run: str | None, choices: list[tuple[str, str]]) -> str | None:
-    """The held-out split of the run's data; else its own training data (a score on seen
-    data, but about the right task); else the first dataset offered."""
-    names = [n for _, n in choices]
-    if run:
-        try:
-            test = ev.default_dataset(resolve_run(run))
-        except ValueError:
-            test = None
-        if test in names:
-            return test
-        own = [d for d in _trained_on(run) if d in names]
-        if own:
-            return own[0]
-    return names[0] if names else None
+    abort.click(ev_ui.on_abort, job, None)
+    past.change(ev_ui.show, past, [metrics, predictions])

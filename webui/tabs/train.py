@@ -11,7 +11,15 @@ import gradio as gr
 
 from core import runner
 from core.config import SETTINGS, ConfigError
-from core.plots import loss_figure, loss_frame, lr_figure, lr_frame
+from core.plots import (
+    loss_figure,
+    loss_frame,
+    lr_figure,
+    lr_frame,
+    reward_accuracy_figure,
+    reward_frame,
+    rewards_figure,
+)
 from webui import compare_panel, dataview, guard, history, monitor, training
 from webui.i18n import I18n, Text
 from webui.monitor import Watch
@@ -44,6 +52,8 @@ class _Panel:
     stats: gr.Markdown
     loss: gr.Plot
     lr: gr.Plot
+    rewards: gr.Plot
+    reward_accuracy: gr.Plot
     log: gr.Textbox
     watch: gr.State
     timer: gr.Timer
@@ -71,6 +81,8 @@ class _History:
     selected: gr.Dropdown
     loss: gr.Plot
     lr: gr.Plot
+    rewards: gr.Plot
+    reward_accuracy: gr.Plot
     details: gr.Markdown
 
 
@@ -229,23 +241,42 @@ def _run_panel(i18n: I18n) -> _Panel:
     stats = gr.Markdown()
     loss = i18n.add(plot_box("Loss", elem_id="run-loss"), "Loss", "损失")
     lr = i18n.add(plot_box("Learning rate", elem_id="run-lr"), "Learning rate", "学习率")
+    rewards, accuracy = _reward_plots(i18n, "run")
     log = i18n.add(gr.Textbox(label="Log (end)", lines=10, max_lines=10, autoscroll=True,
                               interactive=False), "Log (end)", "日志（末尾）")
-    return _Panel(count, count_result, start, abort, message, progress, stats, loss, lr, log,
-                  gr.State(Watch()), gr.Timer(1.0))
+    return _Panel(count, count_result, start, abort, message, progress, stats, loss, lr,
+                  rewards, accuracy, log, gr.State(Watch()), gr.Timer(1.0))
+
+
+def _reward_plots(i18n: I18n, prefix: str) -> tuple[gr.Plot, gr.Plot]:
+    """A preference run's rewards and reward accuracy; hidden for other runs."""
+    rewards = i18n.add(plot_box("Rewards (chosen, rejected, margin)", visible=False,
+                                elem_id=f"{prefix}-rewards"),
+                       "Rewards (chosen, rejected, margin)", "奖励（被选、被拒、差值）")
+    accuracy = i18n.add(plot_box("Reward accuracy", visible=False,
+                                 elem_id=f"{prefix}-reward-accuracy"),
+                        "Reward accuracy", "奖励准确率")
+    return rewards, accuracy
+
+
+def _reward_updates(frame: Any) -> list[Any]:
+    figures = [rewards_figure(frame), reward_accuracy_figure(frame)]
+    return [gr.update(value=f, visible=f is not None) for f in figures]
 
 
 def _render(watch: Watch, changes: monitor.Changes) -> list[Any]:
-    """Updates for progress, stats, loss, lr, log, start, abort; skips what did not change."""
+    """Updates for progress, stats, loss, lr, rewards, reward accuracy, log, start, abort;
+    skips what did not change."""
     skip = gr.skip()
     if not changes.any:
-        return [skip] * 7
+        return [skip] * 9
     redraw = changes.events or changes.status
     return [
         monitor.progress(watch),
         monitor.stats(watch) if redraw else skip,
         loss_figure(loss_frame(watch.events)) if changes.plots else skip,
         lr_figure(lr_frame(watch.events)) if changes.plots else skip,
+        *(_reward_updates(reward_frame(watch.events)) if changes.plots else [skip, skip]),
         monitor.log_tail(watch) if changes.log else skip,
         gr.update(interactive=not watch.live) if changes.status else skip,
         gr.update(interactive=watch.live) if changes.status else skip,
@@ -253,8 +284,8 @@ def _render(watch: Watch, changes: monitor.Changes) -> list[Any]:
 
 
 def _wire_run(form: SettingsForm, shared: Shared, panel: _Panel) -> None:
-    view = [panel.progress, panel.stats, panel.loss, panel.lr, panel.log, panel.start,
-            panel.abort]
+    view = [panel.progress, panel.stats, panel.loss, panel.lr, panel.rewards,
+            panel.reward_accuracy, panel.log, panel.start, panel.abort]
 
     def tick(watch: Watch, runs: int) -> list[Any]:
         watch, changes = monitor.poll(watch)
@@ -383,8 +414,10 @@ def _history(i18n: I18n) -> _History:
                             "Loss of the selected runs", "所选运行的损失")
             lr = i18n.add(plot_box("Learning rate (first selected run)"),
                           "Learning rate (first selected run)", "学习率（第一个所选运行）")
+        with gr.Row():
+            rewards, accuracy = _reward_plots(i18n, "history")
         details = gr.Markdown(elem_id="history-details")
-    return _History(table, refresh, selected, loss, lr, details)
+    return _History(table, refresh, selected, loss, lr, rewards, accuracy, details)
 
 
 def _wire_history(shared: Shared, hist: _History) -> None:
@@ -395,12 +428,14 @@ def _wire_history(shared: Shared, hist: _History) -> None:
 
     for event in (hist.refresh.click, shared.runs_changed.change, shared.blocks.load):
         event(refresh, hist.selected, [hist.table, hist.selected], show_progress="hidden")
-    def show(names: list[str] | None) -> tuple[Any, Any, str]:
+    def show(names: list[str] | None) -> list[Any]:
         losses, rates, details = history.curves(names or [])
-        return loss_figure(losses), lr_figure(rates), details
+        rewards = _reward_updates(history.rewards(names or []))
+        return [loss_figure(losses), lr_figure(rates), *rewards, details]
 
-    hist.selected.change(show, hist.selected, [hist.loss, hist.lr, hist.details],
-                         show_progress="hidden")
+    hist.selected.change(show, hist.selected,
+                         [hist.loss, hist.lr, hist.rewards, hist.reward_accuracy,
+                          hist.details], show_progress="hidden")
 
     def toggle(selected: list[str] | None, evt: gr.SelectData) -> list[str]:
         name = evt.row_value[0] if evt.row_value else None
