@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core import distributed
 from core.data.formats import DataError
 from core.stages import STAGE_FORMATS
 
@@ -204,6 +205,7 @@ def train_preference(cfg: RunConfig, run_dir: Path, events: EventWriter,
         "device": device, "precision": precision, "method": cfg.method,
         "trainable_params": trainable, "total_params": total,
         "trainable_share": trainable / total if total else 0.0, **stats,
+        **distributed.start_fields(device),
     }
     callback = _event_callback(cfg, run_dir, events, stop, tokenizer, start_info)
     extra = {} if cfg.stage == "orpo" else {"ref_model": ref}
@@ -223,7 +225,7 @@ def train_preference(cfg: RunConfig, run_dir: Path, events: EventWriter,
     if "ref" in getattr(trained, "peft_config", {}):
         trained.delete_adapter("ref")  # TRL's frozen reference copy is not the result
     out_dir = run_dir / ("model" if METHODS[cfg.method].saves_full_model else "adapter")
-    stop.save(trained, out_dir, cfg, tokenizer, events)
+    stop.save(trained, out_dir, cfg, tokenizer, events, final=True)
     steps = trainer.state.global_step
     return {
         "output_dir": str(out_dir),

@@ -43,11 +43,16 @@ class StopRequest:
         self.events = events
         self.signalled = False
         self.saving: Path | None = None
+        self.result_saved = False
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.saving is not None:
+        if self.result_saved:
+            # The result is on disk: what is left (the plot, the end event) takes moments,
+            # and an abort now must not call a finished run aborted.
+            os.write(1, b"abort requested after the result was saved; finishing\n")
+        elif self.saving is not None:
             # Cutting a save short would lose the result: every abort waits for it.
             # os.write, not print: a handler that prints while the main thread is
             # printing raises "reentrant call" and would end the save after all.
@@ -63,9 +68,10 @@ class StopRequest:
         self.signalled = True
 
     def save(self, model: Any, out_dir: Path, cfg: RunConfig, tokenizer: Any,
-             events: EventWriter) -> Path:
-        """Save a result whole, deaf to aborts meanwhile. The `saving` event tells the
-        runner to wait for the save rather than kill the process at its deadline."""
+             events: EventWriter, final: bool = False) -> Path:
+        """Save a result whole, deaf to aborts meanwhile (and, once the `final` result is
+        saved, for good). The `saving` event tells the runner to wait for the save rather
+        than kill the process at its deadline."""
         from core.methods.common import save_result
 
         if distributed.rank() != 0:  # every rank holds the same weights; rank 0 writes them
@@ -73,7 +79,9 @@ class StopRequest:
         events.emit("saving", path=str(out_dir))
         self.saving = out_dir
         try:
-            return save_result(model, out_dir, cfg, tokenizer)
+            saved = save_result(model, out_dir, cfg, tokenizer)
+            self.result_saved = final
+            return saved
         finally:
             self.saving = None
 
@@ -220,7 +228,6 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
         cfg, run_dir, device, precision, has_eval,
         remove_unused_columns=False,  # every column goes to our collator
         train_sampling_strategy="group_by_length" if batch_mode == "grouped" else "random",
-        **distributed.trainer_kwargs(cfg, run_dir, device == "cpu", distributed.world_size()),
     )
     collator = batching.collator(batch_mode, tokenizer, flash)
     spec = METHODS[cfg.method]
@@ -251,7 +258,7 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
     if has_eval and not stop.requested:
         final_eval = trainer.evaluate().get("eval_loss")
     out_dir = run_dir / ("model" if spec.saves_full_model else "adapter")
-    stop.save(trainer.model, out_dir, cfg, tokenizer, events)
+    stop.save(trainer.model, out_dir, cfg, tokenizer, events, final=True)
     steps = trainer.state.global_step
     return {
         "completed": steps >= trainer.state.max_steps,

@@ -3,13 +3,15 @@
 SFT/PT pass them to transformers' TrainingArguments, the preference stages to TRL's
 DPOConfig, KTOConfig or ORPOConfig (subclasses of it), each adding only its own. So a
 setting that matters to every run (the NaN filter that core.health needs off, the
-checkpoint and logging policy) cannot drift between stages.
+checkpoint and logging policy, the distributed settings) cannot drift between stages.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from core import distributed
 
 if TYPE_CHECKING:
     from core.config import RunConfig
@@ -48,6 +50,7 @@ def shared_kwargs(cfg: RunConfig, run_dir: Path, device: str, precision: str,
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",  # the tokens/s of every step event
         logging_nan_inf_filter=False,  # a NaN loss must be seen (core.health), not averaged
+        **distributed.trainer_kwargs(cfg, run_dir, device == "cpu", distributed.world_size()),
     )
 
 
