@@ -109,7 +109,7 @@ def _hold(run_dir: Path, events: EventWriter) -> Any:
 
     return hold_device(run_dir.name, cancelled=lambda: (run_dir / ABORT_FILE).exists(),
                        on_wait=lambda holder: events.emit("waiting", holder=holder),
-                       saves=run_dir.parent)
+                       saves=run_dir.parent, job=run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,7 +84,7 @@ def device_holder(saves: Path | None = None) -> str | None:
 
 def hold_device(name: str, on_wait: Callable[[str], None] | None = None,
                 cancelled: Callable[[], bool] = lambda: False, poll: float = 0.5,
-                saves: Path | None = None) -> Any:
+                saves: Path | None = None, job: Path | None = None) -> Any:
     """Take the device for this process and return the open lock file (the device is
     free again when it is closed or the process ends). While another job holds it,
     `on_wait(holder)` is called once per new holder and the call waits; it returns None
@@ -106,8 +106,28 @@ def hold_device(name: str, on_wait: Callable[[str], None] | None = None,
                 f.close()
                 return None
             time.sleep(poll)
-    atomic_write_text(saves / DEVICE_HOLDER, json.dumps({"name": name, "pid": os.getpid()}))
+    atomic_write_text(saves / DEVICE_HOLDER, json.dumps(
+        {"name": name, "pid": os.getpid(), "job": str(job) if job else None}))
     return f
+
+
+def _free_or_holder(saves: Path, grace: float = 10.0) -> str | None:
+    """`device_holder`, except that a holder whose job has written its end event gets
+    `grace` seconds to exit: Start pressed the moment a run says done must not be refused
+    because its process is still closing."""
+    deadline = time.time() + grace
+    while True:
+        holder = device_holder(saves)
+        if holder is None:
+            return None
+        try:
+            job = json.loads((saves / DEVICE_HOLDER).read_text()).get("job")
+        except (OSError, ValueError):
+            job = None
+        ended = job is not None and any(e["type"] == "end" for e in read_events(Path(job))[0])
+        if not ended or time.time() >= deadline:
+            return holder
+        time.sleep(0.1)
 
 
 # -- processes ---------------------------------------------------------------------------
@@ -322,7 +342,7 @@ def hold_device_for_job(job: Path, what: str) -> Any:
         print(f"waiting for {holder} to finish", flush=True)
 
     return hold_device(f"{what} {job.name}", on_wait=on_wait,
-                       cancelled=lambda: (job / ABORT_FILE).exists())
+                       cancelled=lambda: (job / ABORT_FILE).exists(), job=job)
 
 
 def start(cfg: RunConfig, saves: Path | None = None) -> Path:
@@ -344,7 +364,7 @@ def start(cfg: RunConfig, saves: Path | None = None) -> Path:
                 f"run {busy.name!r} is still training; wait for it or abort it before "
                 "starting another"
             )
-        holder = device_holder(saves)
+        holder = _free_or_holder(saves)
         if holder is not None:
             raise BusyError(f"{holder} is using the device; wait for it to finish or stop "
                             "it before starting a run")

@@ -291,7 +291,7 @@ def _hold_device(run_dir: Path, events: EventWriter, stop: StopRequest) -> Any:
 
     return hold_device(run_dir.name, cancelled=lambda: stop.requested,
                        on_wait=lambda holder: events.emit("waiting", holder=holder),
-                       saves=run_dir.parent)
+                       saves=run_dir.parent, job=run_dir)
 
 
 _HELD: list[Any] = []
@@ -303,8 +303,8 @@ def _job(cfg: RunConfig, run_dir: Path, events: EventWriter) -> dict[str, Any]:
     if distributed.under_launcher():
         distributed.die_with_parent()  # core.launch holds the device for all ranks
     else:
-        # Kept until the process exits, after run_job's end event: nobody sees the device
-        # free while this run still reads as running.
+        # Kept until run_job has written the end event: nobody sees the device free
+        # while this run still reads as running.
         _HELD.append(_hold_device(run_dir, events, stop))
         if _HELD[-1] is None:
             raise KeyboardInterrupt  # aborted while it waited: run_job ends it "aborted"
@@ -340,7 +340,9 @@ def _job(cfg: RunConfig, run_dir: Path, events: EventWriter) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     from core.jobs import run_job
 
-    return run_job(argv, "python -m core.train RUN_DIR/config.yaml", RunConfig.load, _job)
+    code = run_job(argv, "python -m core.train RUN_DIR/config.yaml", RunConfig.load, _job)
+    _HELD.clear()  # the end event is written: the device is free before the process exits
+    return code
 
 
 if __name__ == "__main__":
