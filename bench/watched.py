@@ -3,7 +3,9 @@
 The same LoRA job on the embedded model runs with the app serving and no page open, then
 with headless Chromium showing the Train tab (which re-attaches to the live run and draws
 its curves), interleaved A B A B on the same machine. Printed: samples/s of each (median)
-and the ratio watched / unwatched; the target is within 5%.
+and the ratio watched / unwatched (the target is within 5%), and the CPU seconds the app
+server and the browser used during each watched run: on a small machine they are taken
+from the trainer.
 Usage: `python bench/watched.py [--steps N] [--repeats N] [--dataset NAME]`.
 """
 
@@ -14,6 +16,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,6 +25,24 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, serve_app, wait_for  # noqa: E402
 from speed import run_once  # noqa: E402
+
+
+def _cpu(server_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the app server and by every Chromium process."""
+    import psutil
+
+    used = {"server": 0.0, "browser": 0.0}
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        try:
+            times = proc.cpu_times()
+            total = times.user + times.system
+            if proc.info["pid"] == server_pid:
+                used["server"] += total
+            elif "chrom" in (proc.info["name"] or ""):
+                used["browser"] += total
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return used
 
 
 def main() -> int:
@@ -45,8 +66,18 @@ def main() -> int:
             page = browser.new_page(viewport=VIEWPORT)
             page.goto(app.url)
             page.get_by_role("tab", name="Train").click()
+            # Opening the page (its scripts, the parameter count it asks for) is not
+            # watching: let it settle first.
+            count = page.locator("#param-count")
+            wait_for(lambda c=count: "parameters trainable" in c.inner_text(), 120,
+                     "the page to load")
+            time.sleep(5)
+            before = _cpu(app.pid)
             speeds["watched"].append(
                 run_once(args.dataset, "studio", args.steps, saves)["samples_per_s"])
+            after = _cpu(app.pid)
+            print("  CPU seconds during the watched run: "
+                  + ", ".join(f"{k} {after[k] - before.get(k, 0.0):.1f}" for k in after))
             # The page must really have followed the run, or this measured nothing.
             detail = page.locator(".ps-detail")
             wait_for(lambda d=detail: "done" in d.inner_text(), 30,

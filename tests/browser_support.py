@@ -47,6 +47,7 @@ class ServedApp:
     saves: Path
     data: Path
     startup_seconds: float
+    pid: int = 0
 
 
 @contextmanager
@@ -84,7 +85,7 @@ def serve_app(workdir: Path, saves: Path | None = None, env: dict[str, str] | No
         t0 = time.time()
         try:
             wait_for(up, 60, "the app to come up", poll=0.25)
-            yield ServedApp(url, saves, data, time.time() - t0)
+            yield ServedApp(url, saves, data, time.time() - t0, server.pid)
         finally:
             server.terminate()
             try:
