@@ -92,3 +92,11 @@ def serve_app(workdir: Path, saves: Path | None = None, env: dict[str, str] | No
                 server.wait(10)
             except subprocess.TimeoutExpired:
                 server.kill()
+
+
+def step_of(page: Any) -> int:
+    """The step the Train tab's progress line shows (0 before the first)."""
+    import re
+
+    match = re.search(r"step (\d+) /", page.locator(".ps-detail").inner_text())
+    return int(match.group(1)) if match else 0

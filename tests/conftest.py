@@ -104,3 +104,21 @@ def module_saves(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PEFT_STUDIO_SAVES", str(saves))
         yield saves
+
+
+@pytest.fixture()
+def app(tmp_path):
+    """The app served with its own data/ and saves/ for a browser test (skipped without
+    Chromium). A run still going afterwards is aborted: a failed test must not leave one
+    training beside the next, and a passing test's runs must have ended on their own."""
+    from browser_support import CHROMIUM, serve_app
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed (make browser installs it)")
+    with serve_app(tmp_path) as served:
+        yield served
+    from core import runner
+
+    for run_dir in served.saves.iterdir():
+        if (run_dir / "config.yaml").exists() and runner.process_alive(run_dir):
+            runner.abort(run_dir, timeout=10)

@@ -5,10 +5,9 @@ tests/output/browser/."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
-from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, serve_app, wait_for
+from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, step_of, wait_for
 
 # More steps than the test ever waits for: the run cannot end before the reload however fast
 # the machine is, and the test ends it with Abort (which keeps what was trained).
@@ -18,26 +17,6 @@ STEPS = 100_000
 REATTACH_SECONDS = 60
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture()
-def app(tmp_path):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (make browser installs it)")
-    with serve_app(tmp_path) as served:
-        yield served
-    # The run is a detached process: it must have finished on its own, not with the UI.
-    from core import runner
-
-    for run_dir in served.saves.iterdir():
-        if (run_dir / "config.yaml").exists() and runner.process_alive(run_dir):
-            runner.abort(run_dir, timeout=10)
-
-
-def step_of(page) -> int:
-    text = page.locator(".ps-detail").inner_text()
-    match = re.search(r"step (\d+) /", text)
-    return int(match.group(1)) if match else 0
 
 
 def loss_image(page) -> str:

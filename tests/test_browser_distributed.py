@@ -6,27 +6,15 @@ from __future__ import annotations
 import json
 import re
 import time
-from pathlib import Path
 
 import psutil
 import pytest
-from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, serve_app, wait_for
+from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, wait_for
 
 from core import runner
 from core.events import read_events
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture()
-def app(tmp_path):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (make browser installs it)")
-    with serve_app(tmp_path) as served:
-        yield served
-    for run_dir in served.saves.iterdir():
-        if (run_dir / "config.yaml").exists() and runner.process_alive(run_dir):
-            runner.abort(run_dir, timeout=10)
 
 
 def need_gb(text: str) -> float | None:

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
-from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, serve_app, wait_for
+from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, step_of, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -19,24 +18,6 @@ pytestmark = pytest.mark.browser
 STEPS = 100_000
 PAIRS = [{"question": f"Can you help me with chore {i}?", "chosen": "Of course, gladly.",
           "rejected": "Do it yourself."} for i in range(16)]
-
-
-@pytest.fixture()
-def app(tmp_path):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (make browser installs it)")
-    with serve_app(tmp_path) as served:
-        yield served
-    from core import runner
-
-    for run_dir in served.saves.iterdir():
-        if (run_dir / "config.yaml").exists() and runner.process_alive(run_dir):
-            runner.abort(run_dir, timeout=10)
-
-
-def step_of(page) -> int:
-    match = re.search(r"step (\d+) /", page.locator(".ps-detail").inner_text())
-    return int(match.group(1)) if match else 0
 
 
 def accuracy_image(page, where: str = "run") -> str:
