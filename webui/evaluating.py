@@ -157,10 +157,26 @@ def preference_html(results: dict[str, Any]) -> str:
     )
 
 
-def pairs_html(results: dict[str, Any], limit: int = 200) -> str:
-    """Every pair: the prompt, both replies, and which one each model ranked higher."""
+def _model_columns(results: dict[str, Any]) -> tuple[list[str], str]:
+    """The models an evaluation scored, in table order, and their column heads."""
     names = [n for n in ("base", "fine_tuned") if n in results["models"]]
     heads = "".join(f"<th>{'Base model' if n == 'base' else 'Fine-tuned'}</th>" for n in names)
+    return names, heads
+
+
+def _short_prompt(prompt: str, limit: int = 300) -> str:
+    return html.escape(prompt[:limit] + ("…" if len(prompt) > limit else ""))
+
+
+def _more_note(results: dict[str, Any], limit: int) -> str:
+    total = len(results["rows"])
+    return f"<div>First {limit} of {total} shown; all are in results.json." if total > limit \
+        else ""
+
+
+def pairs_html(results: dict[str, Any], limit: int = 200) -> str:
+    """Every pair: the prompt, both replies, and which one each model ranked higher."""
+    names, heads = _model_columns(results)
     rows = []
     for i, row in enumerate(results["rows"][:limit], 1):
         cells = []
@@ -169,13 +185,11 @@ def pairs_html(results: dict[str, Any], limit: int = 200) -> str:
             mark = '<span style="color:#15803d">✔ chosen</span>' if picked == "chosen" else \
                 '<span style="color:#b91c1c">✘ rejected</span>'
             cells.append(f"<td>{mark}<br><small>margin {row[f'{n}_margin']:+.3g}</small></td>")
-        prompt = html.escape(row["prompt"][:300] + ("…" if len(row["prompt"]) > 300 else ""))
+        prompt = _short_prompt(row["prompt"])
         rows.append(f"<tr><td>{i}</td><td style='max-width:420px'>{prompt}</td>"
                     f"<td>{html.escape(row['chosen'])}</td>"
                     f"<td>{html.escape(row['rejected'])}</td>{''.join(cells)}</tr>")
-    more = ""
-    if len(results["rows"]) > limit:
-        more = f"<div>First {limit} of {len(results['rows'])} shown; all are in results.json."
+    more = _more_note(results, limit)
     legend = ("<div style='font-size:.9em;margin:4px 0'>Ranked higher: the reply the model "
               "finds likelier (✔ when it is the chosen one)</div>")
     return (f"{legend}<div style='max-height:560px;overflow:auto'>"
@@ -187,8 +201,7 @@ def pairs_html(results: dict[str, Any], limit: int = 200) -> str:
 def predictions_html(results: dict[str, Any], limit: int = 200) -> str:
     if results.get("kind") == "preference":
         return pairs_html(results, limit)
-    names = [n for n in ("base", "fine_tuned") if n in results["models"]]
-    heads = "".join(f"<th>{'Base model' if n == 'base' else 'Fine-tuned'}</th>" for n in names)
+    names, heads = _model_columns(results)
     rows = []
     for i, row in enumerate(results["rows"][:limit], 1):
         cells = []
@@ -197,12 +210,10 @@ def predictions_html(results: dict[str, Any], limit: int = 200) -> str:
             mark = '<span style="color:#15803d">✔</span>' if ok else \
                 '<span style="color:#b91c1c">✘</span>'
             cells.append(f"<td>{mark} {diff_html(row[n], row['reference'])}</td>")
-        prompt = html.escape(row["prompt"][:300] + ("…" if len(row["prompt"]) > 300 else ""))
+        prompt = _short_prompt(row["prompt"])
         rows.append(f"<tr><td>{i}</td><td style='max-width:420px'>{prompt}</td>"
                     f"<td>{html.escape(row['reference'])}</td>{''.join(cells)}</tr>")
-    more = ""
-    if len(results["rows"]) > limit:
-        more = f"<div>First {limit} of {len(results['rows'])} shown; all are in results.json."
+    more = _more_note(results, limit)
     legend = ("<div style='font-size:.9em;margin:4px 0'>✔ exact match · "
               "<span style='background:#fde68a;color:#111'>words not in the reference</span> · "
               "<del style='color:#b91c1c'>reference words missing</del></div>")
