@@ -70,6 +70,9 @@ def test_send_streams_to_base_and_tuned_then_unload_frees_the_worker(run_name):
         assert base[-1]["role"] == "assistant" and base[-1]["content"] != ANSWER
         assert any(u[-1].startswith("Loading") for u in updates)
         assert "tokens/s" in status and "Loaded:" in status
+        # Done is said once, when the last pane has answered, never between the panes.
+        assert [u[-1] for u in updates].count(status) == 1
+        assert not any("tokens/s" in u[-1] for u in updates[:-1])
         assert set(chatting.CLIENT.loaded) == {t.key for t in chatting.targets(
             None, run_name, "final", True, chatting.NONE) if t}
     finally:

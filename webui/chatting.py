@@ -196,17 +196,20 @@ def send(text: str, model: str | None, run_: str, ckpt: str, compare_: bool, sec
         panes = targets(model, run_, ckpt, compare_, second_)
         for line in loading(panes, lang):
             yield ["", *histories, line]
-        for i, target in enumerate(panes):
-            if target is not None:
-                for line in _reply(target, text, system_, settings, histories[i], lang):
-                    yield ["", *histories, line]
+        answering = [i for i, target in enumerate(panes) if target is not None]
+        for i in answering:
+            for line in _reply(panes[i], text, system_, settings, histories[i], lang,
+                               last=i == answering[-1]):
+                yield ["", *histories, line]
     except (ChatError, ValueError) as exc:
         yield ["", *histories, T_ERROR(lang, error=exc)]
 
 
 def _reply(target: Target, text: str, system: str, settings: GenerationSettings,
-           history: list[dict], lang: str) -> Iterator[str]:
-    """Stream one pane's reply into `history`, yielding the status line as it grows."""
+           history: list[dict], lang: str, last: bool) -> Iterator[str]:
+    """Stream one pane's reply into `history`, yielding the status line as it grows. Only
+    the `last` pane to answer says done: the status must not read finished while another
+    pane has yet to answer."""
     prompt = with_system(_messages(history) + [{"role": "user", "content": text}], system)
     history += [{"role": "user", "content": text}, {"role": "assistant", "content": ""}]
     yield T_STREAMING(lang, label=target.label)
@@ -214,7 +217,7 @@ def _reply(target: Target, text: str, system: str, settings: GenerationSettings,
         if event["type"] == "chunk":
             history[-1]["content"] += event["text"]
             yield T_STREAMING(lang, label=target.label)
-        elif event["type"] == "done":
+        elif event["type"] == "done" and last:
             rate = event["tokens"] / max(event["seconds"], 1e-6)
             last = T_DONE(lang, tokens=event["tokens"], seconds=event["seconds"], rate=rate,
                           stopped=T_STOPPED(lang) if event["stopped"] else "")
