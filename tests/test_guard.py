@@ -174,3 +174,26 @@ def test_browser_dataset_registered_or_under_data_allowed(data):
     for dataset in (["identity"], ["mine.json"], [str(data / "mine.json")]):
         _, _, problems = training.preview(_values(dataset=dataset))
         assert problems == "", (dataset, problems)
+
+
+@pytest.mark.parametrize("changes, eval_dataset, words", [
+    ({"trust_remote_code": True}, "", ["trust_remote_code", "--allow-remote-code"]),
+    ({"dataset": ["/etc/passwd"]}, "", ["`dataset`", "outside", "only from the CLI"]),
+    ({}, "/etc/passwd", ["`evaluation dataset`", "outside", "only from the CLI"]),
+])
+def test_comparison_queue_is_refused_what_a_run_is(saves, data, monkeypatch, changes,
+                                                   eval_dataset, words):
+    """The Train tab's "Start comparison" starts runs too: the page could send what the
+    greyed-out widget does not offer, and the queue must refuse it like Start does."""
+    from webui import compare_panel
+
+    monkeypatch.setattr(guard.POLICY, "allow_remote_code", False)
+    message, job = compare_panel.start(_values(**changes), ["lora", "ia3"], eval_dataset, 5)
+    if job is not None:  # a regression must not leave a queue training behind the test
+        from core import runner
+
+        runner.abort(Path(job), timeout=10)
+    assert job is None, message
+    for w in words:
+        assert w in message
+    assert not any(saves.rglob("compare.yaml"))  # no queue was made, nothing was started

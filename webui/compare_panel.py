@@ -16,7 +16,7 @@ from core.config import ConfigError
 from core.events import read_events
 from core.methods import METHODS
 from core.plots import loss_figure
-from webui import history
+from webui import guard, history
 from webui.shared import Shared
 from webui.training import problems_markdown
 from webui.widgets import SettingsForm, config_values
@@ -24,8 +24,17 @@ from webui.widgets import SettingsForm, config_values
 
 def start(values: dict[str, Any], methods: list[str], eval_dataset: str | None,
           eval_samples: int, lang: str = "en") -> tuple[str, str | None]:
-    """(message, comparison folder or None when refused)."""
-    spec = compare.CompareSpec(methods=list(methods or []), settings=config_values(values),
+    """(message, comparison folder or None when refused). The queue is started from the
+    browser like a run from the Train tab, so it is refused what a run is (webui.guard):
+    remote code without --allow-remote-code, and datasets outside data/."""
+    settings = config_values(values)
+    refused = guard.browser_problems(settings)
+    if eval_dataset:
+        why = guard.browser_dataset_problem(eval_dataset)
+        refused += [f"evaluation dataset: {why}"] if why else []
+    if refused:
+        return problems_markdown(ConfigError(refused), lang), None
+    spec = compare.CompareSpec(methods=list(methods or []), settings=settings,
                                eval_dataset=eval_dataset or None,
                                eval_max_samples=int(eval_samples or 30))
     try:
