@@ -197,3 +197,14 @@ def test_comparison_queue_is_refused_what_a_run_is(saves, data, monkeypatch, cha
     for w in words:
         assert w in message
     assert not any(saves.rglob("compare.yaml"))  # no queue was made, nothing was started
+
+
+def test_share_link_needs_a_login_even_on_loopback(monkeypatch):
+    """launch(share=True) publishes the app on gradio.live: as open as --host 0.0.0.0."""
+    import gradio as gr
+
+    from webui import app
+
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: pytest.fail("it served"))
+    with pytest.raises(guard.AccessError, match="refusing to serve on a public share link"):
+        app.launch(host="127.0.0.1", share=True)

@@ -65,7 +65,8 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False,
            allow_remote_code: bool = False) -> None:
     """Serve the app. With `logins`, Gradio's login guards every page and API route
     (a client without the session cookie gets 401); without, only loopback is allowed."""
-    guard.check_serving(host, logins)
+    # A share link is a public address on gradio.live, whatever the host: it needs a login.
+    guard.check_serving("a public share link" if share else host, logins)
     guard.POLICY.allow_remote_code = allow_remote_code
     demo = build_app()
     demo.queue(default_concurrency_limit=4)
