@@ -130,7 +130,7 @@ def test_aborts_during_the_final_save_wait_for_it(tiny_model_dir, saves):
     assert not [p for p in run_dir.iterdir() if ".partial" in p.name]
     assert runs.run_output(run_dir) == model
 
-    from core import evaluate
+    from core import evaluate, export
 
     holder = runner.hold_device("a test holding the device")
     try:
@@ -141,9 +141,16 @@ def test_aborts_during_the_final_save_wait_for_it(tiny_model_dir, saves):
         waiting = wait_for(lambda: evaluate.job_state(job).message.startswith("waiting"),
                            job)
         assert waiting and "a test holding the device" in evaluate.job_state(job).message
+        # An export queues behind the device the same way, and says for whom it waits.
+        shipped = export.start(export.ExportSpec(str(run_dir), "after-abort"))
+        wait_for(lambda: export.job_state(shipped)["message"].startswith("waiting"), shipped)
+        assert "a test holding the device" in export.job_state(shipped)["message"]
+        assert export.job_state(shipped)["status"] == "running"
     finally:
         holder.close()
     assert runner.wait(job, timeout=300) == "done", (job / "log.txt").read_text()
+    assert runner.wait(shipped, timeout=300) == "done", (shipped / "log.txt").read_text()
+    assert (export.export_path("after-abort") / "model.safetensors").is_file()
 
 
 def _mount_tmpfs(path: Path, size: str) -> None:
@@ -292,6 +299,31 @@ def test_comparison_queue_stops_from_the_cli(tiny_model_dir, saves):
     assert runner.active_run() is None
 
 
+def test_comparison_queue_stops_from_the_ui(tiny_model_dir, saves):
+    """The comparison panel's Start comparison, then its Stop comparison button."""
+    from core.config import SETTINGS
+    from webui import compare_panel
+
+    values = {**{n: s.default for n, s in SETTINGS.items()},
+              **tiny(tiny_model_dir, max_steps=2000).to_dict()}
+    message, job = compare_panel.start(values, ["lora", "ia3"], "", 5)
+    assert job, message
+    job = Path(job)
+    run = wait_for(lambda: next((e["run"] for e in events_of(job) if e["type"] == "run"),
+                                None), job)
+    run_dir = saves / run
+    wait_for(lambda: any(e["type"] == "step" for e in events_of(run_dir)), run_dir)
+    assert compare_panel.stop(str(job)).startswith(f"Stopping **{job.name}**")
+    assert runner.wait(job, timeout=180) == "aborted"
+    line, table, _ = compare_panel.view(str(job))
+    assert line.startswith(f"**{job.name}**: aborted")
+    assert list(table["Status"]) == ["aborted"]  # ia3 never started
+    assert runner.run_status(run_dir)[0] == "aborted"
+    assert (run_dir / "adapter" / "studio.json").is_file()  # what it trained is kept
+    assert compare_panel.stop(str(job)) == "No comparison is running."
+    assert runner.active_run() is None
+
+
 def test_chat_waits_for_the_device_and_says_for_whom(tiny_model_dir, saves):
     client = chat.ChatClient()
     holder = runner.hold_device("run busy-run")
@@ -306,3 +338,66 @@ def test_chat_waits_for_the_device_and_says_for_whom(tiny_model_dir, saves):
     finally:
         holder.close()
         client.unload()
+
+
+# -- 7, 8. the app's start with a corrupt registry, behind its login, with an upload limit --
+def _http(opener, url: str, data: bytes | None = None,
+          headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with opener.open(urllib.request.Request(url, data=data, headers=headers or {}),
+                         timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _multipart(name: str, content: bytes) -> tuple[bytes, dict[str, str]]:
+    boundary = "peftstudioboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+            f"filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            ).encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_served_app_starts_on_a_corrupt_registry_behind_its_login_and_upload_limit(
+        tmp_path):
+    """`peft-studio webui` as a user starts it, with a broken data/dataset_info.json, a
+    login and a 1 MB upload limit: it comes up, a client without the login gets 401, and
+    with it an upload over the limit is refused by the server itself (413)."""
+    import http.cookiejar
+    import urllib.parse
+    import urllib.request
+
+    from browser_support import serve_app
+
+    from webui import guard
+
+    data = tmp_path / "user-data"
+    shutil.copytree(ROOT / "data", data)
+    (data / "dataset_info.json").write_text('{"identity": {"file": ', encoding="utf-8")
+    env = {guard.AUTH_ENV: "alice:s3cret-pw", "PEFT_STUDIO_DATA": str(data),
+           "PEFT_STUDIO_MAX_UPLOAD_MB": "1"}
+    with serve_app(tmp_path, env=env) as app:
+        anon = urllib.request.build_opener()
+        assert _http(anon, app.url + "config")[0] == 401
+        assert _http(anon, app.url + "gradio_api/upload", *_multipart("a.json", b"[]"))[0] \
+            == 401
+        user = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        login = urllib.parse.urlencode({"username": "alice", "password": "s3cret-pw"})
+        assert _http(user, app.url + "login", login.encode())[0] == 200
+        status, config = _http(user, app.url + "config")
+        assert status == 200 and b"Registered datasets" in config  # the whole app was built
+        small = b'[{"instruction": "q", "output": "1991-03-13"}]'
+        status, body = _http(user, app.url + "gradio_api/upload", *_multipart("d.json", small))
+        assert status == 200 and json.loads(body)[0].endswith("d.json"), body
+        status, body = _http(user, app.url + "gradio_api/upload",
+                             *_multipart("big.json", b" " * (2 * 2**20)))
+        assert status == 413 and b"maximum allowed size" in body, body
+    log = (tmp_path / "server.log").read_text()
+    assert "Traceback" not in log, log
+    # The registry was left as the user had it: nothing "repaired" it behind their back.
+    assert (data / "dataset_info.json").read_text() == '{"identity": {"file": '
