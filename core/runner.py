@@ -211,6 +211,7 @@ class RunInfo:
     final_loss: float | None = None
     error: str | None = None
     output_dir: str | None = None
+    diverged: bool = False  # failed because training diverged (core.health)
 
 
 def run_status(run_dir: Path, events: list[dict[str, Any]] | None = None) -> tuple[str, dict]:
@@ -253,6 +254,7 @@ def run_info(run_dir: Path) -> RunInfo:
         final_loss=end.get("final_loss", steps[-1]["loss"] if steps else None),
         error=end.get("error"),
         output_dir=end.get("output_dir"),
+        diverged=bool(end.get("diverged")),
     )
 
 

@@ -84,10 +84,16 @@ def test_diverging_run_fails_at_its_step_and_offers_no_result(tiny_model_dir, sa
         runs.run_target(run_dir, "step-2")
     info = runner.list_runs()[0]
     assert info.status == "failed" and "diverged" in info.error
-    from webui import monitor  # what the Train tab shows
+    from webui import history, monitor  # what the Train tab shows
 
     assert "✗ **Diverged:** training diverged at step 3" in monitor.stats(
         monitor.attach(run_dir))
+    assert f"{run_dir.name}: failed (diverged at step 3)" in monitor.progress(
+        monitor.attach(run_dir))
+    assert history.table()["status"].tolist() == ["failed (diverged)"]
+    details = history.curves([run_dir.name])[2]
+    assert details.startswith(f"**{run_dir.name}**: failed (diverged)")
+    assert "training diverged at step 3" in details
 
 
 def test_nan_in_the_weights_stops_the_run_at_that_step(tiny_model_dir, saves, tmp_path):

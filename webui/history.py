@@ -21,7 +21,7 @@ def table() -> pd.DataFrame:
     for r in runner.list_runs():
         rows.append([
             r.name,
-            r.status,
+            shown_status(r),
             r.method,
             _short_model(r.model),
             ", ".join(r.dataset),
@@ -30,6 +30,11 @@ def table() -> pd.DataFrame:
             datetime.fromtimestamp(r.started).strftime("%Y-%m-%d %H:%M") if r.started else "",
         ])
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def shown_status(info: runner.RunInfo) -> str:
+    # "failed" alone reads like a crash to fix; a diverged run needs other settings.
+    return f"{info.status} (diverged)" if info.diverged else info.status
 
 
 def run_names() -> list[str]:
@@ -50,7 +55,7 @@ def curves(names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     first = next(iter(events.values()), [])
     details = []
     for name, info in runs.items():
-        line = f"**{name}**: {info.status}"
+        line = f"**{name}**: {shown_status(info)}"
         if info.final_loss is not None:
             line += f", final loss {info.final_loss:.4f}"
         if info.output_dir:

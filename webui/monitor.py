@@ -117,6 +117,9 @@ def progress(watch: Watch) -> str:
     if watch.live and start:
         elapsed = time.time() - start["time"]
     caption = f"{Path(watch.run).name}: {watch.status}"
+    end = _last(watch.events, "end") or {}
+    if end.get("diverged"):  # the bar itself says why it went red
+        caption += f" (diverged at step {end.get('step')})"
     if watch.live and not start:
         waiting = _last(watch.events, "waiting")
         caption += (f" (waiting for {waiting['holder']} to finish: one job uses the device "
