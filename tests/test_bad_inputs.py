@@ -286,3 +286,18 @@ def test_export_tab_result_deleted_meanwhile(finished_run):
 def test_webui_bad_port(capsys, port):
     code, out = run_cli(["webui", "--port", port], capsys)
     assert code == 2 and f"{port!r} is not a port: use 1 to 65535" in out
+
+
+# -- the Data tab ------------------------------------------------------------------------
+@pytest.mark.parametrize("cut, words", [
+    (math.nan, "cutoff_len: expected a whole number, got nan"),
+    (4, "cutoff_len: must be at least 8, got 4"),
+    (10**9, "cutoff_len: must be at most 131072"),
+])
+def test_data_tab_model_view_refuses_a_bad_cut_off(data, cut, words):
+    """The 'what the model sees' view's cut-off has the run setting's bounds; NaN from an
+    API client passes Gradio's own minimum and maximum, and int(nan) was a traceback."""
+    from webui import dataview
+
+    with pytest.raises(ValueError, match=words):
+        dataview.model_view(None, "identity", 1, cut, False)

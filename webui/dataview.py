@@ -104,11 +104,16 @@ def _marked(pieces: list[tuple[str, bool]]) -> Segments:
 
 def model_view(model: str | None, dataset: str, sample: int, cutoff_len: int,
                train_on_prompt: bool) -> ModelView:
-    """Ask the probe how the model tokenizes `dataset`; raises probe.ProbeError."""
+    """Ask the probe how the model tokenizes `dataset`; raises probe.ProbeError, or
+    ValueError for a cut-off the run settings would refuse (an API client can send NaN,
+    which passes Gradio's bounds)."""
+    cutoff_len, problem = SETTINGS["cutoff_len"].check(cutoff_len)
+    if problem:
+        raise ValueError(f"cutoff_len: {problem}")
     payload = {
         "model": model or SETTINGS["model"].default,
         "dataset": dataset,
-        "cutoff_len": int(cutoff_len),
+        "cutoff_len": cutoff_len,
         "train_on_prompt": bool(train_on_prompt),
         "identity_name": SETTINGS["identity_name"].default,
         "identity_author": SETTINGS["identity_author"].default,
@@ -116,7 +121,8 @@ def model_view(model: str | None, dataset: str, sample: int, cutoff_len: int,
     answer = probe.ask("preview", payload)
     lengths, samples = answer["lengths"], answer["samples"]
     count = answer["count"]
-    index = min(max(1, int(sample or 1)), max(1, len(samples)))
+    wanted = int(sample) if isinstance(sample, (int, float)) and math.isfinite(sample) else 1
+    index = min(max(1, wanted), max(1, len(samples)))
     if answer.get("kind") in ("pairwise", "kto"):
         return _preference_view(answer, index, int(cutoff_len))
     segments = _marked(samples[index - 1] if samples else [])

@@ -263,9 +263,10 @@ def _model_view(shared: Shared, browse: gr.Dropdown) -> None:
         if not dataset:
             return [gr.skip(), "Choose a dataset above.", *[gr.skip()] * 6]
         try:
-            v = dataview.model_view(model, dataset, int(number or 1),
-                                    int(cut or SETTINGS["cutoff_len"].default), on_prompt)
-        except ProbeError as exc:
+            v = dataview.model_view(model, dataset, number or 1,
+                                    SETTINGS["cutoff_len"].default if cut is None else cut,
+                                    on_prompt)
+        except (ProbeError, ValueError) as exc:
             return [gr.skip(), f"✗ {exc}", gr.skip(), None, gr.skip(), None, None, None]
         shows = v.shows
         return [v.sample, v.summary, gr.update(value=v.prompt, visible=shows["prompt"]),
