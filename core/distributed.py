@@ -373,6 +373,54 @@ def agree_to_stop(requested: bool) -> bool:
     return bool(flag.item())
 
 
+def state_gatherer(trainer: Any, trainable_only: bool) -> Any:
+    """For a run whose weights are sharded between the processes (ZeRO-3, FSDP): a function
+    that every rank must call together, returning the whole state dict on rank 0 (on the
+    CPU; what the other ranks get back is not used). None for DDP and ZeRO-2 (and one
+    plain process), where every rank holds every weight and rank 0 saves alone.
+    `trainable_only`: gather only the trained weights (an adapter's), not a copy of the
+    whole frozen base.
+
+    The gathering is the libraries' own, the one Trainer.save_model does, rather than ours:
+    DeepSpeed's consolidated state dict (which gathers each partitioned parameter in turn
+    onto rank 0, so no rank ever holds the whole model twice) and torch's full state dict
+    for FSDP2 (what accelerate's get_state_dict calls). Trainer.save_model itself is not
+    used: it writes its own layout (a whole model for our bottleneck adapter, no manifest),
+    and not whole-or-nothing. Resolved at each call: the DeepSpeed engine exists only once
+    training has begun."""
+    if trainer.is_fsdp_enabled:
+        def gather_fsdp() -> dict[str, Any]:
+            if not trainer.accelerator.is_fsdp2:
+                return trainer.accelerator.get_state_dict(trainer.model)
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+            )
+
+            # accelerate's get_state_dict with ignore_frozen_params added: an adapter's
+            # save must not gather the base it leaves untouched.
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                       ignore_frozen_params=trainable_only)
+            return get_model_state_dict(trainer.model, options=options)
+
+        return gather_fsdp
+    if not trainer.is_deepspeed_enabled:
+        return None
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return None
+
+    def gather_zero3() -> dict[str, Any]:
+        engine = trainer.model_wrapped  # the DeepSpeed engine, once training has begun
+        # What Trainer.save_model does for a peft model under ZeRO-3 (and accelerate's
+        # get_state_dict without exclude_frozen_parameters, for a whole model).
+        return engine._zero3_consolidated_16bit_state_dict(
+            exclude_frozen_parameters=trainable_only)
+
+    return gather_zero3
+
+
 def start_fields(device: str) -> dict[str, Any]:
     """For the start event: how many processes, on how many machines, on what."""
     n = world_size()

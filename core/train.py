@@ -44,6 +44,9 @@ class StopRequest:
         self.signalled = False
         self.saving: Path | None = None
         self.result_saved = False
+        # Set by train() for a run whose weights are sharded (ZeRO-3, FSDP): every rank
+        # takes part in gathering them (core.distributed.state_gatherer).
+        self.gather: Any = None
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
@@ -71,15 +74,22 @@ class StopRequest:
              events: EventWriter, final: bool = False) -> Path:
         """Save a result whole, deaf to aborts meanwhile (and, once the `final` result is
         saved, for good). The `saving` event tells the runner to wait for the save rather
-        than kill the process at its deadline."""
+        than kill the process at its deadline. Rank 0 alone writes; with sharded weights
+        (ZeRO-3, FSDP: `gather` is set) every rank must call this, at the same point."""
         from core.methods.common import save_result
 
-        if distributed.rank() != 0:  # every rank holds the same weights; rank 0 writes them
-            return out_dir
-        events.emit("saving", path=str(out_dir))
+        if self.gather is None and distributed.rank() != 0:
+            return out_dir  # every rank holds the same weights; rank 0 writes them
+        # Sharded weights: every rank gathers them with rank 0, deaf to aborts like rank 0
+        # (a rank that left the gather would leave rank 0 waiting in it); rank 0 writes.
+        events.emit("saving", path=str(out_dir))  # rank 0's: the other ranks' are silent
         self.saving = out_dir
         try:
-            saved = save_result(model, out_dir, cfg, tokenizer)
+            state = self.gather() if self.gather is not None else None
+            if distributed.rank() != 0:
+                self.result_saved = final
+                return out_dir
+            saved = save_result(model, out_dir, cfg, tokenizer, state)
             self.result_saved = final
             return saved
         finally:
@@ -249,6 +259,7 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
         callbacks=[callback],
         optimizers=(optimizer, None),
     )
+    stop.gather = distributed.state_gatherer(trainer, trainable_only=not spec.saves_full_model)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t0 = time.time()

@@ -161,6 +161,64 @@ def test_a_killed_rank_fails_the_run_naming_it(tiny_model_dir, saves):
     assert end["error"].startswith("rank 1 was killed by SIGKILL; its last log line: ")
 
 
+def lora_weights(result: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(result / "adapter_model.safetensors"))
+
+
+def test_zero2_and_zero3_on_the_cpu_save_what_was_trained(tiny_model_dir, saves):
+    """DeepSpeed's CPU accelerator (gloo) runs ZeRO here: 2 processes x batch 1, ZeRO-2 and
+    ZeRO-3, the same curve. Under ZeRO-3 each rank holds only its shard of every weight,
+    and the adapter (a checkpoint mid-run and the result) must be the whole trained one,
+    gathered by every rank: the same as ZeRO-2's, whose rank 0 holds every weight. About
+    45 s here, plus about a minute once per machine while DeepSpeed compiles its
+    shared-memory op (cached under ~/.cache/torch_extensions)."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is an optional extra "
+                        "(peft-studio[deepspeed]); not installed here")
+    import torch
+
+    from core.methods.common import load_trained
+
+    zero2 = runner.start(tiny(tiny_model_dir, run_name="zero2", distributed="zero2"))
+    assert runner.wait(zero2, timeout=400) == "done", (zero2 / "log.txt").read_text()
+    assert_nothing_left(zero2, within=10)
+    zero3 = runner.start(tiny(tiny_model_dir, run_name="zero3", distributed="zero3",
+                              save_steps=2))
+    assert runner.wait(zero3, timeout=400) == "done", (zero3 / "log.txt").read_text()
+    assert_nothing_left(zero3, within=10)
+
+    for run_dir in (zero2, zero3):
+        start = next(e for e in events_of(run_dir) if e["type"] == "start")
+        assert start["processes"] == 2
+        assert [e["step"] for e in steps(run_dir)] == [1, 2, 3, 4]
+        assert (run_dir / distributed.DEEPSPEED_FILE).is_file()
+    losses = [e["loss"] for e in steps(zero3)]
+    assert losses == pytest.approx([e["loss"] for e in steps(zero2)], rel=1e-4)
+    assert losses[-1] < losses[0]
+
+    trained = lora_weights(zero2 / "adapter")
+    assert trained and all(v.numel() for v in trained.values())
+    # lora_B starts at zero: nonzero means trained weights, not fresh ones
+    assert all(v.abs().sum() > 0 for k, v in trained.items() if "lora_B" in k)
+    gathered = lora_weights(zero3 / "adapter")
+    assert gathered.keys() == trained.keys()
+    for key, value in trained.items():
+        assert gathered[key].shape == value.shape, key  # not rank 0's empty shard
+        assert torch.allclose(gathered[key].to(value.dtype), value, atol=1e-5), key
+    # the checkpoint, gathered mid-run, is whole too, and differs from the end's
+    checkpoint = lora_weights(zero3 / "checkpoints" / "step-2")
+    assert {k: v.shape for k, v in checkpoint.items()} == {k: v.shape for k, v in
+                                                           trained.items()}
+    assert any(not bool((checkpoint[k] == v).all()) for k, v in gathered.items())
+    # and the result opens as any other: the loaded adapter holds the gathered weights
+    model, _ = load_trained(zero3 / "adapter")
+    state = model.state_dict()
+    for key, value in gathered.items():
+        loaded = state[key.replace(".weight", ".default.weight")]
+        assert bool((loaded == value.to(loaded.dtype)).all()), key
+
+
 # -- several machines ----------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:

@@ -42,9 +42,15 @@ class Method:
         """The model with only this method's parameters trainable."""
         raise NotImplementedError(f"{self.id} does not say how to wrap a model")
 
-    def save(self, model: Any, out_dir: Path, cfg: Any = None) -> None:
-        """Write the trained weights (a peft adapter folder by default)."""
-        model.save_pretrained(str(out_dir))
+    def save(self, model: Any, out_dir: Path, cfg: Any = None,
+             state_dict: dict[str, Any] | None = None) -> None:
+        """Write the trained weights (a peft adapter folder by default). `state_dict`, when
+        given, holds the weights gathered from a sharded run (ZeRO-3, FSDP), whose `model`
+        holds only this process's shards: the weights are taken from it, by name."""
+        if state_dict is None:
+            model.save_pretrained(str(out_dir))
+        else:  # peft picks the adapter's entries out of the whole state dict
+            model.save_pretrained(str(out_dir), state_dict=state_dict)
 
     def load(self, base_model: Any, out_dir: Path, cfg: Any = None) -> Any:
         """`base_model` with the weights saved in `out_dir` (a peft adapter by default)."""

@@ -152,7 +152,8 @@ class BottleneckAdapter(Method):
             model.get_submodule(name).adapter.requires_grad_(True)
         return model
 
-    def save(self, model: Any, out_dir: Path, cfg: Any = None) -> None:
+    def save(self, model: Any, out_dir: Path, cfg: Any = None,
+             state_dict: dict[str, Any] | None = None) -> None:
         from safetensors.torch import save_file
 
         out_dir = Path(out_dir)
@@ -160,9 +161,15 @@ class BottleneckAdapter(Method):
         config = describe(model)
         (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n",
                                            encoding="utf-8")
-        tensors = {f"{name}.adapter.{key}": value.detach().contiguous().cpu()
-                   for name in config["modules"]
-                   for key, value in model.get_submodule(name).adapter.state_dict().items()}
+        if state_dict is None:
+            state_dict = {f"{name}.adapter.{key}": value
+                          for name in config["modules"]
+                          for key, value in model.get_submodule(name).adapter.state_dict().items()}
+        prefixes = tuple(f"{name}.adapter." for name in config["modules"])
+        tensors = {key: value.detach().contiguous().cpu()
+                   for key, value in state_dict.items() if key.startswith(prefixes)}
+        if not tensors:
+            raise ValueError("the gathered weights hold none of the bottleneck adapters")
         save_file(tensors, str(out_dir / WEIGHTS_NAME), metadata={"format": "pt"})
 
     def load(self, base_model: Any, out_dir: Path, cfg: Any = None) -> Any:

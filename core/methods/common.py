@@ -156,13 +156,18 @@ def apply_method(model: Any, cfg: Any) -> Any:
 
 
 # -- saving and loading a trained result ---------------------------------------------------
-def save_trained(model: Any, out_dir: str | Path, cfg: Any, tokenizer: Any = None) -> Path:
-    """Write the method's weights, the tokenizer and studio.json into `out_dir`."""
+def save_trained(model: Any, out_dir: str | Path, cfg: Any, tokenizer: Any = None,
+                 state_dict: dict[str, Any] | None = None) -> Path:
+    """Write the method's weights, the tokenizer and studio.json into `out_dir`. A sharded
+    run (ZeRO-3, FSDP) passes the weights its processes gathered as `state_dict`."""
     from core.methods import implementation
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    implementation(cfg.method).save(model, out, cfg)
+    if state_dict is None:
+        implementation(cfg.method).save(model, out, cfg)
+    else:
+        implementation(cfg.method).save(model, out, cfg, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
     manifest = {"method": cfg.method, "model": cfg.model, "settings": cfg.to_dict()}
@@ -171,7 +176,8 @@ def save_trained(model: Any, out_dir: str | Path, cfg: Any, tokenizer: Any = Non
     return out
 
 
-def save_result(model: Any, out_dir: str | Path, cfg: Any, tokenizer: Any = None) -> Path:
+def save_result(model: Any, out_dir: str | Path, cfg: Any, tokenizer: Any = None,
+                state_dict: dict[str, Any] | None = None) -> Path:
     """`save_trained` made whole-or-nothing: written into a hidden sibling folder and
     renamed into place, so a kill, a crash or a full disk never leaves a half-written
     folder that pickers would offer as a result. On a full disk the partial folder is
@@ -185,7 +191,7 @@ def save_result(model: Any, out_dir: str | Path, cfg: Any, tokenizer: Any = None
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        save_trained(model, tmp, cfg, tokenizer)
+        save_trained(model, tmp, cfg, tokenizer, state_dict)
         if out.exists():  # a rerun of the same step: replace, never merge
             shutil.rmtree(out)
         os.replace(tmp, out)

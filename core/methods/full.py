@@ -16,8 +16,12 @@ class Full(Method):
             p.requires_grad_(True)
         return model
 
-    def save(self, model: Any, out_dir: Path, cfg: Any = None) -> None:
-        model.save_pretrained(str(out_dir), safe_serialization=True)
+    def save(self, model: Any, out_dir: Path, cfg: Any = None,
+             state_dict: dict[str, Any] | None = None) -> None:
+        if state_dict is None:
+            model.save_pretrained(str(out_dir), safe_serialization=True)
+        else:
+            model.save_pretrained(str(out_dir), safe_serialization=True, state_dict=state_dict)
 
     def load(self, base_model: Any, out_dir: Path, cfg: Any = None) -> Any:
         from transformers import AutoModelForCausalLM
