@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -256,19 +257,53 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, gguf_type: str, name: str
 
 
 # -- checking by reading back ------------------------------------------------------------
-def prompts_of(run_settings: dict[str, Any], limit: int = 4) -> list[str]:
-    """The first user prompts of the run's own training data (none when unreadable)."""
+def _first_user_turn(example: dict[str, Any]) -> str | None:
+    # SFT examples hold "messages"; preference ones (DPO/ORPO/KTO) a "prompt" conversation.
+    turns = example.get("messages") or example.get("prompt") or []
+    if isinstance(turns, str):
+        return turns
+    return next((m["content"] for m in turns if m.get("role") == "user"), None)
+
+
+def held_out_prompts(run_settings: dict[str, Any], limit: int = 4) -> tuple[list[str], str]:
+    """(prompts, where they come from): the first user turns of the examples the run did
+    not train on, so the check asks the file questions the tuning was not fitted to.
+
+    In order: the run's validation split (val_size, split exactly as training split it);
+    else the registered test split of one of its datasets (the Evaluate tab's default);
+    else, the run having held nothing out, its training prompts, and the source says so."""
     from core.config import RunConfig
+    from core.data.encode import _eval_count
     from core.data.loader import load_examples
+    from core.data.registry import test_sets
+
+    def firsts(examples: list[dict[str, Any]]) -> list[str]:
+        users = [u for ex in examples if (u := _first_user_turn(ex))]
+        return list(dict.fromkeys(users))[:limit]
 
     try:
         cfg = RunConfig(**run_settings)
         examples = load_examples(cfg.dataset, cfg)
     except Exception:  # a dataset gone since training: the probe prompt still checks
-        return []
-    users = [m["content"] for ex in examples for m in (ex.get("messages") or [])[:2]
-             if m["role"] == "user"]
-    return list(dict.fromkeys(users))[:limit]
+        return [], "the probe only (the run's data is no longer readable)"
+    n_eval = _eval_count(len(examples), cfg.val_size)
+    if n_eval:
+        # The same shuffle as core.data.encode and core.preference: these are the rows
+        # the run's validation loss was computed on, never trained on.
+        order = list(range(len(examples)))
+        random.Random(cfg.seed).shuffle(order)
+        held = firsts([examples[i] for i in order[:n_eval]])
+        if held:
+            return held, "the run's validation split (held out from training)"
+    tests = [t for t, of in test_sets().items() if of in cfg.dataset]
+    try:
+        held = firsts(load_examples(tests, cfg)) if tests else []
+    except Exception:  # an unreadable test split: fall through to the training prompts
+        held = []
+    if held:
+        return held, f"the held-out test split {', '.join(tests)}"
+    return firsts(examples), ("the run's training prompts (it held none out: no validation "
+                              "fraction and no registered test split)")
 
 
 def _render(tokenizer: Any, template: str, prompt: str) -> str:
@@ -276,8 +311,9 @@ def _render(tokenizer: Any, template: str, prompt: str) -> str:
                                          add_generation_prompt=True, chat_template=template)
 
 
-def outputs(model: Any, tokenizer: Any, texts: list[str]) -> list[tuple[Any, list[int]]]:
-    """(logits, greedy continuation ids) of each rendered prompt."""
+def outputs(model: Any, tokenizer: Any, texts: list[str]) -> list[tuple[Any, list[int], Any]]:
+    """(prompt logits, greedy continuation ids, the logits each greedy step chose from,
+    one row per generated token) of each rendered prompt."""
     import torch
 
     result = []
@@ -285,11 +321,25 @@ def outputs(model: Any, tokenizer: Any, texts: list[str]) -> list[tuple[Any, lis
         ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
         with torch.inference_mode():
             logits = model(**ids).logits[0].float()
-            new = model.generate(**ids, max_new_tokens=GREEDY_TOKENS, do_sample=False,
+            gen = model.generate(**ids, max_new_tokens=GREEDY_TOKENS, do_sample=False,
                                  temperature=None, top_p=None, top_k=None,
-                                 pad_token_id=tokenizer.pad_token_id)
-        result.append((logits, new[0, ids["input_ids"].shape[1]:].tolist()))
+                                 pad_token_id=tokenizer.pad_token_id,
+                                 output_scores=True, return_dict_in_generate=True)
+        steps = torch.stack([row[0].float() for row in gen.scores])
+        result.append((logits, gen.sequences[0, ids["input_ids"].shape[1]:].tolist(), steps))
     return result
+
+
+def greedy_gap(ref_ids: list[int], ref_steps: Any, got_ids: list[int], span: float) -> float:
+    """0 when the greedy answers are identical; else, at the first token where they part,
+    how far (as a share of the logit range) the reference model ranked the token the file
+    chose below its own choice. A file whose logits are off by at most d can only part
+    from the reference where that gap is under 2d: a larger one is a real disagreement."""
+    k = next((i for i, (r, g) in enumerate(zip(ref_ids, got_ids, strict=False)) if r != g),
+             None)
+    if k is None:
+        return 0.0  # identical, or one ended (eos) where the other went on: same answer
+    return float(ref_steps[k][ref_ids[k]] - ref_steps[k][got_ids[k]]) / span
 
 
 def weight_rows(model: Any) -> dict[str, Any]:
@@ -312,25 +362,31 @@ def weight_error(reference: dict[str, Any], model: Any) -> tuple[float, str]:
     return worst
 
 
-def compare(reference: list[tuple[Any, list[int]]], loaded: list[tuple[Any, list[int]]],
-            gguf_type: str, weights: tuple[float, str]) -> dict[str, Any]:
+def compare(reference: list[tuple[Any, list[int], Any]],
+            loaded: list[tuple[Any, list[int], Any]], gguf_type: str,
+            weights: tuple[float, str]) -> dict[str, Any]:
     """Figures of the GGUF model against the reference, and whether they are in bounds."""
-    rel, agree, positions, same = 0.0, 0, 0, 0
-    for (ref, ref_ids), (got, got_ids) in zip(reference, loaded, strict=True):
+    rel, agree, positions, same, gap = 0.0, 0, 0, 0, 0.0
+    for (ref, ref_ids, ref_steps), (got, got_ids, _) in zip(reference, loaded, strict=True):
         span = float(ref.max() - ref.min()) or 1.0
         rel = max(rel, float((ref - got).abs().max()) / span)
         agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
         positions += ref.shape[0]
         same += int(ref_ids == got_ids)
+        gap = max(gap, greedy_gap(ref_ids, ref_steps, got_ids, span))
     max_weight, max_rel, min_top1 = TOLERANCE[gguf_type]
     top1 = agree / positions
+    # Greedy answers must agree: identical, or parting only where the reference itself
+    # was nearly tied, within what the type's logit bound allows (see greedy_gap).
+    max_gap = 2 * max_rel
     return {"max_weight_error": weights[0], "worst_weight": weights[1],
             "max_rel_logit_diff": rel, "top1_agreement": top1,
             "greedy_agreement": same / len(reference), "greedy_prompts": len(reference),
+            "greedy_gap": gap,
             "tolerance": {"max_weight_error": max_weight, "max_rel_logit_diff": max_rel,
-                          "min_top1_agreement": min_top1},
+                          "min_top1_agreement": min_top1, "max_greedy_gap": max_gap},
             "within_tolerance": weights[0] <= max_weight and rel <= max_rel
-            and top1 >= min_top1}
+            and top1 >= min_top1 and gap <= max_gap}
 
 
 def reload_check(folder: Path, gguf_file: str, tokenizer: Any, template: str,
@@ -417,12 +473,21 @@ def modelfile(gguf_file: str, tokenizer: Any, template: str, generation: dict[st
 
 
 def sampling_defaults(model: Any) -> dict[str, Any]:
-    """The model's generation_config sampling settings, as Ollama PARAMETER names."""
+    """The sampling settings to chat with the tuned model, as Ollama PARAMETER names: its
+    generation_config's when that samples, else the studio Chat tab's defaults (what the
+    user tried the tuned model with), not Ollama's own, which differ (temperature 0.8)."""
+    from core.settings import GENERATION
+
     gen = getattr(model, "generation_config", None)
-    if gen is None or not getattr(gen, "do_sample", False):
-        return {}
-    pairs = {"temperature": gen.temperature, "top_p": gen.top_p, "top_k": gen.top_k,
-             "repeat_penalty": gen.repetition_penalty}
+    if gen is not None and getattr(gen, "do_sample", False):
+        pairs = {"temperature": gen.temperature, "top_p": gen.top_p, "top_k": gen.top_k,
+                 "repeat_penalty": gen.repetition_penalty}
+    else:
+        # A config without do_sample is transformers' unset default, not a tuned choice.
+        pairs = {"temperature": GENERATION["temperature"].default,
+                 "top_p": GENERATION["top_p"].default, "top_k": GENERATION["top_k"].default,
+                 "repeat_penalty": GENERATION["repetition_penalty"].default}
+    pairs["num_predict"] = GENERATION["max_new_tokens"].default
     return {k: v for k, v in pairs.items() if v is not None}
 
 
@@ -442,7 +507,8 @@ def readme(name: str, gguf_file: str, gguf_type: str, info: dict[str, Any]) -> s
         "## Checked by reading it back", "",
         "Loaded with transformers (`AutoModelForCausalLM.from_pretrained(folder, "
         f"gguf_file='{gguf_file}')`, and its tokenizer) and compared with the model it was "
-        f"written from on {fig['greedy_prompts']} prompts:", "",
+        f"written from on {fig['greedy_prompts']} prompts "
+        f"({fig.get('prompts_source', 'the probe and the run’s prompts')}):", "",
         "| figure | value | bound |", "|---|---|---|",
         f"| largest relative RMS weight error ({fig['worst_weight']}) | "
         f"{fig['max_weight_error']:.4f} | ≤ {tol['max_weight_error']} |",
@@ -451,7 +517,9 @@ def readme(name: str, gguf_file: str, gguf_type: str, info: dict[str, Any]) -> s
         f"| top-1 token agreement (all positions) | {fig['top1_agreement']:.1%} | "
         f"≥ {tol['min_top1_agreement']:.0%} |",
         f"| identical greedy answers ({GREEDY_TOKENS} tokens) | "
-        f"{fig['greedy_agreement']:.0%} | reported |", "",
+        f"{fig['greedy_agreement']:.0%} | reported |",
+        f"| where greedy answers part: the model's margin for its own token / logit range | "
+        f"{fig['greedy_gap']:.4f} | ≤ {tol['max_greedy_gap']:.3g} |", "",
         "## Use", "",
         f"- llama.cpp: `llama-cli -m {gguf_file} -cnv` (or `llama-server -m {gguf_file}`)",
         f"- Ollama: `ollama create {name} -f Modelfile`, then `ollama run {name}`",
@@ -478,8 +546,8 @@ def export_gguf(trained: Path, tmp: Path, how: str, name: str, gguf_type: str,
         progress(8, 100, "merging the adapter into the base weights")
         model = implementation(manifest["method"]).merge(model).eval()
     template = chat_template(tokenizer)
-    texts = [_render(tokenizer, template, p)
-             for p in [PROBE, *prompts_of(manifest.get("settings") or {})]]
+    held, source = held_out_prompts(manifest.get("settings") or {})
+    texts = [_render(tokenizer, template, p) for p in [PROBE, *held]]
     progress(12, 100, f"reference logits and greedy answers on {len(texts)} prompts")
     reference = outputs(model, tokenizer, texts)
     rows = weight_rows(model)
@@ -493,6 +561,7 @@ def export_gguf(trained: Path, tmp: Path, how: str, name: str, gguf_type: str,
     progress(85, 100, "reading the GGUF back with transformers to check it")
     figures = reload_check(tmp, gguf_file, tokenizer, template, texts, reference, rows,
                            gguf_type)
+    figures["prompts_source"] = f"the probe and {len(held)} of {source}" if held else source
     if not figures["within_tolerance"]:
         tol = figures["tolerance"]
         raise ExportError(
@@ -501,7 +570,9 @@ def export_gguf(trained: Path, tmp: Path, how: str, name: str, gguf_type: str,
             f"{tol['max_weight_error']}), largest logit difference "
             f"{figures['max_rel_logit_diff']:.3g} of the logit range (allowed "
             f"{tol['max_rel_logit_diff']}), top-1 agreement {figures['top1_agreement']:.1%} "
-            f"(needed {tol['min_top1_agreement']:.0%}); nothing was written")
+            f"(needed {tol['min_top1_agreement']:.0%}), greedy answers parting where the "
+            f"model preferred its own token by {figures['greedy_gap']:.3g} of the range "
+            f"(allowed {tol['max_greedy_gap']:.3g}); nothing was written")
     (tmp / "Modelfile").write_text(modelfile(gguf_file, tokenizer, template, generation),
                                    encoding="utf-8")
     return {**written, "figures": figures, "gguf_file": gguf_file, "gguf_type": gguf_type,

@@ -85,6 +85,138 @@ def test_a_gguf_outside_its_bounds_is_not_published(code_run, module_saves, monk
     assert not [p for p in exports.iterdir() if p.name.startswith(".")]
 
 
+def test_export_tab_shows_tensor_progress_and_the_figures(code_run, module_saves,
+                                                        monkeypatch):
+    """The tab's GGUF path: started with format gguf, its bar shows the tensor being
+    written while the job is there, and its result the read-back figures and where the
+    check's prompts came from."""
+    from webui import exporting
+
+    bar, note, job, timer = exporting.start(str(code_run), "final", "tab-gguf", "2GB", False,
+                                            False, "gguf", "f16", "en")
+    assert note == exporting.T_STARTED("en") and Path(job).is_dir(), note
+    deadline = time.time() + 600  # a wait for the job, not a timing check
+    while ex.job_state(Path(job))["status"] == "running" and time.time() < deadline:
+        time.sleep(0.5)
+    _, text, history, _ = exporting.tick(job, str(code_run), "en")
+    end = ex.job_state(Path(job))["end"]
+    assert "`tab-gguf-f16.gguf`" in text and "Modelfile" in text, text
+    assert f"top-1 agreement {end['figures']['top1_agreement']:.1%}" in text
+    assert "the run's training prompts (it held none out" in text  # code-word: no split
+    assert "tab-gguf-f16.gguf" in history
+
+    # Replayed at a moment the writer was halfway through the tensors, the bar says so.
+    events = [json.loads(line) for line in (Path(job) / "events.jsonl").open()]
+    middle = [e for e in events if e["type"] == "progress" and "tensors" in e["message"]][2]
+    state = {**ex.job_state(Path(job)), "status": "running", "done": middle["done"],
+             "total": middle["total"], "message": middle["message"]}
+    monkeypatch.setattr(ex, "job_state", lambda path: state)
+    bar, *_ = exporting.tick(job, str(code_run), "en")
+    assert f"{middle['done']}/100 · writing f16 tensors: " in bar and "ps-running" in bar
+
+
+def test_gguf_check_prompts_are_the_ones_the_run_held_out(data):
+    """The read-back check asks the run's held-out questions: its validation split (as
+    training split it), else a registered test split, else (saying so) training prompts."""
+    from core import preference
+    from core.config import RunConfig
+    from core.data.loader import load_examples
+
+    cfg = RunConfig(stage="dpo", dataset=["sentiment_pref"], val_size=0.2, seed=7)
+    prompts, source = gg.held_out_prompts(cfg.to_dict(), limit=100)
+    _, held = preference.load_examples(cfg)
+    assert prompts == list(dict.fromkeys(gg._first_user_turn(e) for e in held))
+    assert len(prompts) >= 2 and "validation split" in source
+
+    cfg = RunConfig(dataset=["sentiment"], val_size=0.0)
+    prompts, source = gg.held_out_prompts(cfg.to_dict())
+    tested = [gg._first_user_turn(e) for e in load_examples(["sentiment_test"], cfg)]
+    trained = {gg._first_user_turn(e) for e in load_examples(["sentiment"], cfg)}
+    assert prompts == tested[:4] and source.endswith("sentiment_test")
+    assert len(prompts) == 4 and not trained & set(prompts)
+
+    prompts, source = gg.held_out_prompts(RunConfig(dataset=["identity"]).to_dict())
+    assert len(prompts) == 4 and "training prompts (it held none out" in source
+
+
+def _answers(ids: list[int], winner: int, margin: float, vocab: int = 8):
+    """One prompt's (prompt logits, greedy ids, step logits): at every step the chosen
+    token leads the next one (`winner`) by `margin` logits, in a logit range of 10."""
+    import torch
+
+    logits = torch.zeros(3, vocab)
+    logits[:, 0] = 10.0
+    steps = torch.zeros(len(ids), vocab)
+    for i, t in enumerate(ids):
+        steps[i, t], steps[i, winner] = 5.0, 5.0 - margin
+    return logits, ids, steps
+
+
+def test_greedy_answers_must_agree_unless_the_reference_was_nearly_tied():
+    """Within the weight and logit bounds, a file whose greedy answer parts from the
+    model's where the model was sure (margin 40% of the range, q8_0 allows 12%) is refused;
+    one that parts at a near tie (1%) passes, its identical-answer figure still 0%."""
+    weights = (0.001, "w")
+    for margin, allowed in ((4.0, False), (0.1, True)):
+        ref = _answers([1, 2, 3], winner=4, margin=margin)
+        got = (ref[0], [1, 4, 5], ref[2])  # parts at the second token, choosing 4
+        fig = gg.compare([ref], [got], "q8_0", weights)
+        assert fig["max_rel_logit_diff"] == 0 and fig["top1_agreement"] == 1
+        assert fig["greedy_agreement"] == 0 and fig["within_tolerance"] is allowed, fig
+        assert fig["greedy_gap"] == pytest.approx(margin / 10)
+        assert gg.compare([ref], [ref], "q8_0", weights)["greedy_gap"] == 0
+
+
+def test_modelfile_generation_defaults_are_the_tuned_models():
+    """Ollama gets the model's own sampling settings, or (when its config does not
+    sample) the studio Chat tab's, never silently Ollama's temperature 0.8."""
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    from core.settings import GENERATION
+
+    unset = gg.sampling_defaults(SimpleNamespace(generation_config=GenerationConfig()))
+    assert unset == {"temperature": GENERATION["temperature"].default,
+                     "top_p": GENERATION["top_p"].default, "top_k": GENERATION["top_k"].default,
+                     "repeat_penalty": GENERATION["repetition_penalty"].default,
+                     "num_predict": GENERATION["max_new_tokens"].default}
+    own = GenerationConfig(do_sample=True, temperature=0.3, top_p=0.8, top_k=20,
+                           repetition_penalty=1.05)
+    tuned = gg.sampling_defaults(SimpleNamespace(generation_config=own))
+    assert (tuned["temperature"], tuned["top_p"], tuned["top_k"],
+            tuned["repeat_penalty"]) == (0.3, 0.8, 20, 1.05)
+
+
+def test_methods_that_cannot_merge_are_refused_gguf_with_their_reason(code_run, monkeypatch):
+    """A run whose result says prompt tuning has no weights to merge: GGUF says why (the
+    run's result read as a prompt-tuning one; the plan comes from the method registry)."""
+    from core.methods import METHODS
+    from core.methods.common import read_manifest
+
+    monkeypatch.setattr(ex, "read_manifest",
+                        lambda out: {**read_manifest(out), "method": "prompt"})
+    with pytest.raises(ex.ExportError, match="GGUF holds a whole model") as refused:
+        ex.check(ex.ExportSpec(str(code_run), "p", format="gguf"))
+    assert METHODS["prompt"].not_mergeable_reason in str(refused.value)
+
+
+def test_a_freeze_run_is_written_whole_and_reads_back(tiny_model_dir, module_saves):
+    """Freeze (like full) runs are whole models: no merge, the same checked GGUF."""
+    from support import tiny
+
+    from core import runner
+
+    run_dir = runner.start(tiny(tiny_model_dir, method="freeze", max_steps=2,
+                                run_name="freeze-gguf"), module_saves)
+    assert runner.wait(run_dir, timeout=600) == "done", (run_dir / "log.txt").read_text()[-3000:]
+    end = ex.export(ex.ExportSpec(str(run_dir), "freeze-gguf", format="gguf", gguf_type="f16"),
+                    ex.EventWriter(module_saves))
+    assert end["plan"] == "full" and end["figures"]["within_tolerance"], end
+    assert end["figures"]["greedy_agreement"] == 1.0
+    assert (Path(end["output_dir"]) / "freeze-gguf-f16.gguf").is_file()
+
+
 def _hf_tensors(model) -> dict[str, np.ndarray]:
     return {k: v.float().numpy() for k, v in model.state_dict().items()}
 

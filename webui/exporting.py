@@ -31,10 +31,11 @@ T_DONE = Text(
 T_DONE_GGUF = Text(
     "Exported `{file}` to `{path}` ({mb:.1f} MB in {seconds:.0f} s), with an Ollama "
     "Modelfile and a README. Read back with transformers and compared: weight error "
-    "{weights:.2g}; on {n} prompts, largest logit difference {rel:.2%} of the logit range, "
-    "top-1 agreement {top1:.1%}, identical greedy answers {greedy:.0%}.",
+    "{weights:.2g}; on {n} prompts ({source}), largest logit difference {rel:.2%} of the "
+    "logit range, top-1 agreement {top1:.1%}, identical greedy answers {greedy:.0%}.",
     "已导出 `{file}` 到 `{path}`（{mb:.1f} MB，用时 {seconds:.0f} 秒），附 Ollama Modelfile 和 "
-    "README。已用 transformers 重新读取并比较：权重误差 {weights:.2g}；在 {n} 个提示上，"
+    "README。已用 transformers 重新读取并比较：权重误差 {weights:.2g}；在 {n} 个提示"
+    "（{source}）上，"
     "logits 最大差异为取值范围的 "
     "{rel:.2%}，top-1 一致率 {top1:.1%}，贪心回答一致 {greedy:.0%}。")
 T_PLAN = {
@@ -154,6 +155,7 @@ def finished(state: dict[str, Any], lang: str) -> tuple[str, str]:
                            mb=end["bytes"] / 1e6, seconds=end["seconds"],
                            weights=fig["max_weight_error"],
                            n=fig["greedy_prompts"], rel=fig["max_rel_logit_diff"],
+                           source=fig.get("prompts_source", "the probe and the run's prompts"),
                            top1=fig["top1_agreement"], greedy=fig["greedy_agreement"])
     elif state["status"] == "done":
         bar = job_progress_html(ex.STEPS, ex.STEPS, "done", "done")
