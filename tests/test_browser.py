@@ -13,7 +13,7 @@ from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, step_of, wait_for
 # the machine is, and the test ends it with Abort (which keeps what was trained).
 STEPS = 100_000
 # How long a reloaded page may take to show the live run: the page's load events and the
-# first timer tick, on a machine whose cores the run keeps busy.
+# first refresh, on a machine whose cores the run keeps busy.
 REATTACH_SECONDS = 60
 
 pytestmark = pytest.mark.browser
@@ -65,6 +65,19 @@ def test_train_reload_and_reattach(app, tiny_model_dir, output_dir):
         count = page.locator("#param-count")
         embedded_count = wait_for(lambda: "parameters trainable" in count.inner_text()
                                   and count.inner_text(), 90, "the count on page load")
+        # An idle Train tab asks the server only for a stamp of the live run's files
+        # (webui.wake), and starts no Gradio event: each costs this page's browser about
+        # 0.25 CPU-seconds, which on a small machine the trainer would lose.
+        calls: list[str] = []
+
+        def note(request) -> None:
+            calls.append(request.url)
+
+        page.on("request", note)
+        page.wait_for_timeout(4000)
+        page.remove_listener("request", note)
+        assert not [c for c in calls if "/queue/join" in c], calls
+        assert sum("/component_server" in c for c in calls) >= 2, calls
         # The preview's cut-off is the run's cut-off.
         assert page.locator("#setting-cutoff_len input").input_value() == "64"
         lora_rank = page.locator("#setting-lora_rank")

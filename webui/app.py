@@ -40,6 +40,8 @@ CSS = """
 /* The plot's floating label would cover the figure's top-left corner. */
 .ps-plot { padding-top: 34px !important; }
 .ps-detail { font-size: .85rem; margin-top: 4px; opacity: .85; }
+/* webui.wake: a script, nothing to see. */
+.ps-wake { display: none !important; }
 """
 
 

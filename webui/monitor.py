@@ -1,4 +1,4 @@
-"""Following one run from its files: what the Train tab's timer calls every second.
+"""Following one run from its files: what the Train tab calls when webui.wake sees news.
 
 A `Watch` (kept in a gr.State per browser tab) remembers the run folder, the byte offset
 read so far in its events.jsonl and the events themselves; each poll reads only what is

@@ -20,7 +20,7 @@ from core.plots import (
     reward_frame,
     rewards_figure,
 )
-from webui import compare_panel, dataview, guard, history, monitor, training
+from webui import compare_panel, dataview, guard, history, monitor, training, wake
 from webui.i18n import I18n, Text
 from webui.monitor import Watch
 from webui.probe import ProbeError
@@ -56,7 +56,7 @@ class _Panel:
     reward_accuracy: gr.Plot
     log: gr.Textbox
     watch: gr.State
-    timer: gr.Timer
+    wake: gr.HTML  # fires .change when the live run has something new (webui.wake)
 
 
 @dataclass
@@ -245,7 +245,7 @@ def _run_panel(i18n: I18n) -> _Panel:
     log = i18n.add(gr.Textbox(label="Log (end)", lines=10, max_lines=10, autoscroll=True,
                               interactive=False), "Log (end)", "日志（末尾）")
     return _Panel(count, count_result, start, abort, message, progress, stats, loss, lr,
-                  rewards, accuracy, log, gr.State(Watch()), gr.Timer(1.0))
+                  rewards, accuracy, log, gr.State(Watch()), wake.waker("run-wake"))
 
 
 def _reward_plots(i18n: I18n, prefix: str) -> tuple[gr.Plot, gr.Plot]:
@@ -292,10 +292,11 @@ def _wire_run(form: SettingsForm, shared: Shared, panel: _Panel) -> None:
         # A run that just ended (or appeared) changes the history.
         return [watch, *_render(watch, changes), runs + 1 if changes.status else gr.skip()]
 
-    # Light file reads: every open browser ticks on its own, none waits for another.
-    panel.timer.tick(tick, [panel.watch, shared.runs_changed],
-                     [panel.watch, *view, shared.runs_changed],
-                     show_progress="hidden", concurrency_limit=None)
+    # Light file reads: every open browser refreshes on its own, none waits for another;
+    # a refresh asked for while one is under way runs once after it.
+    panel.wake.change(tick, [panel.watch, shared.runs_changed],
+                      [panel.watch, *view, shared.runs_changed],
+                      show_progress="hidden", concurrency_limit=None, trigger_mode="always_last")
 
     def start(lang: str, runs: int, *values: Any) -> list[Any]:
         started = training.start(form.named(values), lang)
