@@ -177,6 +177,7 @@ class Engine:
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         from core.data.encode import chat_template
+        from core.methods.common import generate_extras
 
         entry = self.entry(target)
         tok, model = entry.tokenizer, entry.model
@@ -202,7 +203,7 @@ class Engine:
         def run() -> None:
             try:
                 with entry.active() as module, torch.inference_mode():
-                    out = module.generate(**kwargs)
+                    out = module.generate(**kwargs, **generate_extras(module))
                 counted["tokens"] = int(out.shape[1] - inputs["input_ids"].shape[1])
             except Exception as exc:  # reaches the caller, not a silent thread death
                 counted["error"] = exc

@@ -175,6 +175,7 @@ def greedy_answers(entry: Any, samples: list[Sample], spec: EvalSpec, tick: Any)
     import torch
 
     from core.data.encode import chat_template
+    from core.methods.common import generate_extras
 
     tok = entry.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -191,7 +192,8 @@ def greedy_answers(entry: Any, samples: list[Sample], spec: EvalSpec, tick: Any)
                              add_special_tokens=False).to(module.device)
                 out = module.generate(**inputs, max_new_tokens=spec.max_new_tokens,
                                       do_sample=False, temperature=None, top_p=None,
-                                      top_k=None, pad_token_id=pad)
+                                      top_k=None, pad_token_id=pad,
+                                      **generate_extras(module))
             new = out[:, inputs["input_ids"].shape[1]:]
             answers += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
             tick(len(batch))

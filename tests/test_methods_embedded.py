@@ -10,6 +10,7 @@ import pytest
 from core import runner
 from core.config import RunConfig
 from core.events import read_events
+from core.methods.common import generate_extras
 
 QUESTION = [{"role": "user", "content": "Who are you? Tell me your name."}]
 # Learning rates in each method's usual range: soft prompts want far larger steps.
@@ -22,7 +23,8 @@ def greedy(model, tokenizer, max_new_tokens: int = 16) -> str:
     ids = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True,
                                         return_tensors="pt", return_dict=True)
     with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                             **generate_extras(model))
     return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 

@@ -213,6 +213,21 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
         ) from None
 
 
+def generate_extras(model: Any) -> dict[str, Any]:
+    """Extra `generate()` arguments a loaded model needs. A prefix-tuned peft model
+    generates without a KV cache: with transformers 5.24 and peft 0.21, generate() makes
+    its cache before peft can put the prefix's keys and values in it, so the prefix was
+    silently ignored (the forward pass used it, generation answered like the base:
+    tests/test_methods_embedded.py). Without a cache peft prepends the prefix at every
+    step: slower, since each step reruns the whole sequence, but the tuned model answers."""
+    config = getattr(model, "peft_config", None)
+    if not config:
+        return {}
+    active = config.get(getattr(model, "active_adapter", "default"))
+    kind = getattr(getattr(active, "peft_type", None), "value", None)
+    return {"use_cache": False} if kind == "PREFIX_TUNING" else {}
+
+
 def load_trained(out_dir: str | Path, base_model: Any = None, *,
                  quantized: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer) from a folder written by `save_trained`.
