@@ -72,6 +72,15 @@ def main() -> int:
             wait_for(lambda c=count: "parameters trainable" in c.inner_text(), 120,
                      "the page to load")
             time.sleep(5)
+            calls = {"events": 0, "stamps": 0}  # Gradio events vs webui.wake's cheap asks
+
+            def note(request, calls=calls) -> None:
+                if "/queue/join" in request.url:
+                    calls["events"] += 1
+                elif "/component_server" in request.url:
+                    calls["stamps"] += 1
+
+            page.on("request", note)
             before = _cpu(app.pid)
             speeds["watched"].append(
                 run_once(args.dataset, "studio", args.steps, saves)["samples_per_s"])
@@ -82,6 +91,8 @@ def main() -> int:
             detail = page.locator(".ps-detail")
             wait_for(lambda d=detail: "done" in d.inner_text(), 30,
                      "the page to show the run it followed as done")
+            print(f"  the page asked {calls['stamps']} stamps and ran {calls['events']} "
+                  "Gradio events")
             browser.close()
             print(f"  unwatched {speeds['unwatched'][-1]:.3f}  watched "
                   f"{speeds['watched'][-1]:.3f} samples/s", flush=True)
