@@ -82,7 +82,7 @@ def poll(watch: Watch, now: float | None = None) -> tuple[Watch, Changes]:
     if status != watch.status:
         watch.status, watch.end = status, end
         changes.status = True
-    size = _size(run_dir / LOG)
+    size = file_size(run_dir / LOG)
     if size != watch.log_size:
         watch.log_size = size
         changes.log = True
@@ -93,7 +93,8 @@ def poll(watch: Watch, now: float | None = None) -> tuple[Watch, Changes]:
     return watch, changes
 
 
-def _size(path: Path) -> int:
+def file_size(path: Path) -> int:
+    """Bytes in `path`, 0 while it does not exist (a trainer only appends)."""
     try:
         return path.stat().st_size
     except OSError:

@@ -23,6 +23,7 @@ import gradio as gr
 
 from core import runner
 from core.events import EVENTS, LOG
+from webui.monitor import file_size
 
 # Finding the live run reads every run's events (core.runner.active_run): once per this
 # many seconds for all pages together, not per page per second.
@@ -44,13 +45,6 @@ def _live_run(now: float) -> Path | None:
         return _scan["run"]  # type: ignore[return-value]
 
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return -1
-
-
 def stamp(_: object = None, now: float | None = None) -> str:
     """What the page compares with its last answer: the live run and the sizes of its
     events and log (a trainer only appends), or "idle" when nothing runs."""
@@ -58,7 +52,7 @@ def stamp(_: object = None, now: float | None = None) -> str:
     run = _live_run(now)
     if run is None:
         return IDLE
-    return (f"{run.name}:{_size(run / EVENTS)}:{_size(run / LOG)}:"
+    return (f"{run.name}:{file_size(run / EVENTS)}:{file_size(run / LOG)}:"
             f"{int(now // CLOCK_EVERY)}")
 
 

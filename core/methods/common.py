@@ -164,10 +164,7 @@ def save_trained(model: Any, out_dir: str | Path, cfg: Any, tokenizer: Any = Non
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if state_dict is None:
-        implementation(cfg.method).save(model, out, cfg)
-    else:
-        implementation(cfg.method).save(model, out, cfg, state_dict=state_dict)
+    implementation(cfg.method).save(model, out, cfg, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
     manifest = {"method": cfg.method, "model": cfg.model, "settings": cfg.to_dict()}
