@@ -18,6 +18,12 @@ REATTACH_SECONDS = 60
 
 pytestmark = pytest.mark.browser
 
+FRAME_COUNTER = """
+window.__frames = 0;
+const request = window.requestAnimationFrame.bind(window);
+window.requestAnimationFrame = (callback) => { window.__frames++; return request(callback); };
+"""
+
 
 def loss_image(page) -> str:
     img = page.locator("#run-loss img")
@@ -40,6 +46,9 @@ def test_train_reload_and_reattach(app, tiny_model_dir, output_dir):
         page = browser.new_page(viewport=VIEWPORT)
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        # Counts the animation frames the page really asks the browser for (this runs
+        # before every script of the page, webui.idle's included).
+        page.add_init_script(FRAME_COUNTER)
         page.goto(url)
         page.wait_for_selector("text=Registered datasets", timeout=30_000)
 
@@ -84,6 +93,22 @@ def test_train_reload_and_reattach(app, tiny_model_dir, output_dir):
         # with nothing running, none may.
         third = [i for i, c in enumerate(calls) if "/component_server" in c][2]
         assert not [c for c in calls[third:] if "/queue/join" in c], calls
+        # Nor does it draw: Gradio's hidden status-tracker clock alone would ask for 60
+        # frames a second; webui.idle lets it have 4.
+        frames = page.evaluate("window.__frames")
+        page.wait_for_timeout(3000)
+        assert page.evaluate("window.__frames") - frames < 60
+        # Between refreshes the page moves a live run's clocks on by itself (webui.wake):
+        # a bar's elapsed time counts up, its ETA down and not below zero.
+        page.evaluate("""document.body.insertAdjacentHTML('beforeend',
+            '<div class="ps-running" id="fake-bar">' +
+            '<span class="ps-clock" data-s="58" data-d="1">0:58</span> ' +
+            '<span class="ps-clock" data-s="1" data-d="-1">0:01</span></div>')""")
+        clocks = page.locator("#fake-bar .ps-clock")
+        wait_for(lambda: clocks.all_inner_texts()[0].startswith("1:"), 15,
+                 "the page's own clock to move past a minute")
+        assert clocks.all_inner_texts()[1] == "0:00"
+        page.evaluate("document.getElementById('fake-bar').remove()")
         # The preview's cut-off is the run's cut-off.
         assert page.locator("#setting-cutoff_len input").input_value() == "64"
         lora_rank = page.locator("#setting-lora_rank")
@@ -167,3 +192,51 @@ def test_train_reload_and_reattach(app, tiny_model_dir, output_dir):
                  "the new run in the Chat tab")
         assert not errors, errors
         browser.close()
+
+
+def test_the_comparison_panel_follows_its_comparison(app):
+    """The Train tab's "Compare methods" panel has no timer: it redraws when the newest
+    comparison (or the run it trains) wrote something (webui.wake). The comparison here is
+    its files, as core.compare writes them, so the test controls when each event comes."""
+    import json
+    import subprocess
+    import time
+
+    from playwright.sync_api import sync_playwright
+
+    from core import compare, runner
+
+    job = app.saves / "comparisons" / "compare-20261201-000000"
+    job.mkdir(parents=True)
+    (job / compare.SPEC_FILE).write_text("methods: [lora, ia3]\n")
+    # The comparison's process, as core.runner records it: alive until the test ends it.
+    process = subprocess.Popen(["sleep", "600"])
+    (job / runner.PROCESS).write_text(json.dumps(
+        {"pid": process.pid, "create_time": runner._create_time(process.pid)}))
+
+    def emit(kind: str, **fields) -> None:
+        with open(job / "events.jsonl", "a") as f:
+            f.write(json.dumps({"type": kind, "time": time.time(), **fields}) + "\n")
+
+    emit("start")
+    emit("progress", done=0, total=2, message="training lora")
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport=VIEWPORT)
+            page.goto(app.url)
+            page.get_by_role("tab", name="Train").click()
+            page.get_by_text("Compare methods").click()
+            line = page.locator("p", has_text=job.name).first
+            wait_for(lambda: "training lora (0/2 done)" in line.inner_text(), 60,
+                     "the panel to show the comparison")
+            emit("progress", done=1, total=2, message="training ia3")
+            wait_for(lambda: "training ia3 (1/2 done)" in line.inner_text(), 30,
+                     "the panel to follow the comparison's next method")
+            emit("end", status="done")
+            wait_for(lambda: line.inner_text() == f"{job.name}: done", 30,
+                     "the panel to show the end")
+            browser.close()
+    finally:
+        process.kill()
+        process.wait()

@@ -46,13 +46,23 @@ def test_the_stamp_changes_when_the_run_writes_and_only_then(live):
     _append(live.path / EVENTS, '{"type": "step"}\n')
     after_step = wake.stamp(None, now=t + 1)
     assert after_step != first
+    # A log line alone waits for the next event or clock refresh: the trainer writes one
+    # beside every step's event, and each refresh costs the page a Gradio event.
     _append(live.path / LOG, "step 1\n")
-    assert wake.stamp(None, now=t + 1.5) != after_step
+    assert wake.stamp(None, now=t + 1.5) == after_step
 
 
-def test_a_live_run_refreshes_the_clock_every_few_seconds(live):
-    t = 1000.0
-    assert wake.stamp(None, now=t) != wake.stamp(None, now=t + wake.CLOCK_EVERY)
+def test_a_quiet_live_run_is_refreshed_every_clock_period_and_a_busy_one_by_its_events(live):
+    t = (live.path / EVENTS).stat().st_mtime
+    assert wake.stamp(None, now=t + 1) == wake.stamp(None, now=t + wake.CLOCK_EVERY - 1)
+    # A model still loading writes no event for a while: its log is shown every period.
+    quiet = wake.stamp(None, now=t + wake.CLOCK_EVERY + 1)
+    assert quiet != wake.stamp(None, now=t + 1)
+    assert wake.stamp(None, now=t + 2 * wake.CLOCK_EVERY + 1) != quiet
+    # A run that writes an event more often than that is refreshed by its events alone.
+    _append(live.path / EVENTS, '{"type": "step"}\n')
+    t = (live.path / EVENTS).stat().st_mtime
+    assert wake.stamp(None, now=t + 1) == wake.stamp(None, now=t + wake.CLOCK_EVERY - 1)
 
 
 def test_a_run_that_ends_is_seen_at_the_next_scan(live):
@@ -69,3 +79,35 @@ def test_the_waker_offers_only_the_stamp_to_the_page():
     component = wake.waker("w")
     assert [f.__name__ for f in component.server_fns] == ["stamp"]
     assert "server.stamp" in component.js_on_load and "trigger('change')" in component.js_on_load
+
+
+def test_the_comparison_stamp_follows_the_newest_comparison_and_its_run(live, monkeypatch):
+    from core import compare
+
+    monkeypatch.setattr(compare, "comparisons_dir", lambda: live.path.parent / "comparisons")
+    assert wake.comparison_stamp(None, now=1000.0) == wake.IDLE
+    job = live.path.parent / "comparisons" / "compare-1"
+    job.mkdir(parents=True)
+    (job / compare.SPEC_FILE).write_text("methods: [lora, ia3]\n")
+    (job / EVENTS).write_text('{"type": "start"}\n')
+    running = {"status": runner.RUNNING}
+    monkeypatch.setattr(runner, "run_status", lambda path, events=None: (running["status"], {}))
+    first = wake.comparison_stamp(None, now=1000.0)
+    assert first.startswith("compare-1:")
+    # The run the comparison trains wrote a step: the panel redraws.
+    _append(live.path / EVENTS, '{"type": "step"}\n')
+    after_step = wake.comparison_stamp(None, now=1000.5)
+    assert after_step != first
+    # The comparison wrote its next run; then it ended: once each, then nothing moves.
+    _append(job / EVENTS, '{"type": "run"}\n')
+    assert wake.comparison_stamp(None, now=1001.0) != after_step
+    running["status"] = runner.DONE
+    ended = wake.comparison_stamp(None, now=1001.5)
+    _append(live.path / EVENTS, '{"type": "step"}\n')  # another run, not the comparison's
+    assert wake.comparison_stamp(None, now=1000.0 + 10 * wake.CLOCK_EVERY) == ended
+
+
+def test_a_waker_asks_the_function_it_is_given():
+    component = wake.waker("w", wake.comparison_stamp)
+    assert [f.__name__ for f in component.server_fns] == ["comparison_stamp"]
+    assert "server.comparison_stamp(null)" in component.js_on_load

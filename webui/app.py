@@ -11,8 +11,9 @@ from __future__ import annotations
 import importlib
 
 import gradio as gr
+from starlette.middleware import Middleware
 
-from webui import guard, topbar, upload
+from webui import guard, idle, topbar, upload
 from webui.i18n import I18n
 
 # (module under webui.tabs, English title, Chinese title), in display order.
@@ -72,9 +73,11 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False,
     guard.POLICY.allow_remote_code = allow_remote_code
     demo = build_app()
     demo.queue(default_concurrency_limit=4)
+    idle.poll_gently(demo)
     demo.launch(server_name=host, server_port=port, share=share, css=CSS,
                 theme=gr.themes.Soft(), footer_links=["gradio", "settings"],
                 run_history=False, show_error=True, auth=logins or None,
                 auth_message="PEFT Studio: log in with a user:password the server was "
                              "started with.",
-                max_file_size=upload.max_upload_mb() * 2**20)
+                max_file_size=upload.max_upload_mb() * 2**20,
+                app_kwargs={"middleware": [Middleware(idle.early_script_middleware)]})

@@ -16,7 +16,7 @@ from core.config import ConfigError
 from core.events import read_events
 from core.methods import METHODS
 from core.plots import loss_figure
-from webui import guard, history
+from webui import guard, history, wake
 from webui.shared import Shared
 from webui.training import problems_markdown
 from webui.widgets import SettingsForm, config_values
@@ -72,7 +72,7 @@ def stop(job: str | None) -> str:
     if not job or runner.run_status(Path(job))[0] != runner.RUNNING:
         return "No comparison is running."
     # In the background, like the Train tab's Abort: the run saves first, which takes a
-    # while, and the timer shows the queue ending.
+    # while, and the page shows the queue ending.
     threading.Thread(target=runner.abort, args=(Path(job), 120), daemon=True).start()
     return f"Stopping **{Path(job).name}**: the current run stops at its next step and saves."
 
@@ -109,7 +109,7 @@ def build(form: SettingsForm, shared: Shared) -> None:
         table = gr.Dataframe(interactive=False, wrap=True)
         plot = gr.Plot(show_label=False)
         job = gr.State(None)
-        timer = gr.Timer(2.0)
+        news = wake.waker("compare-wake", wake.comparison_stamp)
 
     def on_start(lang: str, m: list[str], ds: str, n: float, *values: Any) -> list[Any]:
         text, folder = start(form.named(values), m, ds, int(n or 30), lang)
@@ -119,8 +119,10 @@ def build(form: SettingsForm, shared: Shared) -> None:
     go.click(on_start, [shared.lang, methods, eval_dataset, eval_samples, *form.components],
              [message, job, progress, table, plot])
     halt.click(lambda j: [stop(j), *view(j)], job, [message, progress, table, plot])
-    timer.tick(lambda j: view(j), job, [progress, table, plot], show_progress="hidden",
-               concurrency_limit=None)
+    # Redrawn when the comparison or the run it trains wrote something (webui.wake), not
+    # on a timer: each Gradio event costs this page's browser a quarter of a CPU-second.
+    news.change(lambda j: view(j), job, [progress, table, plot], show_progress="hidden",
+                concurrency_limit=None, trigger_mode="always_last")
 
     def on_load() -> list[Any]:
         folder = latest()

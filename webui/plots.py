@@ -15,18 +15,31 @@ def clock(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def _clock_span(seconds: float | None, direction: int) -> str:
+    """A clock the page moves on by itself between refreshes (webui.wake ticks every
+    `.ps-running .ps-clock`: +1 s a second for elapsed, -1 for the ETA), so the page need
+    not ask the server for a new bar each second to keep the time going."""
+    if seconds is None:
+        return clock(None)
+    return (f'<span class="ps-clock" data-s="{seconds:.1f}" data-d="{direction}">'
+            f"{clock(seconds)}</span>")
+
+
 def progress_html(step: int, total: int, elapsed: float | None, eta: float | None,
                   status: str, caption: str = "") -> str:
     share = min(1.0, step / total) if total else 0.0
-    detail = f"step {step} / {total or '?'} · elapsed {clock(elapsed)} · ETA {clock(eta)}"
+    counted = (f"step {step} / {total or '?'} · elapsed {_clock_span(elapsed, 1)} · "
+               f"ETA {_clock_span(eta, -1)}")
     if status == "idle":  # nothing to count yet
-        detail = caption
+        detail = html.escape(caption)
     elif caption:
-        detail = f"{caption} · {detail}"
+        detail = f"{html.escape(caption)} · {counted}"
+    else:
+        detail = counted
     return (
         f'<div class="ps-progress ps-{html.escape(status)}">'
         f'<div class="ps-bar"><div class="ps-fill" style="width:{share * 100:.1f}%"></div></div>'
-        f'<div class="ps-detail">{html.escape(detail)}</div></div>'
+        f'<div class="ps-detail">{detail}</div></div>'
     )
 
 

@@ -8,28 +8,32 @@ On a small machine that is taken straight from the trainer. So instead a few lin
 script in the page ask the server every second for a stamp of the live run's files, a
 plain HTTP call to a component server function (Gradio's `component_server` route: no
 queue, no loading status, guarded by the same login), and fire the tab's refresh only
-when the stamp changed: when the trainer wrote an event or a log line, when a run started
-or ended anywhere, and every few seconds while a run is live so elapsed time and ETA move.
-A hidden browser tab asks nothing.
+when the stamp changed: when the trainer wrote an event (a step, an evaluation, the end;
+the log tail comes with it), when a run started or ended anywhere, and every
+`CLOCK_EVERY` seconds a live run writes no event (the log of a model loading). Between
+refreshes the same script moves the bar's elapsed time and ETA on by itself
+(webui.plots marks them). A hidden browser tab asks nothing.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
 
-from core import runner
-from core.events import EVENTS, LOG
+from core import compare, runner
+from core.events import EVENTS
 from webui.monitor import file_size
 
 # Finding the live run reads every run's events (core.runner.active_run): once per this
 # many seconds for all pages together, not per page per second.
 SCAN_EVERY = 3.0
-# While a run is live the page refreshes at least this often, for its clock and ETA.
-CLOCK_EVERY = 5.0
+# A live run that writes no event is refreshed this often, for a log that grows without
+# events (a model loading); the clock moves on in the page.
+CLOCK_EVERY = 15.0
 POLL_MS = 1000
 IDLE = "idle"
 
@@ -46,26 +50,46 @@ def _live_run(now: float) -> Path | None:
 
 
 def stamp(_: object = None, now: float | None = None) -> str:
-    """What the page compares with its last answer: the live run and the sizes of its
-    events and log (a trainer only appends), or "idle" when nothing runs."""
+    """What the page compares with its last answer: the live run, the size of its events
+    (a trainer only appends) and how many `CLOCK_EVERY`s it has written none, or "idle"
+    when nothing runs."""
     now = time.time() if now is None else now
     run = _live_run(now)
     if run is None:
         return IDLE
-    return (f"{run.name}:{file_size(run / EVENTS)}:{file_size(run / LOG)}:"
-            f"{int(now // CLOCK_EVERY)}")
+    try:
+        info = (run / EVENTS).stat()
+        size, quiet = info.st_size, now - info.st_mtime
+    except OSError:
+        size, quiet = 0, 0.0
+    # Counted from the last event, so a run that writes one more often than that is
+    # refreshed by its events alone.
+    return f"{run.name}:{size}:{max(0, int(quiet // CLOCK_EVERY))}"
 
 
 # `element`, `server` and `trigger` are what Gradio gives a gr.HTML's js_on_load. The
 # interval stops itself once its element is gone (Gradio re-mounts a tab's components).
 _SCRIPT = """
 let last = null, busy = false;
+const seen = new WeakMap();  // a clock -> when this page first showed it
+const clock = (s) => {  // webui.plots.clock
+  s = Math.round(s);
+  const h = Math.floor(s / 3600), m = Math.floor(s % 3600 / 60), r = s % 60;
+  const two = (n) => String(n).padStart(2, '0');
+  return h ? `${h}:${two(m)}:${two(r)}` : `${m}:${two(r)}`;
+};
 const id = setInterval(async () => {
   if (!element.isConnected) { clearInterval(id); return; }
-  if (busy || document.hidden) return;
+  if (document.hidden) return;
+  for (const span of document.querySelectorAll('.ps-running .ps-clock')) {
+    if (!seen.has(span)) seen.set(span, Date.now());
+    const moved = (Date.now() - seen.get(span)) / 1000 * Number(span.dataset.d);
+    span.textContent = clock(Math.max(0, Number(span.dataset.s) + moved));
+  }
+  if (busy) return;
   busy = true;
   try {
-    const now = await server.stamp(null);
+    const now = await server.ASK(null);
     if (now !== last) { last = now; trigger('change'); }
   } catch (e) {
     // The server is restarting or the network blinked: ask again next time.
@@ -76,7 +100,19 @@ const id = setInterval(async () => {
 """.replace("POLL_MS", str(POLL_MS))
 
 
-def waker(elem_id: str) -> gr.HTML:
-    """An invisible component whose `.change` fires when there is something new."""
-    return gr.HTML("", html_template="", js_on_load=_SCRIPT, server_functions=[stamp],
-                   container=False, padding=False, elem_id=elem_id, elem_classes="ps-wake")
+def comparison_stamp(_: object = None, now: float | None = None) -> str:
+    """The Train tab's method comparison (webui.compare_panel) shows the newest
+    comparison: its events, and while it runs, the run it trains."""
+    found = compare.list_comparisons()
+    if not found:
+        return IDLE
+    job = found[0]
+    training = stamp(None, now) if runner.run_status(job)[0] == runner.RUNNING else IDLE
+    return f"{job.name}:{file_size(job / EVENTS)}:{training}"
+
+
+def waker(elem_id: str, ask: Callable[..., str] = stamp) -> gr.HTML:
+    """An invisible component whose `.change` fires when `ask`'s answer changed."""
+    return gr.HTML("", html_template="", js_on_load=_SCRIPT.replace("ASK", ask.__name__),
+                   server_functions=[ask], container=False, padding=False, elem_id=elem_id,
+                   elem_classes="ps-wake")
