@@ -109,7 +109,7 @@ def build(form: SettingsForm, shared: Shared) -> None:
         table = gr.Dataframe(interactive=False, wrap=True)
         plot = gr.Plot(show_label=False)
         job = gr.State(None)
-        news = wake.waker("compare-wake", wake.comparison_stamp)
+        news = wake.waker("compare-wake", wake.comparison_stamp, moves_clocks=False)
 
     def on_start(lang: str, m: list[str], ds: str, n: float, *values: Any) -> list[Any]:
         text, folder = start(form.named(values), m, ds, int(n or 30), lang)

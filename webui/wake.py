@@ -81,7 +81,7 @@ const clock = (s) => {  // webui.plots.clock
 const id = setInterval(async () => {
   if (!element.isConnected) { clearInterval(id); return; }
   if (document.hidden) return;
-  for (const span of document.querySelectorAll('.ps-running .ps-clock')) {
+  for (const span of MOVES_CLOCKS ? document.querySelectorAll('.ps-running .ps-clock') : []) {
     if (!seen.has(span)) seen.set(span, Date.now());
     const moved = (Date.now() - seen.get(span)) / 1000 * Number(span.dataset.d);
     span.textContent = clock(Math.max(0, Number(span.dataset.s) + moved));
@@ -111,8 +111,10 @@ def comparison_stamp(_: object = None, now: float | None = None) -> str:
     return f"{job.name}:{file_size(job / EVENTS)}:{training}"
 
 
-def waker(elem_id: str, ask: Callable[..., str] = stamp) -> gr.HTML:
-    """An invisible component whose `.change` fires when `ask`'s answer changed."""
-    return gr.HTML("", html_template="", js_on_load=_SCRIPT.replace("ASK", ask.__name__),
-                   server_functions=[ask], container=False, padding=False, elem_id=elem_id,
-                   elem_classes="ps-wake")
+def waker(elem_id: str, ask: Callable[..., str] = stamp, moves_clocks: bool = True) -> gr.HTML:
+    """An invisible component whose `.change` fires when `ask`'s answer changed; with
+    `moves_clocks` it also moves the page's run clocks on (one waker per page should)."""
+    script = (_SCRIPT.replace("ASK", ask.__name__)
+              .replace("MOVES_CLOCKS", "true" if moves_clocks else "false"))
+    return gr.HTML("", html_template="", js_on_load=script, server_functions=[ask],
+                   container=False, padding=False, elem_id=elem_id, elem_classes="ps-wake")
