@@ -108,6 +108,11 @@ def test_train_reload_and_reattach(app, tiny_model_dir, output_dir):
         wait_for(lambda: clocks.all_inner_texts()[0].startswith("1:"), 15,
                  "the page's own clock to move past a minute")
         assert clocks.all_inner_texts()[1] == "0:00"
+        # A refresh gives the same span a new time (Gradio patches the bar in place): the
+        # clock goes on from that time, not from when the span first appeared.
+        page.evaluate("document.querySelector('#fake-bar .ps-clock').dataset.s = '5'")
+        wait_for(lambda: clocks.all_inner_texts()[0] in ("0:05", "0:06"), 15,
+                 "the clock to take the refreshed time")
         page.evaluate("document.getElementById('fake-bar').remove()")
         # The preview's cut-off is the run's cut-off.
         assert page.locator("#setting-cutoff_len input").input_value() == "64"

@@ -71,7 +71,9 @@ def stamp(_: object = None, now: float | None = None) -> str:
 # interval stops itself once its element is gone (Gradio re-mounts a tab's components).
 _SCRIPT = """
 let last = null, busy = false;
-const seen = new WeakMap();  // a clock -> when this page first showed it
+// A clock -> the time it was given and when this page first showed that time. Gradio
+// patches an HTML component's elements in place, so a refreshed bar keeps its spans.
+const seen = new WeakMap();
 const clock = (s) => {  // webui.plots.clock
   s = Math.round(s);
   const h = Math.floor(s / 3600), m = Math.floor(s % 3600 / 60), r = s % 60;
@@ -82,8 +84,12 @@ const id = setInterval(async () => {
   if (!element.isConnected) { clearInterval(id); return; }
   if (document.hidden) return;
   for (const span of MOVES_CLOCKS ? document.querySelectorAll('.ps-running .ps-clock') : []) {
-    if (!seen.has(span)) seen.set(span, Date.now());
-    const moved = (Date.now() - seen.get(span)) / 1000 * Number(span.dataset.d);
+    let given = seen.get(span);
+    if (!given || given.s !== span.dataset.s) {
+      given = {s: span.dataset.s, at: Date.now()};
+      seen.set(span, given);
+    }
+    const moved = (Date.now() - given.at) / 1000 * Number(span.dataset.d);
     span.textContent = clock(Math.max(0, Number(span.dataset.s) + moved));
   }
   if (busy) return;
