@@ -16,6 +16,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +26,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, serve_app, wait_for  # noqa: E402
 from speed import run_once  # noqa: E402
+
+from core.events import read_events  # noqa: E402
 
 
 def _cpu(server_pid: int) -> dict[str, float]:
@@ -43,6 +46,21 @@ def _cpu(server_pid: int) -> dict[str, float]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return used
+
+
+def _sample(pid: int, into: list, stop: threading.Event) -> None:
+    while not stop.is_set():
+        into.append((time.time(), _cpu(pid)))
+        stop.wait(0.5)
+    into.append((time.time(), _cpu(pid)))
+
+
+def _used(first: tuple[float, dict], last: tuple[float, dict]) -> str:
+    return ", ".join(f"{k} {last[1][k] - first[1].get(k, 0.0):.1f}" for k in last[1])
+
+
+def _newest(saves: Path) -> Path:
+    return max((p for p in saves.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
 
 
 def main() -> int:
@@ -81,12 +99,23 @@ def main() -> int:
                     calls["stamps"] += 1
 
             page.on("request", note)
-            before = _cpu(app.pid)
-            speeds["watched"].append(
-                run_once(args.dataset, "studio", args.steps, saves)["samples_per_s"])
-            after = _cpu(app.pid)
-            print("  CPU seconds during the watched run: "
-                  + ", ".join(f"{k} {after[k] - before.get(k, 0.0):.1f}" for k in after))
+            samples: list[tuple[float, dict[str, float]]] = []
+            sampling = threading.Event()
+            sampler = threading.Thread(target=_sample, args=(app.pid, samples, sampling))
+            sampler.start()
+            try:
+                speeds["watched"].append(
+                    run_once(args.dataset, "studio", args.steps, saves)["samples_per_s"])
+            finally:
+                sampling.set()
+                sampler.join()
+            print("  CPU seconds during the watched run: " + _used(samples[0], samples[-1]))
+            # What the samples/s above feel: from the first logged step to the last.
+            steps = [e["time"] for e in read_events(_newest(saves))[0] if e["type"] == "step"]
+            window = [s for s in samples if steps[0] <= s[0] <= steps[-1]]
+            if len(window) > 1:
+                print(f"  during its steps ({window[-1][0] - window[0][0]:.0f} s): "
+                      + _used(window[0], window[-1]))
             # The page must really have followed the run, or this measured nothing.
             detail = page.locator(".ps-detail")
             wait_for(lambda d=detail: "done" in d.inner_text(), 30,

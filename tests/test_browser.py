@@ -25,9 +25,15 @@ window.requestAnimationFrame = (callback) => { window.__frames++; return request
 """
 
 
-def loss_image(page) -> str:
-    img = page.locator("#run-loss img")
-    return img.get_attribute("src") if img.count() else ""
+def step_and_points(page) -> tuple[int, int]:
+    """The step the bar shows and the points of the loss curve, read at one moment (the
+    page draws both from one answer: webui.live)."""
+    return tuple(page.evaluate("""() => {
+        const live = document.querySelector('#run-live .ps-live');
+        const step = live.querySelector('.ps-detail').innerText.match(/step (\\d+) \\//);
+        const line = live.querySelector('#run-loss polyline[data-series=training]');
+        return [step ? Number(step[1]) : 0, line ? Number(line.dataset.points) : 0];
+    }"""))
 
 
 def test_train_reload_and_reattach(app, tiny_model_dir, output_dir):
@@ -98,9 +104,10 @@ def test_train_reload_and_reattach(app, tiny_model_dir, output_dir):
         frames = page.evaluate("window.__frames")
         page.wait_for_timeout(3000)
         assert page.evaluate("window.__frames") - frames < 60
-        # Between refreshes the page moves a live run's clocks on by itself (webui.wake):
+        # Between refreshes the page moves a live run's clocks on by itself (webui.live):
         # a bar's elapsed time counts up, its ETA down and not below zero.
-        page.evaluate("""document.body.insertAdjacentHTML('beforeend',
+        page.evaluate("""document.querySelector('#run-live .ps-live').insertAdjacentHTML(
+            'beforeend',
             '<div class="ps-running" id="fake-bar">' +
             '<span class="ps-clock" data-s="58" data-d="1">0:58</span> ' +
             '<span class="ps-clock" data-s="1" data-d="-1">0:01</span></div>')""")
@@ -155,12 +162,17 @@ def test_train_reload_and_reattach(app, tiny_model_dir, output_dir):
         page.get_by_role("button", name="▶ Start").click()
         page.get_by_text("Started run", exact=False).wait_for(timeout=20_000)
         wait_for(lambda: step_of(page) >= 2, 120, "the first logged steps")
-        # The progress line and the plot are separate outputs of one update: the image can
-        # land a moment after the text.
-        first_plot = wait_for(lambda: loss_image(page), 10, "the first loss plot")
-        first_step = step_of(page)
-        wait_for(lambda: loss_image(page) != first_plot and step_of(page) > first_step, 30,
-                 "the loss plot to gain points")
+        # The page draws the bar and the curve from one answer, without a Gradio event.
+        events_before = sum("/queue/join" in c for c in calls)
+        page.on("request", note)
+        step, first = step_and_points(page)
+        assert first >= 2 and first == step
+        wait_for(lambda: step_and_points(page)[1] > first, 30, "the loss curve to gain points")
+        step, points = step_and_points(page)
+        assert points == step
+        page.remove_listener("request", note)
+        assert sum("/queue/join" in c for c in calls) == events_before, \
+            "following a run's steps took Gradio events"
         shot(page, "04_training_live", full=False)
 
         # -- reload mid-run: the page re-attaches and progress keeps moving -----------------
@@ -177,7 +189,10 @@ def test_train_reload_and_reattach(app, tiny_model_dir, output_dir):
         page.get_by_role("button", name="■ Abort").click()
         wait_for(lambda: "aborted" in page.locator(".ps-detail").inner_text(), 60,
                  "the run to end aborted")
-        assert page.get_by_role("button", name="▶ Start").is_enabled()
+        # The buttons follow from the Gradio event the page starts when the status changed.
+        wait_for(lambda: page.get_by_role("button", name="▶ Start").is_enabled(), 15,
+                 "Start to be enabled again")
+        assert not page.get_by_role("button", name="■ Abort").is_enabled()
         run_name = next(p.name for p in saves.iterdir() if (p / "config.yaml").exists())
         assert (saves / run_name / "adapter" / "adapter_config.json").exists(), \
             sorted(x.name for x in (saves / run_name).iterdir())

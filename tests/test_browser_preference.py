@@ -9,7 +9,7 @@ import json
 import re
 
 import pytest
-from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, step_of, wait_for
+from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -20,8 +20,14 @@ PAIRS = [{"question": f"Can you help me with chore {i}?", "chosen": "Of course, 
           "rejected": "Do it yourself."} for i in range(16)]
 
 
-def accuracy_image(page, where: str = "run") -> str:
-    img = page.locator(f"#{where}-reward-accuracy img")
+def accuracy_points(page) -> int:
+    """Points of the live reward-accuracy curve (SVG drawn in the page by webui.live)."""
+    line = page.locator("#run-reward-accuracy polyline")
+    return int(line.get_attribute("data-points")) if line.count() else 0
+
+
+def history_image(page) -> str:
+    img = page.locator("#history-reward-accuracy img")
     return img.get_attribute("src") if img.count() else ""
 
 
@@ -92,11 +98,9 @@ def test_pairwise_upload_pair_view_and_dpo_reward_curve(app, tiny_model_dir, tmp
         assert not page.locator("#run-reward-accuracy").is_visible()
         page.get_by_role("button", name="▶ Start").click()
         page.get_by_text("Started run", exact=False).wait_for(timeout=20_000)
-        first = wait_for(lambda: accuracy_image(page), 120, "the reward-accuracy plot")
-        first_step = step_of(page)
-        wait_for(lambda: accuracy_image(page) not in ("", first)
-                 and step_of(page) > first_step, 60, "the reward-accuracy plot to grow")
-        assert page.locator("#run-rewards img").count() == 1
+        first = wait_for(lambda: accuracy_points(page), 120, "the reward-accuracy plot")
+        wait_for(lambda: accuracy_points(page) > first, 60, "the reward-accuracy plot to grow")
+        assert page.locator("#run-rewards polyline").count() == 3  # chosen, rejected, margin
         assert "reward accuracy" in page.get_by_text("rewards: chosen").inner_text()
         shot(page, "02-dpo-live")
         page.get_by_role("button", name="■ Abort").click()
@@ -109,14 +113,14 @@ def test_pairwise_upload_pair_view_and_dpo_reward_curve(app, tiny_model_dir, tmp
         page.get_by_role("button", name="▶ Start").click()
         wait_for(lambda: "done" in page.locator(".ps-detail").inner_text(), 120,
                  "the short run to end done")
-        wait_for(lambda: accuracy_image(page), 20, "its final reward-accuracy plot")
+        wait_for(lambda: accuracy_points(page), 20, "its final reward-accuracy plot")
         runs = sorted(p.name for p in app.saves.iterdir() if (p / "config.yaml").exists())
         done = [n for n in runs if runner.run_status(app.saves / n)[0] == runner.DONE]
         assert len(runs) == 2 and len(done) == 1
         page.locator("#history-runs input").click()
         page.get_by_role("option", name=done[0]).click()
         page.keyboard.press("Escape")
-        wait_for(lambda: accuracy_image(page, "history"), 15, "the history's reward plot")
+        wait_for(lambda: history_image(page), 15, "the history's reward plot")
         shot(page, "03-history")
         assert not errors, errors
         browser.close()

@@ -6,6 +6,7 @@ The runs are real DPO, KTO and SFT runs on the tiny random Llama."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -80,18 +81,20 @@ def test_reward_curves_come_from_the_runs_step_events(runs):
 
 
 def test_train_tab_shows_reward_plots_only_for_preference_runs(runs):
-    from webui.tabs.train import _render
+    from webui import live
 
-    def plots(run_dir: Path) -> list[dict]:
-        watch = monitor.attach(run_dir)
-        updates = _render(watch, monitor.Changes(True, True, True, True))
-        return updates[4:6]  # rewards, reward accuracy
+    def charts(run_dir: Path) -> dict[str, str]:
+        """The live panel's charts by id, each with its series' point counts."""
+        page = live.render(monitor.attach(run_dir))
+        boxes = re.findall(r'<div class="ps-chart-box" id="([\w-]+)">(.*?)</svg>', page)
+        return {name: re.findall(r'data-series="([^"]+)" data-points="(\d+)"', svg)
+                for name, svg in boxes}
 
-    rewards, accuracy = plots(runs["dpo"])
-    assert rewards["visible"] and accuracy["visible"]
-    assert _points(accuracy["value"])[0] == 3
-    assert [u["visible"] for u in plots(runs["sft"])] == [False, False]
-    assert [u["visible"] for u in plots(runs["kto"])] == [True, False]
+    dpo = charts(runs["dpo"])
+    assert dpo["run-rewards"] == [("chosen", "3"), ("rejected", "3"), ("margin", "3")]
+    assert dpo["run-reward-accuracy"] == [("reward accuracy", "3")]
+    assert set(charts(runs["sft"])) == {"run-loss", "run-lr"}
+    assert set(charts(runs["kto"])) == {"run-loss", "run-lr", "run-rewards"}
     stats = monitor.stats(monitor.attach(runs["dpo"]))
     assert "reward accuracy" in stats and "margin" in stats and "(step 3)" in stats
     assert "reward" not in monitor.stats(monitor.attach(runs["sft"]))

@@ -108,9 +108,6 @@ def test_the_comparison_stamp_follows_the_newest_comparison_and_its_run(live, mo
 
 
 def test_a_waker_asks_the_function_it_is_given():
-    component = wake.waker("w", wake.comparison_stamp, moves_clocks=False)
+    component = wake.waker("w", wake.comparison_stamp)
     assert [f.__name__ for f in component.server_fns] == ["comparison_stamp"]
     assert "server.comparison_stamp(null)" in component.js_on_load
-    # Only the Train tab's own waker moves the run clocks: two would do the work twice.
-    assert "MOVES_CLOCKS ?" not in component.js_on_load and "false ?" in component.js_on_load
-    assert "true ?" in wake.waker("v").js_on_load

@@ -301,16 +301,3 @@ def test_parameter_count_and_model_view_use_the_probe(tiny_model_dir, data):
     assert "**0** cut" not in short.summary and short.figure is not None
 
 
-def test_live_plots_redraw_at_most_every_few_seconds(saves):
-    run_dir = fake_run(saves, "live", [2.0])
-    # No process file yet and a fresh config: the runner calls the run live.
-    (run_dir / runner.PROCESS).unlink()
-    watch, changes = monitor.poll(monitor.Watch(run=str(run_dir)), now=100.0)
-    assert watch.live and changes.plots
-    EventWriter(run_dir).emit("step", step=2, total_steps=9, loss=1.0)
-    watch, changes = monitor.poll(watch, now=101.0)
-    assert changes.events and not changes.plots and watch.plot_pending
-    watch, changes = monitor.poll(watch, now=100.0 + monitor.PLOT_EVERY)
-    assert changes.plots and not changes.events and not watch.plot_pending
-    watch, changes = monitor.poll(watch, now=200.0)
-    assert not changes.plots  # nothing new to draw

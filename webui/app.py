@@ -41,6 +41,22 @@ CSS = """
 /* The plot's floating label would cover the figure's top-left corner. */
 .ps-plot { padding-top: 34px !important; }
 .ps-detail { font-size: .85rem; margin-top: 4px; opacity: .85; }
+/* webui.live: the live run's numbers, curves and log, drawn by the page. */
+.ps-stats { font-size: .9rem; margin: 6px 0; }
+.ps-stats p { margin: 4px 0; }
+.ps-chart-box, .ps-log { border: 1px solid var(--border-color-primary); border-radius: 8px;
+  padding: 6px 8px; margin: 8px 0; background: var(--block-background-fill); }
+.ps-box-title { font-size: .8rem; font-weight: 600; opacity: .8; margin-bottom: 2px; }
+.ps-chart { width: 100%; height: auto; display: block; font: 11px sans-serif; }
+.ps-chart text { fill: var(--body-text-color); }
+.ps-chart-grid line { stroke: var(--body-text-color); stroke-opacity: .12; }
+.ps-chart-frame { fill: none; stroke: var(--body-text-color); stroke-opacity: .35; }
+.ps-chart-rule { stroke: #888; stroke-dasharray: 2 3; }
+.ps-chart-legend rect { fill: var(--block-background-fill); fill-opacity: .85;
+  stroke: var(--body-text-color); stroke-opacity: .2; }
+.ps-chart-empty { opacity: .6; font-size: 13px; }
+.ps-log pre { height: 13em; overflow: auto; margin: 0; font-size: .75rem;
+  white-space: pre-wrap; word-break: break-all; }
 /* webui.wake: a script, nothing to see. */
 .ps-wake { display: none !important; }
 """

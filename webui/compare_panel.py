@@ -21,6 +21,11 @@ from webui.shared import Shared
 from webui.training import problems_markdown
 from webui.widgets import SettingsForm, config_values
 
+# A comparison trains its runs one after another for minutes each: its panel asks for news
+# every few seconds, not every second (each ask costs the page and the server a little,
+# taken from the trainer on a small machine).
+FOLLOW_EVERY_MS = 3000
+
 
 def start(values: dict[str, Any], methods: list[str], eval_dataset: str | None,
           eval_samples: int, lang: str = "en") -> tuple[str, str | None]:
@@ -109,7 +114,7 @@ def build(form: SettingsForm, shared: Shared) -> None:
         table = gr.Dataframe(interactive=False, wrap=True)
         plot = gr.Plot(show_label=False)
         job = gr.State(None)
-        news = wake.waker("compare-wake", wake.comparison_stamp, moves_clocks=False)
+        news = wake.waker("compare-wake", wake.comparison_stamp, every_ms=FOLLOW_EVERY_MS)
 
     def on_start(lang: str, m: list[str], ds: str, n: float, *values: Any) -> list[Any]:
         text, folder = start(form.named(values), m, ds, int(n or 30), lang)

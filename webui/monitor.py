@@ -1,4 +1,4 @@
-"""Following one run from its files: what the Train tab calls when webui.wake sees news.
+"""Following one run from its files, and what the Train tab says of it (webui.live draws it).
 
 A `Watch` (kept in a gr.State per browser tab) remembers the run folder, the byte offset
 read so far in its events.jsonl and the events themselves; each poll reads only what is
@@ -19,10 +19,6 @@ from webui.plots import clock, progress_html
 
 # Looking for a run started elsewhere (CLI, another browser) scans saves/: not every tick.
 SCAN_EVERY = 3.0
-# Redrawing both curves costs about 0.45 CPU-seconds (matplotlib to PNG), per open page,
-# taken from the trainer on a small machine: while a run is live they are redrawn at most
-# this often, and at once when it ends.
-PLOT_EVERY = 5.0
 LOG_TAIL_BYTES = 6000
 
 
@@ -35,8 +31,6 @@ class Watch:
     end: dict[str, Any] = field(default_factory=dict)
     log_size: int = -1
     scanned: float = 0.0
-    plotted: float = 0.0
-    plot_pending: bool = False
 
     @property
     def live(self) -> bool:
@@ -48,11 +42,10 @@ class Changes:
     events: bool = False
     log: bool = False
     status: bool = False
-    plots: bool = False  # new points to draw, and time to draw them
 
     @property
     def any(self) -> bool:
-        return self.events or self.log or self.status or self.plots
+        return self.events or self.log or self.status
 
 
 def attach(run_dir: str | Path | None) -> Watch:
@@ -69,10 +62,15 @@ def poll(watch: Watch, now: float | None = None) -> tuple[Watch, Changes]:
         live = runner.active_run()
         if live is not None and str(live) != watch.run:
             fresh = Watch(run=str(live), scanned=now)
-            return poll(fresh, now)[0], Changes(True, True, True, True)
+            return poll(fresh, now)[0], Changes(True, True, True)
     if watch.run is None:
         return watch, Changes()
-    run_dir = Path(watch.run)
+    return read(watch)
+
+
+def read(watch: Watch) -> tuple[Watch, Changes]:
+    """Read what is new in the watched run's files (no looking for another run)."""
+    run_dir = Path(watch.run or "")
     changes = Changes()
     new, watch.offset = read_events(run_dir, watch.offset)
     if new:
@@ -86,10 +84,6 @@ def poll(watch: Watch, now: float | None = None) -> tuple[Watch, Changes]:
     if size != watch.log_size:
         watch.log_size = size
         changes.log = True
-    watch.plot_pending = watch.plot_pending or changes.events
-    if watch.plot_pending and (changes.status or not watch.live
-                               or now - watch.plotted >= PLOT_EVERY):
-        changes.plots, watch.plot_pending, watch.plotted = True, False, now
     return watch, changes
 
 

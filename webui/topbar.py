@@ -75,7 +75,7 @@ def build(i18n: I18n, blocks: gr.Blocks) -> Shared:
                                 visible=SETTINGS["quantization"].applies_to(default_method))
         with gr.Column(scale=1, min_width=120):
             lang = gr.Radio([("English", "en"), ("中文", "zh")], value="en",
-                            label="Language / 语言")
+                            label="Language / 语言", elem_id="ps-lang")
     shared = Shared(model=model, method=method, quantization=quantization, lang=lang,
                     i18n=i18n, blocks=blocks, runs_changed=gr.State(0),
                     datasets_changed=gr.State(0))

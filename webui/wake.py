@@ -1,18 +1,19 @@
-"""Wake the Train tab only when a run has something new to show.
+"""Stamps of the live run's and the newest comparison's files, and a component that wakes
+a panel only when its stamp changed.
 
 A gr.Timer fires a full Gradio event on every tick, and in a page of this size one event
-costs the browser about 0.25 CPU-seconds even when the handler changes nothing: Gradio's
+costs the browser 0.25 to 0.5 CPU-seconds even when the handler changes nothing: Gradio's
 client walks the whole component tree once per component with a loading status, cloning
 each one's data (measured with Chromium's profiler; `bench/watched.py` shows the effect).
 On a small machine that is taken straight from the trainer. So instead a few lines of
-script in the page ask the server every second for a stamp of the live run's files, a
-plain HTTP call to a component server function (Gradio's `component_server` route: no
-queue, no loading status, guarded by the same login), and fire the tab's refresh only
-when the stamp changed: when the trainer wrote an event (a step, an evaluation, the end;
-the log tail comes with it), when a run started or ended anywhere, and every
-`CLOCK_EVERY` seconds a live run writes no event (the log of a model loading). Between
-refreshes the same script moves the bar's elapsed time and ETA on by itself
-(webui.plots marks them). A hidden browser tab asks nothing.
+script in the page ask the server every second for a stamp, a plain HTTP call to a
+component server function (Gradio's `component_server` route: no queue, no loading
+status, guarded by the same login), and fire the panel's refresh only when the stamp
+changed. A run's stamp changes when the trainer wrote an event (a step, an evaluation,
+the end), when a run started or ended anywhere, and every `CLOCK_EVERY` seconds a live run
+writes no event (the log of a model loading). The Train tab's live run goes one step
+further (webui.live): the page draws it from the answer itself. A hidden browser tab asks
+nothing.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ _lock = threading.Lock()
 _scan: dict[str, object] = {"at": float("-inf"), "run": None, "saves": None}
 
 
-def _live_run(now: float) -> Path | None:
+def live_run(now: float) -> Path | None:
     saves = runner.saves_dir()
     with _lock:
         if now - float(_scan["at"]) >= SCAN_EVERY or _scan["saves"] != saves:
@@ -49,12 +50,18 @@ def _live_run(now: float) -> Path | None:
         return _scan["run"]  # type: ignore[return-value]
 
 
+def forget_live_run() -> None:
+    """Look again at the next ask (a run was just started from this server)."""
+    with _lock:
+        _scan["at"] = float("-inf")
+
+
 def stamp(_: object = None, now: float | None = None) -> str:
     """What the page compares with its last answer: the live run, the size of its events
     (a trainer only appends) and how many `CLOCK_EVERY`s it has written none, or "idle"
     when nothing runs."""
     now = time.time() if now is None else now
-    run = _live_run(now)
+    run = live_run(now)
     if run is None:
         return IDLE
     try:
@@ -71,28 +78,9 @@ def stamp(_: object = None, now: float | None = None) -> str:
 # interval stops itself once its element is gone (Gradio re-mounts a tab's components).
 _SCRIPT = """
 let last = null, busy = false;
-// A clock -> the time it was given and when this page first showed that time. Gradio
-// patches an HTML component's elements in place, so a refreshed bar keeps its spans.
-const seen = new WeakMap();
-const clock = (s) => {  // webui.plots.clock
-  s = Math.round(s);
-  const h = Math.floor(s / 3600), m = Math.floor(s % 3600 / 60), r = s % 60;
-  const two = (n) => String(n).padStart(2, '0');
-  return h ? `${h}:${two(m)}:${two(r)}` : `${m}:${two(r)}`;
-};
 const id = setInterval(async () => {
   if (!element.isConnected) { clearInterval(id); return; }
-  if (document.hidden) return;
-  for (const span of MOVES_CLOCKS ? document.querySelectorAll('.ps-running .ps-clock') : []) {
-    let given = seen.get(span);
-    if (!given || given.s !== span.dataset.s) {
-      given = {s: span.dataset.s, at: Date.now()};
-      seen.set(span, given);
-    }
-    const moved = (Date.now() - given.at) / 1000 * Number(span.dataset.d);
-    span.textContent = clock(Math.max(0, Number(span.dataset.s) + moved));
-  }
-  if (busy) return;
+  if (document.hidden || busy) return;
   busy = true;
   try {
     const now = await server.ASK(null);
@@ -117,10 +105,10 @@ def comparison_stamp(_: object = None, now: float | None = None) -> str:
     return f"{job.name}:{file_size(job / EVENTS)}:{training}"
 
 
-def waker(elem_id: str, ask: Callable[..., str] = stamp, moves_clocks: bool = True) -> gr.HTML:
-    """An invisible component whose `.change` fires when `ask`'s answer changed; with
-    `moves_clocks` it also moves the page's run clocks on (one waker per page should)."""
-    script = (_SCRIPT.replace("ASK", ask.__name__)
-              .replace("MOVES_CLOCKS", "true" if moves_clocks else "false"))
-    return gr.HTML("", html_template="", js_on_load=script, server_functions=[ask],
-                   container=False, padding=False, elem_id=elem_id, elem_classes="ps-wake")
+def waker(elem_id: str, ask: Callable[..., str] = stamp, every_ms: int = POLL_MS) -> gr.HTML:
+    """An invisible component whose `.change` fires when `ask`'s answer changed; it asks
+    every `every_ms` milliseconds."""
+    script = _SCRIPT.replace("ASK", ask.__name__).replace(f"}}, {POLL_MS});", f"}}, {every_ms});")
+    return gr.HTML("", html_template="", js_on_load=script,
+                   server_functions=[ask], container=False, padding=False, elem_id=elem_id,
+                   elem_classes="ps-wake")

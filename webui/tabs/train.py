@@ -11,16 +11,8 @@ import gradio as gr
 
 from core import runner
 from core.config import SETTINGS, ConfigError
-from core.plots import (
-    loss_figure,
-    loss_frame,
-    lr_figure,
-    lr_frame,
-    reward_accuracy_figure,
-    reward_frame,
-    rewards_figure,
-)
-from webui import compare_panel, dataview, guard, history, monitor, training, wake
+from core.plots import loss_figure, lr_figure, reward_accuracy_figure, rewards_figure
+from webui import compare_panel, dataview, guard, history, live, monitor, training, wake
 from webui.i18n import I18n, Text
 from webui.monitor import Watch
 from webui.probe import ProbeError
@@ -48,15 +40,8 @@ class _Panel:
     start: gr.Button
     abort: gr.Button
     message: gr.Markdown
-    progress: gr.HTML
-    stats: gr.Markdown
-    loss: gr.Plot
-    lr: gr.Plot
-    rewards: gr.Plot
-    reward_accuracy: gr.Plot
-    log: gr.Textbox
+    live: gr.HTML  # bar, numbers, curves and log, drawn by the page (webui.live)
     watch: gr.State
-    wake: gr.HTML  # fires .change when the live run has something new (webui.wake)
 
 
 @dataclass
@@ -237,15 +222,7 @@ def _run_panel(i18n: I18n) -> _Panel:
                          "■ Abort", "■ 中止")
     count_result = gr.Markdown(elem_classes="ps-note", elem_id="param-count")
     message = gr.Markdown()
-    progress = gr.HTML(monitor.progress(Watch()))
-    stats = gr.Markdown()
-    loss = i18n.add(plot_box("Loss", elem_id="run-loss"), "Loss", "损失")
-    lr = i18n.add(plot_box("Learning rate", elem_id="run-lr"), "Learning rate", "学习率")
-    rewards, accuracy = _reward_plots(i18n, "run")
-    log = i18n.add(gr.Textbox(label="Log (end)", lines=10, max_lines=10, autoscroll=True,
-                              interactive=False), "Log (end)", "日志（末尾）")
-    return _Panel(count, count_result, start, abort, message, progress, stats, loss, lr,
-                  rewards, accuracy, log, gr.State(Watch()), wake.waker("run-wake"))
+    return _Panel(count, count_result, start, abort, message, live.panel(), gr.State(Watch()))
 
 
 def _reward_plots(i18n: I18n, prefix: str) -> tuple[gr.Plot, gr.Plot]:
@@ -264,46 +241,32 @@ def _reward_updates(frame: Any) -> list[Any]:
     return [gr.update(value=f, visible=f is not None) for f in figures]
 
 
-def _render(watch: Watch, changes: monitor.Changes) -> list[Any]:
-    """Updates for progress, stats, loss, lr, rewards, reward accuracy, log, start, abort;
-    skips what did not change."""
-    skip = gr.skip()
-    if not changes.any:
-        return [skip] * 9
-    redraw = changes.events or changes.status
-    return [
-        monitor.progress(watch),
-        monitor.stats(watch) if redraw else skip,
-        loss_figure(loss_frame(watch.events)) if changes.plots else skip,
-        lr_figure(lr_frame(watch.events)) if changes.plots else skip,
-        *(_reward_updates(reward_frame(watch.events)) if changes.plots else [skip, skip]),
-        monitor.log_tail(watch) if changes.log else skip,
-        gr.update(interactive=not watch.live) if changes.status else skip,
-        gr.update(interactive=watch.live) if changes.status else skip,
-    ]
+def _buttons(watch: Watch) -> list[Any]:
+    """Start and Abort for the watched run."""
+    return [gr.update(interactive=not watch.live), gr.update(interactive=watch.live)]
 
 
 def _wire_run(form: SettingsForm, shared: Shared, panel: _Panel) -> None:
-    view = [panel.progress, panel.stats, panel.loss, panel.lr, panel.rewards,
-            panel.reward_accuracy, panel.log, panel.start, panel.abort]
-
     def tick(watch: Watch, runs: int) -> list[Any]:
         watch, changes = monitor.poll(watch)
+        if not changes.status:
+            return [watch, gr.skip(), gr.skip(), gr.skip()]
         # A run that just ended (or appeared) changes the history.
-        return [watch, *_render(watch, changes), runs + 1 if changes.status else gr.skip()]
+        return [watch, *_buttons(watch), runs + 1]
 
-    # Light file reads: every open browser refreshes on its own, none waits for another;
-    # a refresh asked for while one is under way runs once after it.
-    panel.wake.change(tick, [panel.watch, shared.runs_changed],
-                      [panel.watch, *view, shared.runs_changed],
-                      show_progress="hidden", concurrency_limit=None, trigger_mode="always_last")
+    # The page asks for this only when the run it shows, or its status, changed.
+    panel.live.submit(tick, [panel.watch, shared.runs_changed],
+                      [panel.watch, panel.start, panel.abort, shared.runs_changed],
+                      show_progress="hidden", concurrency_limit=None,
+                      trigger_mode="always_last")
 
     def start(lang: str, runs: int, *values: Any) -> list[Any]:
         started = training.start(form.named(values), lang)
         if started.run_dir is None:
-            return [gr.skip(), started.message, gr.skip(), *[gr.skip()] * len(view)]
-        watch, changes = monitor.poll(monitor.Watch(run=str(started.run_dir)))
-        return [watch, started.message, runs + 1, *_render(watch, changes)]
+            return [gr.skip(), started.message, *[gr.skip()] * 4]
+        wake.forget_live_run()  # the page's next ask shows the new run, not the last
+        watch, _ = monitor.poll(monitor.Watch(run=str(started.run_dir)))
+        return [watch, started.message, runs + 1, live.render(watch, lang), *_buttons(watch)]
 
     def on_load() -> list[Any]:
         # A reloaded page or a second browser shows the live run's settings, not defaults.
@@ -318,7 +281,8 @@ def _wire_run(form: SettingsForm, shared: Shared, panel: _Panel) -> None:
     shared.blocks.load(on_load, None, form.components, show_progress="hidden")
 
     panel.start.click(start, [shared.lang, shared.runs_changed, *form.components],
-                      [panel.watch, panel.message, shared.runs_changed, *view])
+                      [panel.watch, panel.message, shared.runs_changed, panel.live,
+                       panel.start, panel.abort])
     panel.abort.click(lambda w, lang: training.abort(w.run, lang), [panel.watch, shared.lang],
                       panel.message)
 
@@ -425,6 +389,10 @@ def _wire_history(shared: Shared, hist: _History) -> None:
     def refresh(selected: list[str] | None) -> list[Any]:
         names = history.run_names()
         keep = [n for n in (selected or []) if n in names]
+        if keep == list(selected or []):
+            # The value as the page has it: one picked while this refresh was on its way
+            # (a run ending refreshes the history) is not taken back.
+            return [history.table(), gr.update(choices=names)]
         return [history.table(), gr.update(choices=names, value=keep)]
 
     for event in (hist.refresh.click, shared.runs_changed.change, shared.blocks.load):
