@@ -51,10 +51,8 @@ _watches: dict[str, Watch] = {}  # run folder -> what has been read of it, for a
 _rendered: dict[str, tuple[float, str]] = {}  # stamp -> when rendered, and the HTML
 
 
-def _run_to_show(shown: str | None, now: float) -> Path | None:
-    live = wake.live_run(now)
-    if live is not None:
-        return live
+def _shown_run(shown: str | None) -> Path | None:
+    """The run a page says it shows, when nothing is live."""
     if not shown:
         return None
     # A name from the page, not a path: it can only name a run in saves/.
@@ -64,11 +62,9 @@ def _run_to_show(shown: str | None, now: float) -> Path | None:
     return run if (run / runner.CONFIG).is_file() else None
 
 
-def _stamp(run: Path | None, now: float) -> str:
+def _ended_stamp(run: Path | None) -> str:
     if run is None:
         return wake.IDLE
-    if run == wake.live_run(now):
-        return wake.stamp(None, now)
     # An ended run changes no more, but its last log lines may follow its end event.
     return f"{run.name}:{file_size(run / EVENTS)}:{file_size(run / LOG)}:over"
 
@@ -90,8 +86,12 @@ def live_view(asked: dict[str, Any] | None) -> dict[str, Any]:
     shown, known = str(asked.get("run") or ""), asked.get("known")
     lang = asked.get("lang") if asked.get("lang") in ("en", "zh") else "en"
     now = time.time()
-    run = _run_to_show(shown, now)
-    stamp = f"{_stamp(run, now)}|{lang}"
+    run = wake.live_run(now)
+    if run is not None:
+        stamp = f"{wake.stamp_of(run, now)}|{lang}"
+    else:
+        run = _shown_run(shown)
+        stamp = f"{_ended_stamp(run)}|{lang}"
     if stamp == known:
         return {"stamp": stamp}
     with _lock:

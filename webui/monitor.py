@@ -43,10 +43,6 @@ class Changes:
     log: bool = False
     status: bool = False
 
-    @property
-    def any(self) -> bool:
-        return self.events or self.log or self.status
-
 
 def attach(run_dir: str | Path | None) -> Watch:
     watch = Watch(run=str(run_dir) if run_dir else None)

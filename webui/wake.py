@@ -62,8 +62,11 @@ def stamp(_: object = None, now: float | None = None) -> str:
     when nothing runs."""
     now = time.time() if now is None else now
     run = live_run(now)
-    if run is None:
-        return IDLE
+    return IDLE if run is None else stamp_of(run, now)
+
+
+def stamp_of(run: Path, now: float) -> str:
+    """A live run's stamp (see `stamp`)."""
     try:
         info = (run / EVENTS).stat()
         size, quiet = info.st_size, now - info.st_mtime
