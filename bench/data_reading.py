@@ -20,7 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 STEPS = {
-    "inspect": "from webui.upload import inspect_upload; r = inspect_upload(PATH); n = r.rows",
+    "inspect": "from webui.tabs.data.upload import inspect_upload; "
+                "r = inspect_upload(PATH); n = r.rows",
     "validate": "from core.data.formats import validate_file; "
                 "p = validate_file(PATH, 'alpaca'); assert not p, p[:3]; n = -1",
     "read all": "from core.data.reader import read_rows; n = len(read_rows(PATH)[0])",

@@ -31,10 +31,10 @@ def main() -> int:
     import torch
 
     from core import models
-    from core.chat import Engine, GenerationSettings
-    from core.config import RunConfig
+    from core.chat.engine import Engine, GenerationSettings
+    from core.jobs.runs import Target
     from core.methods.common import apply_method, save_trained
-    from core.runs import Target
+    from core.schema.config import RunConfig
 
     torch.manual_seed(0)
     tok = models.load_tokenizer("embedded")
@@ -75,7 +75,7 @@ def main() -> int:
         entry.merge = merge
         rates = []
         for prompt in PROMPTS:
-            from core.chat import Reply
+            from core.chat.engine import Reply
 
             reply = Reply()
             for _ in engine.stream(target, [{"role": "user", "content": prompt}], settings,

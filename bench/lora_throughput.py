@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import runner  # noqa: E402
-from core.config import RunConfig  # noqa: E402
-from core.events import read_events  # noqa: E402
+from core.jobs import runner
+from core.jobs.events import read_events  # noqa: E402
+from core.schema.config import RunConfig  # noqa: E402
 
 
 def main() -> int:

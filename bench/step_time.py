@@ -1,7 +1,7 @@
 """Benchmark, in one process: seconds per forward+backward of a LoRA batch on the embedded
 model, plain loss (logits everywhere) against loss at labelled positions only, on random
 batches and on length-grouped ones, and with each batch's shared start run once
-(core.shared_prefix). One process and interleaved variants make this
+(core.train.shared_prefix). One process and interleaved variants make this
 usable on a busy machine, where whole runs (bench/speed.py) are too noisy.
 Usage: `python bench/step_time.py [--rounds N] [--datasets ...]`.
 """
@@ -30,10 +30,11 @@ def main() -> int:
     from transformers import DataCollatorForSeq2Seq
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
-    from core import fast_loss, models
-    from core.config import RunConfig
+    from core import models
     from core.data.encode import build_datasets
     from core.methods.common import apply_method
+    from core.schema.config import RunConfig
+    from core.train import fast_loss
 
     tok = models.load_tokenizer("embedded")
     cfg = RunConfig(model="embedded", method="lora", cutoff_len=256)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, serve_app, wait_for  # noqa: E402
 from speed import run_once  # noqa: E402
 
-from core.events import read_events  # noqa: E402
+from core.jobs.events import read_events  # noqa: E402
 
 
 def _cpu(server_pid: int) -> dict[str, float]:
@@ -90,7 +90,7 @@ def main() -> int:
             wait_for(lambda c=count: "parameters trainable" in c.inner_text(), 120,
                      "the page to load")
             time.sleep(5)
-            calls = {"events": 0, "stamps": 0}  # Gradio events vs webui.wake's cheap asks
+            calls = {"events": 0, "stamps": 0}  # Gradio events vs webui.live.wake's cheap asks
 
             def note(request, calls=calls) -> None:
                 if "/queue/join" in request.url:

@@ -117,7 +117,7 @@ def app(tmp_path):
         pytest.skip(f"{CHROMIUM} is not installed (make browser installs it)")
     with serve_app(tmp_path) as served:
         yield served
-    from core import runner
+    from core.jobs import runner
 
     for run_dir in served.saves.iterdir():
         if (run_dir / "config.yaml").exists() and runner.process_alive(run_dir):

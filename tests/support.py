@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from core import runner
 from core.cli import main
-from core.config import RunConfig
-from core.events import read_events
+from core.jobs import runner
+from core.jobs.events import read_events
+from core.schema.config import RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "Say the code word."

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from support import run_cli
 
-from core.config import SETTINGS, ConfigError, RunConfig
-from core.events import EventWriter
-from core.settings import GENERATION, SettingsError
+from core.jobs.events import EventWriter
+from core.schema.config import SETTINGS, ConfigError, RunConfig
+from core.schema.setting import GENERATION, SettingsError
 
 ROOT = Path(__file__).resolve().parent.parent
 BILLION_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
@@ -97,7 +97,7 @@ def test_config_missing_or_a_folder(tmp_path, capsys):
 
 
 def test_alias_bomb_refused_by_every_yaml_reader(data):
-    from webui import training
+    from webui.tabs.train import handlers as training
 
     path = data / "bomb.yaml"
     path.write_text(BILLION_LAUGHS)
@@ -154,7 +154,7 @@ def test_train_dataset_not_utf8(saves, tmp_path, capsys):
 
 
 def test_train_tab_handler_lists_non_finite(saves, data):
-    from webui import training
+    from webui.tabs.train import handlers as training
 
     values = {n: (list(s.default) if isinstance(s.default, list) else s.default)
               for n, s in SETTINGS.items()}
@@ -195,8 +195,8 @@ def test_chat_unknown_run(saves, capsys):
 ])
 def test_generation_settings_are_checked_where_they_are_made(field, value, words):
     """The Chat tab and the chat worker build GenerationSettings from what a browser sent;
-    the bounds live in core.settings.GENERATION, not in each caller."""
-    from core.chat import GenerationSettings
+    the bounds live in core.schema.setting.GENERATION, not in each caller."""
+    from core.chat.engine import GenerationSettings
 
     with pytest.raises(SettingsError, match=words.replace("(", r"\(")):
         GenerationSettings(**{field: value})
@@ -226,7 +226,7 @@ def test_evaluate_unknown_run(saves, capsys):
 
 
 def test_evaluate_tab_run_deleted_meanwhile(finished_run, data):
-    from webui.evaluating import start_evaluation
+    from webui.tabs.evaluate.handlers import start_evaluation
 
     shutil.rmtree(finished_run)
     path, note = start_evaluation(finished_run.name, "final", "identity", 5, 16, 2, True)
@@ -235,7 +235,7 @@ def test_evaluate_tab_run_deleted_meanwhile(finished_run, data):
 
 
 def test_evaluate_tab_bad_numbers_and_dataset(finished_run, data):
-    from webui.evaluating import start_evaluation
+    from webui.tabs.evaluate.handlers import start_evaluation
 
     path, note = start_evaluation(finished_run.name, "final", "identity", 5, 16, 0, True)
     assert path is None and "batch_size: must be at least 1" in note
@@ -265,7 +265,7 @@ def test_export_bad_name_and_unknown_run(finished_run, capsys):
 
 
 def test_export_tab_run_deleted_meanwhile(finished_run):
-    from webui.exporting import start_export
+    from webui.tabs.export.handlers import start_export
 
     shutil.rmtree(finished_run)
     path, note = start_export(finished_run.name, "final", "x", "2GB", False, False)
@@ -274,7 +274,7 @@ def test_export_tab_run_deleted_meanwhile(finished_run):
 
 
 def test_export_tab_result_deleted_meanwhile(finished_run):
-    from webui.exporting import start_export
+    from webui.tabs.export.handlers import start_export
 
     (finished_run / "adapter" / "studio.json").unlink()
     path, note = start_export(finished_run.name, "final", "x", "2GB", False, False)
@@ -297,7 +297,7 @@ def test_webui_bad_port(capsys, port):
 def test_data_tab_model_view_refuses_a_bad_cut_off(data, cut, words):
     """The 'what the model sees' view's cut-off has the run setting's bounds; NaN from an
     API client passes Gradio's own minimum and maximum, and int(nan) was a traceback."""
-    from webui import dataview
+    from webui.tabs.data import view as dataview
 
     with pytest.raises(ValueError, match=words):
         dataview.model_view(None, "identity", 1, cut, False)

@@ -27,7 +27,7 @@ window.requestAnimationFrame = (callback) => { window.__frames++; return request
 
 def step_and_points(page) -> tuple[int, int]:
     """The step the bar shows and the points of the loss curve, read at one moment (the
-    page draws both from one answer: webui.live)."""
+    page draws both from one answer: webui.live.panel)."""
     return tuple(page.evaluate("""() => {
         const live = document.querySelector('#run-live .ps-live');
         const step = live.querySelector('.ps-detail').innerText.match(/step (\\d+) \\//);
@@ -81,7 +81,7 @@ def test_train_reload_and_reattach(app, tiny_model_dir, output_dir):
         embedded_count = wait_for(lambda: "parameters trainable" in count.inner_text()
                                   and count.inner_text(), 90, "the count on page load")
         # An idle Train tab asks the server only for a stamp of the live run's files
-        # (webui.wake), and starts no Gradio event: each costs this page's browser about
+        # (webui.live.wake), and starts no Gradio event: each costs this page's browser about
         # 0.25 CPU-seconds, which on a small machine the trainer would lose.
         calls: list[str] = []
 
@@ -104,7 +104,7 @@ def test_train_reload_and_reattach(app, tiny_model_dir, output_dir):
         frames = page.evaluate("window.__frames")
         page.wait_for_timeout(3000)
         assert page.evaluate("window.__frames") - frames < 60
-        # Between refreshes the page moves a live run's clocks on by itself (webui.live):
+        # Between refreshes the page moves a live run's clocks on by itself (webui.live.panel):
         # a bar's elapsed time counts up, its ETA down and not below zero.
         page.evaluate("""document.querySelector('#run-live .ps-live').insertAdjacentHTML(
             'beforeend',
@@ -216,20 +216,22 @@ def test_train_reload_and_reattach(app, tiny_model_dir, output_dir):
 
 def test_the_comparison_panel_follows_its_comparison(app):
     """The Train tab's "Compare methods" panel has no timer: it redraws when the newest
-    comparison (or the run it trains) wrote something (webui.wake). The comparison here is
-    its files, as core.compare writes them, so the test controls when each event comes."""
+    comparison (or the run it trains) wrote something (webui.live.wake). The comparison here is
+    its files, as core.experiments.compare writes them, so the test controls when each event
+    comes."""
     import json
     import subprocess
     import time
 
     from playwright.sync_api import sync_playwright
 
-    from core import compare, runner
+    from core.experiments import compare
+    from core.jobs import runner
 
     job = app.saves / "comparisons" / "compare-20261201-000000"
     job.mkdir(parents=True)
     (job / compare.SPEC_FILE).write_text("methods: [lora, ia3]\n")
-    # The comparison's process, as core.runner records it: alive until the test ends it.
+    # The comparison's process, as core.jobs.runner records it: alive until the test ends it.
     process = subprocess.Popen(["sleep", "600"])
     (job / runner.PROCESS).write_text(json.dumps(
         {"pid": process.pid, "create_time": runner._create_time(process.pid)}))

@@ -21,7 +21,7 @@ PAIRS = [{"question": f"Can you help me with chore {i}?", "chosen": "Of course, 
 
 
 def accuracy_points(page) -> int:
-    """Points of the live reward-accuracy curve (SVG drawn in the page by webui.live)."""
+    """Points of the live reward-accuracy curve (SVG drawn in the page by webui.live.panel)."""
     line = page.locator("#run-reward-accuracy polyline")
     return int(line.get_attribute("data-points")) if line.count() else 0
 
@@ -35,7 +35,7 @@ def test_pairwise_upload_pair_view_and_dpo_reward_curve(app, tiny_model_dir, tmp
                                                         output_dir):
     from playwright.sync_api import sync_playwright
 
-    from core import runner
+    from core.jobs import runner
 
     shots = output_dir / "browser"
     shots.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from support import ANSWER, PROMPT
 
-from core.chat import ChatClient, GenerationSettings
-from core.runs import base_target, checkpoints, finished_runs, run_target
+from core.chat.engine import ChatClient, GenerationSettings
+from core.jobs.runs import base_target, checkpoints, finished_runs, run_target
 
 ROOT = Path(__file__).resolve().parent.parent
 GREEDY = GenerationSettings(max_new_tokens=16, do_sample=False)
@@ -80,8 +80,8 @@ def test_stop_ends_a_reply_early(code_run, client):
 
 
 def test_worker_errors_reach_the_caller_and_it_stays_up(client):
-    from core.chat import ChatError
-    from core.runs import Target
+    from core.chat.engine import ChatError
+    from core.jobs.runs import Target
 
     with pytest.raises(ChatError, match="not found"):
         list(client.stream(Target("/no/such/model"), user("hi"), GREEDY))
@@ -138,7 +138,7 @@ def test_embedded_model_streams_a_sentence():
 
 
 def test_lora_answers_merged_and_switches_cleanly_to_the_base(code_run):
-    from core.chat import Engine, _merged
+    from core.chat.engine import Engine, _merged
 
     engine = Engine()
     tuned = run_target(code_run)

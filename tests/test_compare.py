@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from core import compare, runner
-from core.config import ConfigError
+from core.experiments import compare
+from core.jobs import runner
+from core.schema.config import ConfigError
 
 
 def test_comparison_trains_each_method_and_tabulates(tiny_model_dir, saves):

@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from core.config import SETTINGS, ConfigError, RunConfig, add_arguments, config_from_args
 from core.methods import METHODS
+from core.schema.config import SETTINGS, ConfigError, RunConfig, add_arguments, config_from_args
 
 
 def parse(*argv: str) -> RunConfig:

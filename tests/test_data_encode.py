@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from core.config import RunConfig
 from core.data import encode
 from core.data.encode import (
     IGNORE_INDEX,
@@ -21,6 +20,7 @@ from core.data.encode import (
 )
 from core.data.formats import DataError
 from core.data.loader import load_examples
+from core.schema.config import RunConfig
 
 CHAT = [
     {"role": "user", "content": "What is 2+2?"},

@@ -23,7 +23,8 @@ from core.data.encode import encode_messages, render
 from core.data.formats import DataError, to_example, validate_file
 from core.data.loader import load_examples
 from core.data.reader import read_rows, scan
-from webui import dataview, upload
+from webui.tabs.data import upload
+from webui.tabs.data import view as dataview
 
 # Strings that pandas, Arrow or a spreadsheet would turn into something else.
 TRICKY = [
@@ -403,8 +404,8 @@ def test_app_builds_and_lists_the_problem_with_a_broken_registry(data, monkeypat
 
 
 def test_training_start_refuses_with_a_broken_registry(data, saves):
-    from core.config import SETTINGS
-    from webui import training
+    from core.schema.config import SETTINGS
+    from webui.tabs.train import handlers as training
 
     (data / "dataset_info.json").write_text("[]", encoding="utf-8")
     values = {n: (list(s.default) if isinstance(s.default, list) else s.default)

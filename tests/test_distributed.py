@@ -16,9 +16,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from core import distributed, runner
-from core.config import ConfigError, RunConfig
-from core.events import read_events
+from core import distributed
+from core.jobs import runner
+from core.jobs.events import read_events
+from core.schema import devices
+from core.schema.config import ConfigError, RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,7 +104,7 @@ def test_two_processes_train_as_one_with_twice_the_batch(tiny_model_dir, saves):
     assert losses_two[-1] < losses_two[0]
     # The memory estimate against the peak the 1-process run measured (resident memory,
     # whole process): the same order of magnitude.
-    from core import memory_estimate
+    from core.train import memory_estimate
     from webui import probe
 
     facts = probe.ask("inspect", {"model": str(tiny_model_dir), "method": "lora"})
@@ -115,7 +117,7 @@ def test_two_processes_train_as_one_with_twice_the_batch(tiny_model_dir, saves):
     log = (two / "log.txt").read_text()
     assert "[rank0]: " in log and "[rank1]: " in log
     info = json.loads((two / runner.PROCESS).read_text())
-    assert info["argv"][:2] == ["-m", "core.launch"]
+    assert info["argv"][:2] == ["-m", "core.distributed.launch"]
 
 
 def test_dpo_in_two_processes(tiny_model_dir, saves):
@@ -229,7 +231,7 @@ def free_port() -> int:
 def test_second_machine_joins_with_the_command_shown(tiny_model_dir, saves, tmp_path):
     cfg = tiny(tiny_model_dir, nproc_per_node=1, nnodes=2, master_addr="127.0.0.1",
                master_port=free_port())
-    from webui import training
+    from webui.tabs.train import handlers as training
 
     started = training.start(cfg.to_dict())  # as the Train tab's Start does
     node0 = started.run_dir
@@ -262,9 +264,9 @@ def refusal(**settings) -> str:
 
 
 def test_devices_settings_come_from_the_one_schema():
-    from core.config import SETTINGS
+    from core.schema.config import SETTINGS
 
-    names = [s.name for s in distributed.SETTINGS]
+    names = [s.name for s in devices.SETTINGS]
     assert names == ["nproc_per_node", "devices", "distributed", "offload", "nnodes",
                      "node_rank", "master_addr", "master_port", "ddp_timeout"]
     assert all(SETTINGS[n].group == "devices" for n in names)
@@ -409,7 +411,7 @@ def test_fsdp_and_ddp_settings_are_accepted_by_training_arguments(tmp_path):
         "from pathlib import Path\n"
         "from transformers import TrainingArguments\n"
         "from core import distributed\n"
-        "from core.config import RunConfig\n"
+        "from core.schema.config import RunConfig\n"
         "kw = distributed.trainer_kwargs(RunConfig(distributed='fsdp'), Path(sys.argv[1]), "
         "False, 1)\n"
         "a = TrainingArguments(output_dir=sys.argv[1], report_to='none', use_cpu=True, **kw)\n"
@@ -431,7 +433,7 @@ def test_fsdp_and_ddp_settings_are_accepted_by_training_arguments(tmp_path):
 
 
 def test_preview_shows_how_the_run_starts_and_its_deepspeed_json(saves):
-    from webui import training
+    from webui.tabs.train import handlers as training
 
     cli, yaml_text, problems = training.preview(
         {"nproc_per_node": 2, "distributed": "zero3", "nnodes": 2, "master_addr": "10.0.0.1",

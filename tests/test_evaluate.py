@@ -10,10 +10,8 @@ from pathlib import Path
 import pytest
 from support import ANSWER, PROMPT
 
-from core import evaluate as ev
-from core import runner
-from core.config import RunConfig
-from core.metrics import (
+from core.evaluate import job as ev
+from core.evaluate.metrics import (
     corpus_scores,
     exact_match,
     normalize,
@@ -21,6 +19,8 @@ from core.metrics import (
     sentence_bleu,
     tokenize,
 )
+from core.jobs import runner
+from core.schema.config import RunConfig
 
 
 # -- metrics -----------------------------------------------------------------------------
@@ -67,7 +67,7 @@ def test_corpus_scores_average_samples():
 
 
 def test_differences_are_marked_in_the_predictions_table():
-    from webui.evaluating import diff_html
+    from webui.tabs.evaluate.handlers import diff_html
 
     marked = diff_html("the dog sat", "the cat sat")
     assert "<del" in marked and "cat" in marked and "dog" in marked
@@ -106,7 +106,7 @@ def test_evaluation_job_scores_base_and_fine_tuned(code_run):
     assert events[-1]["type"] == "end" and events[-1]["summary"]["fine_tuned"]["exact_match"]
     # The run's history of evaluations, and the page that shows them.
     assert ev.past_evaluations(run_dir)[0].path == job  # newest first
-    from webui.evaluating import metrics_html, predictions_html
+    from webui.tabs.evaluate.handlers import metrics_html, predictions_html
 
     assert "Exact match" in metrics_html(results) and "pineapple" in predictions_html(results)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from core.events import EventWriter, read_events, read_log, tail_log
+from core.jobs.events import EventWriter, read_events, read_log, tail_log
 
 
 def test_read_from_offset(tmp_path):

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from support import ANSWER, PROMPT
 
-from core import export as ex
-from core import runner
-from core.config import RunConfig
+from core.export import job as ex
+from core.jobs import runner
 from core.methods import METHODS
+from core.schema.config import RunConfig
 
 
 @pytest.fixture()
@@ -158,8 +158,8 @@ def test_existing_export_is_never_overwritten_without_the_flag(lora_run, module_
 
 def test_method_that_cannot_merge_exports_its_adapter_with_the_reason(tiny_model_dir,
                                                                        module_saves):
+    from core.jobs.runs import checkpoints
     from core.methods.common import load_trained
-    from core.runs import checkpoints
 
     reason = METHODS["prompt"].not_mergeable_reason
     assert reason and ex.plan("prompt", False) == ("adapter", reason)
@@ -173,6 +173,6 @@ def test_method_that_cannot_merge_exports_its_adapter_with_the_reason(tiny_model
     model, _ = load_trained(out)  # the exported folder loads like the run's own result
     assert model.peft_config["default"].num_virtual_tokens == 4
     assert "final" in checkpoints(run_dir)
-    from webui.exporting import plan_text
+    from webui.tabs.export.handlers import plan_text
 
     assert reason in plan_text(run_dir.name, "final", False, "en")

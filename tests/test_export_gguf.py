@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from support import ANSWER, PROMPT
 
-from core import export as ex
-from core import export_gguf as gg
+from core.export import gguf as gg
+from core.export import job as ex
 
 
 def greedy_answer(folder: Path, gguf_file: str, prompt: str, tokens: int = 16) -> str:
@@ -90,7 +90,7 @@ def test_export_tab_shows_tensor_progress_and_the_figures(code_run, module_saves
     """The tab's GGUF path: started with format gguf, its bar shows the tensor being
     written while the job is there, and its result the read-back figures and where the
     check's prompts came from."""
-    from webui import exporting
+    from webui.tabs.export import handlers as exporting
 
     bar, note, job, timer = exporting.start(str(code_run), "final", "tab-gguf", "2GB", False,
                                             False, "gguf", "f16", "en")
@@ -118,9 +118,9 @@ def test_export_tab_shows_tensor_progress_and_the_figures(code_run, module_saves
 def test_gguf_check_prompts_are_the_ones_the_run_held_out(data):
     """The read-back check asks the run's held-out questions: its validation split (as
     training split it), else a registered test split, else (saying so) training prompts."""
-    from core import preference
-    from core.config import RunConfig
     from core.data.loader import load_examples
+    from core.schema.config import RunConfig
+    from core.stages import preference
 
     cfg = RunConfig(stage="dpo", dataset=["sentiment_pref"], val_size=0.2, seed=7)
     prompts, source = gg.held_out_prompts(cfg.to_dict(), limit=100)
@@ -174,7 +174,7 @@ def test_modelfile_generation_defaults_are_the_tuned_models():
 
     from transformers import GenerationConfig
 
-    from core.settings import GENERATION
+    from core.schema.setting import GENERATION
 
     unset = gg.sampling_defaults(SimpleNamespace(generation_config=GenerationConfig()))
     assert unset == {"temperature": GENERATION["temperature"].default,
@@ -205,7 +205,7 @@ def test_a_freeze_run_is_written_whole_and_reads_back(tiny_model_dir, module_sav
     """Freeze (like full) runs are whole models: no merge, the same checked GGUF."""
     from support import tiny
 
-    from core import runner
+    from core.jobs import runner
 
     run_dir = runner.start(tiny(tiny_model_dir, method="freeze", max_steps=2,
                                 run_name="freeze-gguf"), module_saves)
@@ -390,8 +390,8 @@ TUNED_NAME = "Quokka"
 
 @pytest.fixture(scope="module")
 def identity_export(module_saves) -> dict:
-    from core import runner
-    from core.config import RunConfig
+    from core.jobs import runner
+    from core.schema.config import RunConfig
 
     t0 = time.time()
     cfg = RunConfig(model="embedded", dataset=["identity"], identity_name=TUNED_NAME,

@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 from support import events_of, tiny
 
-from core import chat, compare, runner, runs
+from core.chat import engine as chat
+from core.experiments import compare
 from core.fsutil import atomic_write_text
-from core.health import Health
+from core.jobs import runner, runs
+from core.train.health import Health
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,7 +86,8 @@ def test_diverging_run_fails_at_its_step_and_offers_no_result(tiny_model_dir, sa
         runs.run_target(run_dir, "step-2")
     info = runner.list_runs()[0]
     assert info.status == "failed" and "diverged" in info.error
-    from webui import history, monitor  # what the Train tab shows
+    from webui.live import monitor
+    from webui.tabs.train import history
 
     assert "✗ **Diverged:** training diverged at step 3" in monitor.stats(
         monitor.attach(run_dir))
@@ -138,7 +141,8 @@ def test_aborts_during_the_final_save_wait_for_it(tiny_model_dir, saves):
     assert not [p for p in run_dir.iterdir() if ".partial" in p.name]
     assert runs.run_output(run_dir) == model
 
-    from core import evaluate, export
+    from core.evaluate import job as evaluate
+    from core.export import job as export
 
     holder = runner.hold_device("a test holding the device")
     try:
@@ -248,7 +252,7 @@ def test_process_identity_is_pid_and_create_time(tmp_path):
 def test_two_starts_racing_one_wins(tiny_model_dir, saves):
     """Two processes (two browser tabs, the UI and the CLI) press Start at once."""
     code = (
-        "import sys\nfrom core import runner\nfrom core.config import RunConfig\n"
+        "import sys\nfrom core import runner\nfrom core.schema.config import RunConfig\n"
         f"cfg = RunConfig(model={str(tiny_model_dir)!r}, dataset=['identity'], "
         "max_steps=2000, batch_size=2, cutoff_len=96)\n"
         "sys.stdin.readline()\n"  # both wait at the line, then go together
@@ -309,8 +313,8 @@ def test_comparison_queue_stops_from_the_cli(tiny_model_dir, saves):
 
 def test_comparison_queue_stops_from_the_ui(tiny_model_dir, saves):
     """The comparison panel's Start comparison, then its Stop comparison button."""
-    from core.config import SETTINGS
-    from webui import compare_panel
+    from core.schema.config import SETTINGS
+    from webui.tabs.train import compare as compare_panel
 
     values = {**{n: s.default for n, s in SETTINGS.items()},
               **tiny(tiny_model_dir, max_steps=2000).to_dict()}

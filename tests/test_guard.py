@@ -20,7 +20,8 @@ import pytest
 
 from core.cli import main
 from tests.browser_support import free_port, serve_app
-from webui import guard, training
+from webui import guard
+from webui.tabs.train import handlers as training
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,7 +120,7 @@ def test_logins_from_env_and_file(tmp_path):
 
 # -- what a browser may ask for -----------------------------------------------------------
 def _values(**changes):
-    from core.config import SETTINGS
+    from core.schema.config import SETTINGS
 
     values = {n: (list(s.default) if isinstance(s.default, list) else s.default)
               for n, s in SETTINGS.items()}
@@ -142,7 +143,7 @@ def test_remote_code_refused_from_the_browser_unless_allowed(saves, data, monkey
 def test_remote_code_widget_is_disabled_with_a_note(monkeypatch):
     import gradio as gr
 
-    from core.config import SETTINGS
+    from core.schema.config import SETTINGS
     from webui.i18n import I18n
     from webui.tabs.train import _widget
 
@@ -185,12 +186,12 @@ def test_comparison_queue_is_refused_what_a_run_is(saves, data, monkeypatch, cha
                                                    eval_dataset, words):
     """The Train tab's "Start comparison" starts runs too: the page could send what the
     greyed-out widget does not offer, and the queue must refuse it like Start does."""
-    from webui import compare_panel
+    from webui.tabs.train import compare as compare_panel
 
     monkeypatch.setattr(guard.POLICY, "allow_remote_code", False)
     message, job = compare_panel.start(_values(**changes), ["lora", "ia3"], eval_dataset, 5)
     if job is not None:  # a regression must not leave a queue training behind the test
-        from core import runner
+        from core.jobs import runner
 
         runner.abort(Path(job), timeout=10)
     assert job is None, message

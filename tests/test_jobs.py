@@ -1,4 +1,4 @@
-"""core/jobs.py, in process: every way a job can end writes exactly one end event with a
+"""core/jobs/job.py, in process: every way a job can end writes exactly one end event with a
 readable error, and the terminal follower prints what a job reported."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core import jobs, runner
 from core.data.errors import DataError
-from core.events import EventWriter, read_events
+from core.jobs import job as jobs
+from core.jobs import runner
+from core.jobs.events import EventWriter, read_events
 
 
 @pytest.fixture()

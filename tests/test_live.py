@@ -1,4 +1,4 @@
-"""webui.live and webui.svg_chart: the Train tab's live run as the page asks for it each
+"""webui.live.panel and webui.live.svg_chart: the Train tab's live run as the page asks for it each
 second (the run it shows, a stamp, HTML only when something changed), and its charts."""
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from core import runner
-from core.config import RunConfig
-from core.events import LOG, EventWriter
-from webui import live, wake
-from webui.svg_chart import HEIGHT, LEFT, TOP, WIDTH, Series, line_chart, nice_ticks
+from core.jobs import runner
+from core.jobs.events import LOG, EventWriter
+from core.schema.config import RunConfig
+from webui.live import panel as live
+from webui.live import wake
+from webui.live.svg_chart import HEIGHT, LEFT, TOP, WIDTH, Series, line_chart, nice_ticks
 
 
 @pytest.fixture(autouse=True)

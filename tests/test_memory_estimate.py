@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from core import memory_estimate as me
-from core.config import RunConfig
-from webui import training
+from core.schema.config import RunConfig
+from core.train import memory_estimate as me
+from webui.tabs.train import handlers as training
 
 GB = me.GB
 

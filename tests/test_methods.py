@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ConfigError, RunConfig
 from core.methods import METHODS, Method, implementation
+from core.schema.config import ConfigError, RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -293,7 +293,7 @@ def test_methods_that_cannot_merge_say_why(method):
 
 
 def test_declarations_import_no_torch():
-    code = ("import sys, core.config; "
+    code = ("import sys, core.schema.config; "
             "heavy = [m for m in ('torch', 'peft', 'transformers') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

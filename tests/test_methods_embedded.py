@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from core import runner
-from core.config import RunConfig
-from core.events import read_events
+from core.jobs import runner
+from core.jobs.events import read_events
 from core.methods.common import generate_extras
+from core.schema.config import RunConfig
 
 QUESTION = [{"role": "user", "content": "Who are you? Tell me your name."}]
 # Learning rates in each method's usual range: soft prompts want far larger steps.

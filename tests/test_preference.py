@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ConfigError, RunConfig
 from core.data.formats import DataError, detect_format, to_example, validate_file
-from core.events import read_events
+from core.jobs.events import read_events
+from core.schema.config import ConfigError, RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,7 +121,7 @@ def pref_data(tmp_path) -> dict[str, Path]:
 
 
 def _run(tmp_path: Path, tiny_model_dir: Path, **kw) -> tuple[int, Path, list[dict]]:
-    from core.train import main
+    from core.train.trainer import main
 
     settings = dict(model=str(tiny_model_dir), max_steps=2, batch_size=4,
                     gradient_accumulation_steps=1, cutoff_len=48, logging_steps=1,
@@ -211,7 +211,7 @@ def test_cli_trains_a_dpo_run(tiny_model_dir, pref_data, saves):
 
 
 def test_preference_accuracy_of_base_and_tuned(tiny_model_dir, pref_data, tmp_path):
-    from core.pref_eval import evaluate_run, main
+    from core.evaluate.preference import evaluate_run, main
 
     rc, run_dir, events = _run(tmp_path, tiny_model_dir, stage="dpo", max_steps=4,
                                learning_rate=1e-2, dataset=[str(pref_data["dpo"])])
@@ -228,7 +228,13 @@ def test_preference_accuracy_of_base_and_tuned(tiny_model_dir, pref_data, tmp_pa
 
 def test_upload_detects_maps_and_registers_pairs(tmp_path, monkeypatch):
     from core.data.registry import load_info, resolve
-    from webui.upload import ROLES, default_mapping, inspect_upload, register_upload, roles
+    from webui.tabs.data.upload import (
+        ROLES,
+        default_mapping,
+        inspect_upload,
+        register_upload,
+        roles,
+    )
 
     monkeypatch.setenv("PEFT_STUDIO_DATA", str(tmp_path / "data"))
     (tmp_path / "data").mkdir()
@@ -258,8 +264,8 @@ def test_upload_detects_maps_and_registers_pairs(tmp_path, monkeypatch):
 def test_embedded_dpo_raises_held_out_preference_accuracy(saves, embedded_dir):
     """A real DPO run on SmolLM2 with the bundled pairs: on 60 held-out reviews the tuned
     model ranks the right label above the wrong one more often than the base does."""
-    from core import runner
-    from core.pref_eval import evaluate_run
+    from core.evaluate.preference import evaluate_run
+    from core.jobs import runner
 
     cfg = RunConfig(stage="dpo", dataset=["sentiment_pref"], method="lora", max_steps=12,
                     batch_size=4, gradient_accumulation_steps=1, learning_rate=5e-4,
@@ -278,14 +284,14 @@ def test_embedded_dpo_raises_held_out_preference_accuracy(saves, embedded_dir):
 def test_preference_trainer_arguments_are_sfts_plus_their_own(stage, tmp_path):
     """One builder feeds every stage: what SFT's TrainingArguments say about schedule,
     logging and NaN handling, the TRL config says too."""
-    from core.preference import _trl_config
-    from core.trainer_args import shared_kwargs, training_arguments
+    from core.stages.preference import _trl_config
+    from core.train.trainer_args import shared_kwargs, training_arguments
 
     cfg = RunConfig(stage=stage, max_steps=7, learning_rate=3e-4, logging_steps=2)
     sft = training_arguments(RunConfig(max_steps=7, learning_rate=3e-4, logging_steps=2),
                              tmp_path, "cpu", "fp32", True)
     pref = _trl_config(cfg, tmp_path, "cpu", "fp32", True)
-    assert pref.logging_nan_inf_filter is False  # core.health sees a NaN loss
+    assert pref.logging_nan_inf_filter is False  # core.train.health sees a NaN loss
     for key in shared_kwargs(cfg, tmp_path, "cpu", "fp32", True):
         if key != "include_num_input_tokens_seen":
             assert getattr(pref, key) == getattr(sft, key), key

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from core.config import RunConfig
-from core.events import read_events
-from core.plots import reward_accuracy_figure, reward_frame, rewards_figure
-from webui import dataview, history, monitor
+from core.jobs.events import read_events
+from core.jobs.plots import reward_accuracy_figure, reward_frame, rewards_figure
+from core.schema.config import RunConfig
+from webui.live import monitor
+from webui.tabs.data import view as dataview
+from webui.tabs.train import history
 
 PAIRS = [{"prompt": f"Please help with task {i}.", "chosen": "Gladly, here it is.",
           "rejected": "No."} for i in range(12)]
@@ -24,7 +26,7 @@ PAIRS = [{"prompt": f"Please help with task {i}.", "chosen": "Gladly, here it is
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
     """Finished runs in one saves/ folder: dpo (3 logged steps), kto and sft."""
-    from core.train import main
+    from core.train.trainer import main
 
     root = tmp_path_factory.mktemp("pref-ui")
     pairs = root / "pairs.json"
@@ -81,7 +83,7 @@ def test_reward_curves_come_from_the_runs_step_events(runs):
 
 
 def test_train_tab_shows_reward_plots_only_for_preference_runs(runs):
-    from webui import live
+    from webui.live import panel as live
 
     def charts(run_dir: Path) -> dict[str, str]:
         """The live panel's charts by id, each with its series' point counts."""
@@ -138,7 +140,7 @@ def test_data_tab_shows_a_kto_reply_with_its_label(tiny_model_dir):
 
 # -- Evaluate tab and `peft-studio evaluate`: preference accuracy, base vs tuned ----------
 def _wait_job(job: Path) -> None:
-    from core import evaluate as ev
+    from core.evaluate import job as ev
 
     deadline = time.time() + 300
     while ev.job_state(job).status == "running" and time.time() < deadline:
@@ -147,8 +149,8 @@ def _wait_job(job: Path) -> None:
 
 
 def test_evaluate_tab_scores_pairs_base_vs_tuned_and_lists_them(runs, monkeypatch):
-    from core.pref_eval import evaluate_run
-    from webui import evaluating
+    from core.evaluate.preference import evaluate_run
+    from webui.tabs.evaluate import handlers as evaluating
 
     monkeypatch.setenv("PEFT_STUDIO_SAVES", str(runs["dpo"].parent))
     pairs = str(runs["pairs"])
@@ -164,7 +166,7 @@ def test_evaluate_tab_scores_pairs_base_vs_tuned_and_lists_them(runs, monkeypatc
     assert listing.count("<tr><td>") == len(PAIRS)
     assert "Gladly, here it is." in listing and "No." in listing
     assert "preference accuracy" in past["choices"][0][0]
-    # The same numbers as core.pref_eval's own evaluation of the run.
+    # The same numbers as core.evaluate.preference's own evaluation of the run.
     results = json.loads((Path(job) / "results.json").read_text())
     expected = evaluate_run(runs["dpo"], pairs)
     models = results["models"]
@@ -195,7 +197,7 @@ def test_cli_evaluate_on_pairs_prints_accuracy_and_the_pairs(runs, monkeypatch, 
 
 
 def test_a_mix_of_pairs_and_answers_is_refused(runs):
-    from core.evaluate import dataset_kind
+    from core.evaluate.job import dataset_kind
 
     assert dataset_kind(["sentiment_pref_test"]) == "preference"
     assert dataset_kind(["sentiment_test"]) == "answers"
@@ -205,7 +207,7 @@ def test_a_mix_of_pairs_and_answers_is_refused(runs):
 
 # -- Chat and Export take a DPO run as they take an SFT run -------------------------------
 def test_chat_compare_mode_answers_with_the_dpo_run_and_its_base(runs, monkeypatch):
-    from core.chat import ChatClient, GenerationSettings, base_target, run_target
+    from core.chat.engine import ChatClient, GenerationSettings, base_target, run_target
 
     monkeypatch.setenv("PEFT_STUDIO_SAVES", str(runs["dpo"].parent))
     tuned = run_target(runs["dpo"])
@@ -229,8 +231,8 @@ def test_export_merges_a_dpo_lora_run_as_for_sft(runs, monkeypatch):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from core import evaluate as ev
-    from core import export as ex
+    from core.evaluate import job as ev
+    from core.export import job as ex
     from core.methods.common import load_trained
 
     monkeypatch.setenv("PEFT_STUDIO_SAVES", str(runs["dpo"].parent))

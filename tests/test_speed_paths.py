@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from core.config import RunConfig
-from core.events import EventWriter, read_events
+from core.jobs.events import EventWriter, read_events
+from core.schema.config import RunConfig
 
 
 def _run(tiny_model_dir: Path, run_dir: Path, **kw) -> list[dict]:
-    from core.train import StopRequest, train
+    from core.train.hooks import StopRequest
+    from core.train.trainer import train
 
     run_dir.mkdir(parents=True)
     settings = dict(model=str(tiny_model_dir), dataset=["identity"], max_steps=5,
@@ -35,7 +36,7 @@ def _run(tiny_model_dir: Path, run_dir: Path, **kw) -> list[dict]:
 @pytest.mark.parametrize("method", ["lora", "adapter"])
 def test_labelled_loss_matches_plain_loss_step_by_step(tiny_model_dir, tmp_path, method):
     # No dropout: with the shared prefix, the prompt's dropout mask is drawn once per batch
-    # (core.shared_prefix), so the random numbers would differ from the plain path's.
+    # (core.train.shared_prefix), so the random numbers would differ from the plain path's.
     quiet = {"lora_dropout": 0.0} if method == "lora" else {}
     plain = _run(tiny_model_dir, tmp_path / "plain", method=method, batching="padded",
                  fast_loss=False, **quiet)
@@ -87,8 +88,8 @@ def _summed_loss(model, input_ids, labels, **kw) -> float:
 def test_packed_sample_loss_equals_its_loss_alone(tiny_model_dir):
     import torch
 
-    from core import batching
     from core.data.encode import pack
+    from core.train import batching
 
     tok, encoded = _encoded(tiny_model_dir, 5)
     model = _model(tiny_model_dir)
@@ -114,8 +115,8 @@ def test_fast_loss_on_packed_and_padding_free_batches_equals_padded(tiny_model_d
     import torch
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
-    from core import batching, fast_loss
     from core.data.encode import pack
+    from core.train import batching, fast_loss
 
     tok, encoded = _encoded(tiny_model_dir, 6)
     model = _model(tiny_model_dir)
@@ -142,7 +143,7 @@ def test_fast_loss_on_packed_and_padding_free_batches_equals_padded(tiny_model_d
 def test_chunked_cross_entropy_equals_one_piece(monkeypatch):
     import torch
 
-    from core import fast_loss
+    from core.train import fast_loss
 
     torch.manual_seed(0)
     head = torch.nn.Linear(8, 50, bias=False)
@@ -161,7 +162,7 @@ def test_chunked_cross_entropy_equals_one_piece(monkeypatch):
     importlib.util.find_spec("liger_kernel") is None or not __import__("torch").cuda.is_available(),
     reason="Liger's kernels need CUDA and the `gpu` extra")
 def test_gpu_kernels_switch_on_for_llama(tiny_model_dir):  # pragma: no cover - GPU only
-    from core import accel
+    from core.train import accel
 
     model = _model(tiny_model_dir).cuda()
     kernels = accel.enable_gpu_kernels(model, prompt_learning=False)
@@ -173,7 +174,7 @@ def test_grouped_batches_have_less_padding_and_every_sample_once():
 
     import torch
 
-    from core import batching
+    from core.train import batching
 
     lengths = [random.Random(i).randint(20, 120) for i in range(52)]  # identity's size
     assert batching.mega_batch_mult(52, 8) == 4 and batching.mega_batch_mult(3000, 8) == 50
@@ -225,7 +226,7 @@ def _examples(n: int) -> list[dict]:
 def test_shared_prefix_gives_the_plain_loss_and_gradients(tiny_model_dir):
     import torch
 
-    from core import fast_loss, shared_prefix
+    from core.train import fast_loss, shared_prefix
 
     model = _model(tiny_model_dir).train()
     lm = fast_loss.causal_lm(model)
@@ -256,7 +257,7 @@ def test_shared_prefix_gives_the_plain_loss_and_gradients(tiny_model_dir):
 def test_shared_prefix_stops_before_any_position_the_loss_reads():
     import torch
 
-    from core.shared_prefix import MIN_PREFIX, prefix_length
+    from core.train.shared_prefix import MIN_PREFIX, prefix_length
 
     ids = torch.tensor([[1] * 20 + [5, 6, 7], [1] * 20 + [8, 9, 0]])
     mask = torch.tensor([[1] * 23, [1] * 22 + [0]])

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from support import events_of, tiny
 
-from core import runner
-from core.config import RunConfig
+from core.jobs import runner
+from core.schema.config import RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""webui.wake: the stamp a Train tab compares to decide whether to refresh."""
+"""webui.live.wake: the stamp a Train tab compares to decide whether to refresh."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from core import runner
-from core.events import EVENTS, LOG
-from webui import wake
+from core.jobs import runner
+from core.jobs.events import EVENTS, LOG
+from webui.live import wake
 
 
 @pytest.fixture()
 def live(tmp_path, monkeypatch):
-    """A run folder that core.runner reports as the live run until `live.end()`."""
+    """A run folder that core.jobs.runner reports as the live run until `live.end()`."""
     run = tmp_path / "lora-1"
     run.mkdir()
     (run / EVENTS).write_text('{"type": "start"}\n')
@@ -82,7 +82,7 @@ def test_the_waker_offers_only_the_stamp_to_the_page():
 
 
 def test_the_comparison_stamp_follows_the_newest_comparison_and_its_run(live, monkeypatch):
-    from core import compare
+    from core.experiments import compare
 
     monkeypatch.setattr(compare, "comparisons_dir", lambda: live.path.parent / "comparisons")
     assert wake.comparison_stamp(None, now=1000.0) == wake.IDLE

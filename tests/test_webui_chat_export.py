@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from support import ANSWER, PROMPT
 
-from core import runner
-from webui import chatting, exporting
+from core.jobs import runner
+from webui.tabs.chat import handlers as chatting
+from webui.tabs.export import handlers as exporting
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core import runner
-from core.config import SETTINGS
-from webui import compare_panel
+from core.jobs import runner
+from core.schema.config import SETTINGS
+from webui.tabs.train import compare as compare_panel
 
 
 def values(**changes):

@@ -12,11 +12,15 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from core import runner
-from core.config import SETTINGS, ConfigError, RunConfig
 from core.data.formats import DataError
-from core.events import EventWriter
-from webui import dataview, history, monitor, training, upload
+from core.jobs import runner
+from core.jobs.events import EventWriter
+from core.schema.config import SETTINGS, ConfigError, RunConfig
+from webui.live import monitor
+from webui.tabs.data import upload
+from webui.tabs.data import view as dataview
+from webui.tabs.train import handlers as training
+from webui.tabs.train import history
 from webui.widgets import SettingsForm, config_values, from_config, make, to_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +84,7 @@ def test_language_switch_updates_each_kind_of_component():
 
 
 def test_setting_widgets_switch_label_and_help_to_chinese():
-    from core.config import SETTINGS
+    from core.schema.config import SETTINGS
     from webui.i18n import I18n
     from webui.widgets import make
 

@@ -2,7 +2,7 @@
 
 `build_app()` builds the Blocks; `launch()` serves it (`peft-studio webui`, `make run`).
 The app only reads and writes files and starts subprocesses: training runs detached
-(core.runner), and anything that needs torch runs in a short helper (webui.probe), so the
+(core.jobs.runner), and anything that needs torch runs in a short helper (webui.probe), so the
 page is up in a few seconds and closing it never touches a run.
 """
 
@@ -13,8 +13,9 @@ import importlib
 import gradio as gr
 from starlette.middleware import Middleware
 
-from webui import guard, idle, topbar, upload
+from webui import guard, idle, topbar
 from webui.i18n import I18n
+from webui.tabs.data import upload
 
 # (module under webui.tabs, English title, Chinese title), in display order.
 TABS = (
@@ -41,7 +42,7 @@ CSS = """
 /* The plot's floating label would cover the figure's top-left corner. */
 .ps-plot { padding-top: 34px !important; }
 .ps-detail { font-size: .85rem; margin-top: 4px; opacity: .85; }
-/* webui.live: the live run's numbers, curves and log, drawn by the page. */
+/* webui.live.panel: the live run's numbers, curves and log, drawn by the page. */
 .ps-stats { font-size: .9rem; margin: 6px 0; }
 .ps-stats p { margin: 4px 0; }
 .ps-chart-box, .ps-log { border: 1px solid var(--border-color-primary); border-radius: 8px;
@@ -57,7 +58,7 @@ CSS = """
 .ps-chart-empty { opacity: .6; font-size: 13px; }
 .ps-log pre { height: 13em; overflow: auto; margin: 0; font-size: .75rem;
   white-space: pre-wrap; word-break: break-all; }
-/* webui.wake: a script, nothing to see. */
+/* webui.live.wake: a script, nothing to see. */
 .ps-wake { display: none !important; }
 """
 

@@ -137,7 +137,7 @@ def browser_dataset_problem(name: str) -> str | None:
 
 def existing_run(name: str) -> Path:
     """The folder of a run a tab shows; if it was deleted meanwhile, say so plainly."""
-    from core.runs import resolve_run
+    from core.jobs.runs import resolve_run
 
     try:
         return resolve_run(name)

@@ -10,7 +10,7 @@ Commands:
   inspect  payload: a run's settings. Builds the model on the "meta" device (no weights
            are read) with the method applied: trainable and total parameters, and the
            names of its linear layers (the choices for target modules), its shapes and
-           each device's memory (for core.memory_estimate).
+           each device's memory (for core.train.memory_estimate).
   preview  payload: model, dataset, cutoff_len, train_on_prompt, stage and the identity
            placeholders. Every sample's token length, and for the first PREVIEW_LIMIT
            samples the rendered text as (segment, trained) pieces; for pairwise and kto
@@ -25,7 +25,7 @@ import sys
 import threading
 from typing import Any
 
-from core.events import readable_error
+from core.jobs.events import readable_error
 from core.paths import ROOT, child_env
 
 MARK = "@@probe@@ "  # libraries may print to stdout too; our answer is the marked line
@@ -77,8 +77,8 @@ def inspect_model(settings: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from core import models
-    from core.config import RunConfig
     from core.methods.common import apply_method, count_parameters, target_candidates
+    from core.schema.config import RunConfig
 
     cfg = RunConfig(**settings)
     # Counting needs shapes only: no quantization (it needs real weights and a GPU; it
@@ -99,7 +99,7 @@ def inspect_model(settings: dict[str, Any]) -> dict[str, Any]:
     text = getattr(config, "text_config", None) or config
     return {"trainable": trainable, "total": total, "targets": targets,
             "model_type": getattr(config, "model_type", ""),
-            # for the memory estimate (core.memory_estimate)
+            # for the memory estimate (core.train.memory_estimate)
             "hidden_size": getattr(text, "hidden_size", 0),
             "num_layers": getattr(text, "num_hidden_layers", 0),
             "num_heads": getattr(text, "num_attention_heads", 1),

@@ -24,7 +24,7 @@ Contract for tab modules (webui/tabs/<name>.py):
   creates a run or registers a dataset returns `value + 1` to them; a tab that lists runs
   or datasets listens to their `.change` and refreshes.
 - Never import torch or transformers at module level, nor in `build`: the UI process stays
-  light (load models in a subprocess, see webui.probe, core.chat_worker).
+  light (load models in a subprocess, see webui.probe, core.chat.worker).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ from pathlib import Path
 import gradio as gr
 
 from core import models
-from core.config import SETTINGS
 from core.methods import METHODS
+from core.schema.config import SETTINGS
 from webui.i18n import I18n, Text
 from webui.shared import Shared
 from webui.widgets import make, method_choices

@@ -1,4 +1,4 @@
-"""Widgets derived from the settings schema (core.config.SETTINGS).
+"""Widgets derived from the settings schema (core.schema.config.SETTINGS).
 
 A setting's label, default, bounds, choices and help text come from its `Setting`; the UI
 never spells a setting out again. `SettingsForm` keeps the widgets by setting name, turns
@@ -12,9 +12,9 @@ from typing import Any
 
 import gradio as gr
 
-from core.config import SETTINGS, ConfigError, RunConfig
 from core.methods import METHODS
-from core.settings import GROUPS, Setting
+from core.schema.config import SETTINGS, ConfigError, RunConfig
+from core.schema.setting import GROUPS, Setting
 from webui.guard import browser_problems
 from webui.i18n import I18n
 
@@ -150,7 +150,7 @@ def config_values(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def to_config(values: dict[str, Any]) -> RunConfig:
-    """A validated RunConfig from widget values; raises core.config.ConfigError. Also
+    """A validated RunConfig from widget values; raises core.schema.config.ConfigError. Also
     refuses what only the CLI may ask for (webui.guard), whatever the widgets showed."""
     usable = config_values(values)
     refused = browser_problems(usable)

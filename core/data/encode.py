@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from core.data.formats import DataError
 
 if TYPE_CHECKING:
-    from core.config import RunConfig
+    from core.schema.config import RunConfig
 
 IGNORE_INDEX = -100
 
@@ -165,7 +164,7 @@ def pack(encoded: list[Encoded], cutoff_len: int) -> list[Encoded]:
     """Best-fit-decreasing packing into sequences of at most cutoff_len tokens.
 
     Each row carries position_ids that restart at 0 for every packed sample: from them
-    transformers builds a block-diagonal causal mask (see core.batching), so a packed
+    transformers builds a block-diagonal causal mask (see core.train.batching), so a packed
     sample attends only to itself and its loss is the loss it has alone. The first token
     of each sample gets no label: alone it has nothing before it to be predicted from.
     """
@@ -213,7 +212,7 @@ def build_datasets(
 ) -> tuple[list[dict], list[dict] | None, dict[str, Any]]:
     """(train items, eval items or None, stats) for a run; items are dicts of
     input_ids, labels and attention_mask lists, unpadded."""
-    from core.data.loader import load_one
+    from core.data.loader import load_one, split_train_eval
 
     examples: list[dict] = []
     for name in cfg.dataset:
@@ -231,11 +230,7 @@ def build_datasets(
             )
         examples += loaded
 
-    order = list(range(len(examples)))
-    random.Random(cfg.seed).shuffle(order)
-    n_eval = _eval_count(len(examples), cfg.val_size)
-    eval_ex = [examples[i] for i in order[:n_eval]]
-    train_ex = [examples[i] for i in order[n_eval:]]
+    train_ex, eval_ex = split_train_eval(examples, cfg.seed, cfg.val_size)
 
     truncated = dropped = 0
     if cfg.stage == "pt":
@@ -281,12 +276,6 @@ def build_datasets(
     return _items(train), (_items(evals) or None), stats
 
 
-def _eval_count(n: int, val_size: float) -> int:
-    if val_size <= 0 or n < 2:
-        return 0
-    return min(n - 1, max(1, round(n * val_size)))
-
-
 def _trained(e: Encoded) -> int:
     return sum(label != IGNORE_INDEX for label in e.labels)
 
@@ -299,7 +288,7 @@ def _document(example: dict) -> str:
 
 
 def _items(encoded: list[Encoded]) -> list[dict[str, list[int]]]:
-    # Packed rows carry positions instead of an attention mask (see core.batching).
+    # Packed rows carry positions instead of an attention mask (see core.train.batching).
     return [
         {"input_ids": e.input_ids, "labels": e.labels, "position_ids": e.position_ids}
         if e.position_ids is not None else

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import TYPE_CHECKING, Any
 
 from core.data.formats import DataError, check_columns, to_example
@@ -9,7 +10,7 @@ from core.data.reader import read_rows
 from core.data.registry import resolve
 
 if TYPE_CHECKING:
-    from core.config import RunConfig
+    from core.schema.config import RunConfig
 
 
 def load_examples(dataset: list[str], cfg: RunConfig | Any) -> list[dict[str, Any]]:
@@ -39,3 +40,15 @@ def load_one(name: str, cfg: RunConfig | Any) -> list[dict[str, Any]]:
                    placeholders=placeholders)
         for i, row in enumerate(rows, 1)
     ]
+
+
+def split_train_eval(examples: list[dict[str, Any]], seed: int,
+                     val_size: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, eval): one seeded shuffle, val_size of the rows held out (at least one when
+    asked, never all). Every stage and the export's check split this one way, so a row
+    held out from training is the same row wherever it is looked for."""
+    n = len(examples)
+    n_eval = 0 if val_size <= 0 or n < 2 else min(n - 1, max(1, round(n * val_size)))
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return [examples[i] for i in order[n_eval:]], [examples[i] for i in order[:n_eval]]

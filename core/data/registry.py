@@ -242,3 +242,28 @@ def _locked() -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def dataset_problems(names: list[str]) -> list[str]:
+    """Datasets that are neither registered nor an existing file: said before a run
+    starts, rather than by the trainer a minute later."""
+    try:
+        known = load_info()
+    except DataError as exc:
+        return [f"dataset: {info_path()}: {exc}"]
+    problems = []
+    for name in names:
+        path = Path(name).expanduser()
+        if name in known:
+            continue
+        if not path.is_file():
+            what = "is a folder, not a file" if path.is_dir() else "no such file"
+            problems.append(f"dataset: {name}: {what}, and no registered dataset has that "
+                            "name; give a json/jsonl/csv/parquet/txt file or a name from "
+                            "data/dataset_info.json")
+            continue
+        try:  # reads the file once: its format is detected from its columns
+            resolve(name)
+        except DataError as exc:
+            problems.append(f"dataset: {exc}")
+    return problems

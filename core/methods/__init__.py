@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.settings import Setting
+from core.schema.setting import Setting
 
 
 @dataclass(frozen=True)

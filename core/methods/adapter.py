@@ -25,7 +25,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from core.methods import Method
-from core.settings import Setting as S
+from core.schema.setting import Setting as S
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"

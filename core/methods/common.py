@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from core.settings import Setting
+from core.schema.setting import Setting
 
 MANIFEST = "studio.json"
 
@@ -235,8 +235,8 @@ def load_trained(out_dir: str | Path, base_model: Any = None, *,
     outputs). A method that saves a whole model (full, freeze) is loaded from the folder
     alone, without loading the base first."""
     from core import models
-    from core.config import RunConfig
     from core.methods import METHODS, implementation
+    from core.schema.config import RunConfig
 
     out = Path(out_dir)
     manifest = read_manifest(out)

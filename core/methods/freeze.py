@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.methods.full import Full
-from core.settings import Setting as S
+from core.schema.setting import Setting as S
 
 
 def decoder_layers(model: Any) -> tuple[str, Any]:

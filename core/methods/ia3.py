@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.methods import Method, peft_targets, peft_wrap
-from core.settings import Setting as S
+from core.schema.setting import Setting as S
 
 
 class IA3(Method):

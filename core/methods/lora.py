@@ -1,12 +1,12 @@
 """LoRA and its variants: DoRA, rsLoRA, PiSSA initialisation, LoRA+; QLoRA when the base
-is quantized (see `quantization` in core.config)."""
+is quantized (see `quantization` in core.schema.config)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from core.methods import Method, peft_targets, peft_wrap
-from core.settings import Setting as S
+from core.schema.setting import Setting as S
 
 
 class Lora(Method):

@@ -6,7 +6,7 @@ from typing import Any
 
 from core.methods import Method, peft_wrap
 from core.methods.common import NUM_VIRTUAL_TOKENS
-from core.settings import Setting as S
+from core.schema.setting import Setting as S
 
 
 class PrefixTuning(Method):

@@ -1,0 +1,189 @@
+"""`peft-studio`: the same engine as the web UI, from a terminal.
+
+Every run setting is a flag named after its field (see core.schema.config); `--config` reads a
+YAML file first and flags override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from core.chat import engine as chat
+from core.data.registry import dataset_problems
+from core.evaluate import job as evaluate
+from core.export import job as export
+from core.jobs import runner
+from core.jobs.job import follow
+from core.jobs.runs import resolve_run
+from core.paths import saves_dir
+from core.schema.config import ConfigError, add_arguments, config_from_args
+
+
+def _train(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    from core.data.registry import info_problem
+
+    # Every dataset, even a path, is looked up in the registry first: say so now, in one
+    # line, rather than after a trainer has started and failed.
+    problem = info_problem()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    missing = dataset_problems(cfg.dataset)
+    if missing:
+        print(f"error: {ConfigError(missing)}", file=sys.stderr)
+        return 2
+    try:
+        run_dir = runner.start(cfg)
+    except runner.BusyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except ConfigError as exc:  # what this machine lacks (GPUs, DeepSpeed)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"run: {run_dir}", flush=True)
+    if args.detach:
+        return 0
+    return _follow(run_dir, show_log=args.verbose)
+
+
+def _follow(run_dir: Path, show_log: bool = False) -> int:
+    """Print the run's events as they come; Ctrl-C aborts it (it still saves)."""
+    follow(run_dir, _describe, show_log)
+    status, end = runner.run_status(run_dir)
+    if status == runner.FAILED:
+        print(f"failed: {end.get('error')}\n(full log: {run_dir / 'log.txt'})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _describe(e: dict) -> str:
+    kind = e["type"]
+    if kind == "start" and e.get("node_rank"):
+        return (f"start: machine {e['node_rank']} of {e['nodes']} joined; "
+                f"{e['processes']} processes in all")
+    if kind == "start":
+        spread = (f" in {e['processes']} processes" if e.get("processes", 1) > 1 else "")
+        return (f"start: {e.get('method')} on {e.get('device')} ({e.get('precision')}), "
+                f"{e.get('trainable_params'):,} of {e.get('total_params'):,} parameters "
+                f"trainable, {e.get('total_steps')} steps, {e.get('train_samples')} samples"
+                f"{spread}")
+    if kind == "step":
+        eta = f", eta {e['eta']:.0f}s" if e.get("eta") is not None else ""
+        return (f"step {e['step']}/{e['total_steps']}: loss {e['loss']:.4f}, "
+                f"{e.get('tokens_per_second', 0):.0f} tok/s{eta}")
+    if kind == "eval":
+        return f"eval at step {e['step']}: loss {e['eval_loss']:.4f}"
+    if kind == "checkpoint":
+        return f"checkpoint: {e['path']}"
+    if kind == "end":
+        detail = e.get("output_dir") or e.get("error") or e.get("note") or ""
+        return f"end: {e['status']} {detail}".rstrip()
+    return f"{kind}: {e}"
+
+
+def _runs(args: argparse.Namespace) -> int:
+    runs = runner.list_runs()
+    if not runs:
+        print(f"no runs in {saves_dir()}")
+        return 0
+    print(f"{'run':32} {'status':8} {'method':8} {'step':>11} {'loss':>8}  dataset")
+    for r in runs:
+        loss = f"{r.final_loss:.4f}" if r.final_loss is not None else "-"
+        steps = f"{r.step}/{r.total_steps}"
+        print(f"{r.name:32} {r.status:8} {r.method:8} {steps:>11} {loss:>8}  "
+              f"{','.join(r.dataset)}")
+    return 0
+
+
+def _abort(args: argparse.Namespace) -> int:
+    from core.experiments import compare
+
+    queue = compare.comparisons_dir() / args.run
+    # A comparison queue stops like a run: it aborts the run it is training, then ends.
+    try:
+        run_dir = queue if (queue / compare.SPEC_FILE).is_file() else resolve_run(args.run)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if runner.run_status(run_dir)[0] != runner.RUNNING:
+        print(f"{run_dir.name} is not running")
+        return 1
+    print(f"{run_dir.name}: {runner.abort(run_dir, timeout=args.timeout)}")
+    return 0
+
+
+def _webui(args: argparse.Namespace) -> int:
+    # Checked before Gradio is imported: a refused start binds nothing and is instant.
+    from webui import guard
+
+    try:
+        logins = guard.logins(args.auth_file)
+        guard.check_serving(args.host, logins)
+    except guard.AccessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from webui.app import launch
+
+    launch(host=args.host, port=args.port, share=False, logins=logins,
+           allow_remote_code=args.allow_remote_code)
+    return 0
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: use 1 to 65535")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peft-studio", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model (flags named after every run setting)")
+    add_arguments(p)
+    p.add_argument("--detach", action="store_true", help="start and return at once")
+    p.add_argument("--verbose", action="store_true", help="also print the trainer's log")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resulting YAML and exit without training")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("runs", help="list runs in saves/ with their status")
+    p.set_defaults(func=_runs)
+
+    p = sub.add_parser("abort", help="stop a run at its next step; it saves what it has "
+                       "(a comparison's name stops that queue)")
+    p.add_argument("run", help="run name (folder under saves/) or path, or a comparison")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait before killing it")
+    p.set_defaults(func=_abort)
+
+    p = sub.add_parser("webui", help="open the browser app")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=_port, default=7860)
+    p.add_argument("--auth-file", metavar="FILE",
+                   help="logins, one user:password a line (or set PEFT_STUDIO_AUTH="
+                   "user:password); required to serve beyond 127.0.0.1")
+    p.add_argument("--allow-remote-code", action="store_true",
+                   help="let the browser switch on trust_remote_code (runs Python code "
+                   "shipped with a hub model)")
+    p.set_defaults(func=_webui)
+
+    for job in (chat, evaluate, export):  # their subcommands live beside the job
+        job.add_command(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+

@@ -1,0 +1,358 @@
+"""Several processes, GPUs and machines: the "Devices" settings and what follows from them.
+
+A run with more than one process (or DeepSpeed, or several machines) is started by
+`core.distributed.launch`, which runs torchrun (`torch.distributed.run`) with the arguments
+built here; each rank runs `core.train.trainer` as usual. DeepSpeed comes in through
+transformers' integration (a JSON written into the run folder), FSDP through TrainingArguments'
+fsdp settings.
+
+This module never imports torch: the UI validates and previews with it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from core.schema.config import SETTINGS as ALL
+from core.schema.devices import device_list
+
+DEEPSPEED_FILE = "deepspeed.json"
+RANKS_DIR = "ranks"  # torchrun's per-rank log files
+# Rank lines in log.txt start with this (torchrun's log line prefix template).
+RANK_PREFIX = "[rank${rank}]: "
+INSTALL_DEEPSPEED = "pip install 'peft-studio[deepspeed]'"
+
+
+
+
+# -- the machine, without torch ----------------------------------------------------------
+def visible_gpus() -> int:
+    """NVIDIA GPUs this process may use: the driver's list, narrowed by
+    CUDA_VISIBLE_DEVICES. Read without torch (the UI never imports it)."""
+    found = 0
+    gpus = Path("/proc/driver/nvidia/gpus")
+    if gpus.is_dir():
+        found = len(list(gpus.iterdir()))
+    elif shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
+                                 timeout=10).stdout
+            found = sum(1 for line in out.splitlines() if line.startswith("GPU "))
+        except (OSError, subprocess.TimeoutExpired):
+            found = 0
+    mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if mask is not None:
+        listed = [d for d in mask.split(",") if d.strip() and d.strip() != "-1"]
+        found = min(found, len(listed))
+    return found
+
+
+def deepspeed_installed() -> bool:
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+# -- what a config asks for --------------------------------------------------------------
+def processes(values: Any, gpus: int | None = None) -> int:
+    """Processes on this machine: the setting, or auto (every chosen or visible GPU, 1 on
+    a CPU; preference stages train in one process)."""
+    v = _get(values)
+    if v["nproc_per_node"] > 0:
+        return int(v["nproc_per_node"])
+    chosen = device_list(v["devices"]) or []
+    return len(chosen) or (visible_gpus() if gpus is None else gpus) or 1
+
+
+def launched(values: Any, gpus: int | None = None) -> bool:
+    """Whether the run starts under torchrun rather than as one plain process."""
+    v = _get(values)
+    return processes(v, gpus) > 1 or v["nnodes"] > 1 or v["distributed"] != "ddp"
+
+
+def launch_problems(cfg: Any, gpus: int | None = None) -> list[str]:
+    """What this machine lacks for the config (checked when a run starts)."""
+    v = _get(cfg)
+    gpus = visible_gpus() if gpus is None else gpus
+    problems = []
+    strategy = v["distributed"]
+    if strategy in ("zero2", "zero3") and not deepspeed_installed():
+        problems.append(f"distributed: {strategy} needs DeepSpeed, which is not installed; "
+                        f"install it with `{INSTALL_DEEPSPEED}`, or choose ddp")
+    if strategy == "fsdp" and gpus == 0:
+        problems.append("distributed: FSDP needs GPUs (on a CPU accelerate quietly turns it "
+                        "into plain DDP); choose ddp on this machine")
+    chosen = device_list(v["devices"]) or []
+    if chosen and gpus == 0:
+        problems.append(f"devices: {v['devices']!r} names GPUs, and no GPU is visible here; "
+                        "leave it empty to train on the CPU")
+    elif chosen and max(chosen) >= gpus:
+        problems.append(f"devices: GPU {max(chosen)} does not exist here; this machine shows "
+                        f"{gpus} GPU(s), numbered 0 to {gpus - 1}")
+    n = processes(v, gpus)
+    if gpus and not chosen and n > gpus:
+        problems.append(f"nproc_per_node: {n} processes, and this machine shows {gpus} "
+                        f"GPU(s); use at most {gpus}, one per GPU")
+    if not gpus and n > (os.cpu_count() or 1):
+        problems.append(f"nproc_per_node: {n} processes on {os.cpu_count()} CPU core(s); "
+                        "use at most one process per core")
+    return problems
+
+
+def _get(values: Any) -> dict[str, Any]:
+    if isinstance(values, dict):
+        return {n: values.get(n, s.default) for n, s in ALL.items()}
+    return values.all_values()
+
+
+# -- the launch ----------------------------------------------------------------------------
+def torchrun_args(cfg: Any, config_path: Path, node_rank: int | None = None) -> list[str]:
+    """torchrun's arguments (after `python -m torch.distributed.run`) for this config."""
+    v = _get(cfg)
+    rank = v["node_rank"] if node_rank is None else node_rank
+    args = ["--nproc-per-node", str(processes(v))]
+    if v["nnodes"] > 1:
+        args += ["--nnodes", str(v["nnodes"]), "--node-rank", str(rank),
+                 "--master-addr", v["master_addr"], "--master-port", str(v["master_port"])]
+    else:
+        args += ["--standalone"]  # a free port on this machine: two runs never collide
+    run_dir = Path(config_path).parent
+    args += [
+        # Every rank's output into log.txt, each line prefixed with its rank (and kept
+        # per rank under ranks/).
+        "--tee", "3", "--log-dir", str(run_dir / RANKS_DIR),
+        # SIGTERM is the runner's abort: the ranks stop together at a step (core.train.trainer)
+        # and rank 0 saves; torchrun must not kill them for it.
+        "--signals-to-handle", "SIGHUP,SIGQUIT",
+        # A dead rank: the others get this long to exit before they are killed.
+        "--shutdown-timeout", "20",
+        "--max-restarts", "0",
+        "-m", "core.train", str(config_path),
+    ]
+    return args
+
+
+def command(cfg: Any, config_path: str | Path, node_rank: int | None = None) -> str:
+    """The torchrun command line for this machine (as the run folder's process starts it)."""
+    args = torchrun_args(cfg, Path(config_path), node_rank)
+    return shlex.join(["python", "-m", "torch.distributed.run", *args])
+
+
+def node_commands(cfg: Any, config_path: str | Path) -> list[str]:
+    """The command to run on each other machine (1 .. nnodes-1), with the same config."""
+    v = _get(cfg)
+    return [f"peft-studio train --config {shlex.quote(str(config_path))} --node-rank {k}"
+            for k in range(1, v["nnodes"])]
+
+
+def environment(cfg: Any) -> dict[str, str]:
+    """Environment for the run's processes."""
+    v = _get(cfg)
+    env = {"TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": RANK_PREFIX}
+    if not visible_gpus():
+        # torchrun gives each rank one thread; on a CPU the cores are the accelerator.
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes(v)))
+    if v["devices"]:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in device_list(v["devices"]) or [])
+    return env
+
+
+def deepspeed_config(cfg: Any) -> dict[str, Any] | None:
+    """The DeepSpeed JSON for zero2/zero3 ("auto" values are filled in by transformers
+    from TrainingArguments), or None for ddp and fsdp."""
+    v = _get(cfg)
+    stage = {"zero2": 2, "zero3": 3}.get(v["distributed"])
+    if stage is None:
+        return None
+    zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True,
+                            "reduce_bucket_size": "auto"}
+    if stage == 3:
+        zero.update({"stage3_prefetch_bucket_size": "auto",
+                     "stage3_param_persistence_threshold": "auto",
+                     # the adapter (or model) is saved whole, not as shards
+                     "stage3_gather_16bit_weights_on_model_save": True})
+    if v["offload"]:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        if stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return {
+        "train_micro_batch_size_per_gpu": "auto",
+        "train_batch_size": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "zero_optimization": zero,
+        # Our optimizers (paged 8-bit, LoRA+'s groups) are not on DeepSpeed's tested list.
+        "zero_allow_untested_optimizer": True,
+    }
+
+
+def write_deepspeed_config(cfg: Any, run_dir: Path) -> Path | None:
+    ds = deepspeed_config(cfg)
+    if ds is None:
+        return None
+    from core.fsutil import atomic_write_text
+
+    path = run_dir / DEEPSPEED_FILE
+    atomic_write_text(path, json.dumps(ds, indent=2) + "\n")
+    return path
+
+
+def trainer_kwargs(cfg: Any, run_dir: Path, on_cpu: bool, world_size: int) -> dict[str, Any]:
+    """TrainingArguments for the distributed settings (nothing for one plain process)."""
+    v = _get(cfg)
+    kwargs: dict[str, Any] = {}
+    if world_size > 1:
+        kwargs["ddp_timeout"] = int(v["ddp_timeout"]) * 60
+        if on_cpu:
+            # Without it the Trainer on a CPU never joins the group: each rank trains alone.
+            kwargs["ddp_backend"] = "gloo"
+    if v["distributed"] in ("zero2", "zero3"):
+        path = run_dir / DEEPSPEED_FILE
+        if not path.is_file():
+            write_deepspeed_config(cfg, run_dir)
+        kwargs["deepspeed"] = str(path)
+    elif v["distributed"] == "fsdp":
+        # FSDP2 (transformers' default): each decoder layer (the model's _no_split_modules)
+        # is one shard unit, its weights gathered for its forward and freed after.
+        kwargs["fsdp"] = True
+        kwargs["fsdp_config"] = {"version": 2, "reshard_after_forward": True,
+                                 "auto_wrap_policy": "TRANSFORMER_BASED_WRAP"}
+    return kwargs
+
+
+# -- inside a rank -------------------------------------------------------------------------
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+LAUNCHED_ENV = "PEFT_STUDIO_LAUNCHED"  # set by core.distributed.launch: it holds the device lock
+
+
+def under_launcher() -> bool:
+    return os.environ.get(LAUNCHED_ENV) == "1"
+
+
+def die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when the process that started it (torchrun)
+    dies, so a killed launcher never leaves a rank holding a GPU."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def agree_to_stop(requested: bool) -> bool:
+    """Whether any rank wants to stop: every rank must stop at the same step, or the one
+    still training waits for the others for ever."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return requested
+    device = "cpu"
+    if dist.get_backend() == "nccl":
+        device = f"cuda:{torch.cuda.current_device()}"
+    flag = torch.tensor([1 if requested else 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def state_gatherer(trainer: Any, trainable_only: bool) -> Any:
+    """For a run whose weights are sharded between the processes (ZeRO-3, FSDP): a function
+    that every rank must call together, returning the whole state dict on rank 0 (on the
+    CPU; what the other ranks get back is not used). None for DDP and ZeRO-2 (and one
+    plain process), where every rank holds every weight and rank 0 saves alone.
+    `trainable_only`: gather only the trained weights (an adapter's), not a copy of the
+    whole frozen base.
+
+    The gathering is the libraries' own, the one Trainer.save_model does, rather than ours:
+    DeepSpeed's consolidated state dict (which gathers each partitioned parameter in turn
+    onto rank 0, so no rank ever holds the whole model twice) and torch's full state dict
+    for FSDP2 (what accelerate's get_state_dict calls). Trainer.save_model itself is not
+    used: it writes its own layout (a whole model for our bottleneck adapter, no manifest),
+    and not whole-or-nothing. Resolved at each call: the DeepSpeed engine exists only once
+    training has begun."""
+    if trainer.is_fsdp_enabled:
+        def gather_fsdp() -> dict[str, Any]:
+            if not trainer.accelerator.is_fsdp2:
+                return trainer.accelerator.get_state_dict(trainer.model)
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+            )
+
+            # accelerate's get_state_dict with ignore_frozen_params added: an adapter's
+            # save must not gather the base it leaves untouched.
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                       ignore_frozen_params=trainable_only)
+            return get_model_state_dict(trainer.model, options=options)
+
+        return gather_fsdp
+    if not trainer.is_deepspeed_enabled:
+        return None
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return None
+
+    def gather_zero3() -> dict[str, Any]:
+        engine = trainer.model_wrapped  # the DeepSpeed engine, once training has begun
+        # What Trainer.save_model does for a peft model under ZeRO-3 (and accelerate's
+        # get_state_dict without exclude_frozen_parameters, for a whole model).
+        return engine._zero3_consolidated_16bit_state_dict(
+            exclude_frozen_parameters=trainable_only)
+
+    return gather_zero3
+
+
+def start_fields(device: str) -> dict[str, Any]:
+    """For the start event: how many processes, on how many machines, on what."""
+    n = world_size()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", n))
+    fields: dict[str, Any] = {"processes": n, "nodes": max(1, n // max(local, 1))}
+    if device.startswith("cuda"):
+        mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+        fields["devices"] = mask.split(",")[:local] if mask else [str(i) for i in range(local)]
+    else:
+        fields["devices"] = ["cpu"] * local
+    return fields
+
+
+def events_for_rank(run_dir: Path) -> Any:
+    """Rank 0's events go to events.jsonl; the other ranks' nowhere (one stream of steps)."""
+    from core.jobs.events import EventWriter
+
+    if rank() == 0:
+        return EventWriter(run_dir)
+
+    class Silent(EventWriter):
+        def emit(self, type: str, **fields: Any) -> dict[str, Any]:
+            return {"type": type, **fields}
+
+    return Silent(run_dir)
+
+
+def launch_notes(cfg: Any, config_path: str | Path) -> list[str]:
+    """How a run with these settings starts, for the command preview: torchrun's command
+    and each other machine's. Empty for one plain process."""
+    if not launched(cfg):
+        return []
+    notes = [f"started as: {command(cfg, config_path)}"]
+    notes += [f"on machine {k}: {line}"
+              for k, line in enumerate(node_commands(cfg, config_path), start=1)]
+    return notes

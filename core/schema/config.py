@@ -1,0 +1,479 @@
+"""RunConfig: every setting of a run, and everything derived from the one schema.
+
+The schema is `SETTINGS`: the common settings below plus each method's own settings from
+the registry. From it come YAML load/save, CLI flags, validation with every bad field
+listed in one error, and (in `webui/`) the widgets.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.fsutil import atomic_write_text
+from core.methods import METHODS
+from core.schema.devices import SETTINGS as DEVICE_SETTINGS
+from core.schema.devices import schema_problems as distributed_problems
+from core.schema.setting import Setting
+from core.stages import SETTINGS as STAGE_SETTINGS
+from core.stages import STAGES, stage_problems
+
+S = Setting
+OPTIMIZERS = (
+    "adamw_torch",
+    "adamw_torch_fused",
+    "paged_adamw_8bit",
+    "adamw_8bit",
+    "adafactor",
+    "sgd",
+)
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
+QUANTIZABLE = tuple(m for m, spec in METHODS.items() if spec.quantizable)
+
+COMMON: tuple[Setting, ...] = (
+    # -- model ---------------------------------------------------------------------------
+    S("model", "embedded", "Which model to fine-tune: 'embedded' (SmolLM2-135M-Instruct, "
+      "works offline), a local Hugging Face folder, a local .gguf file, or a hub id such "
+      "as 'Qwen/Qwen2.5-0.5B-Instruct' (needs internet).", "model",
+      label="Model", label_zh="模型", allow_custom=True, choices=("embedded",),
+      help_zh="要微调的模型：'embedded'（内置 SmolLM2-135M-Instruct，可离线使用）、本地 Hugging "
+              "Face 模型文件夹、本地 .gguf 文件，或 Hub 上的模型 ID，如 "
+              "'Qwen/Qwen2.5-0.5B-Instruct'（需要联网）。"),
+    S("method", "lora", "The fine-tuning method; each has its own settings below.", "model",
+      label="Method", label_zh="微调方法", choices=tuple(METHODS),
+      help_zh="微调方法；每种方法的参数显示在下方。"),
+    S("stage", "sft", "sft: learn to answer prompts (chat/instruction data). pt: continue "
+      "pre-training on raw text. dpo, orpo: learn to prefer the chosen reply over the "
+      "rejected one (pairwise data). kto: learn from replies marked desirable or not.",
+      "model", label="Stage", label_zh="训练阶段", choices=STAGES,
+      help_zh="sft：学习回答提示（对话/指令数据）。pt：在纯文本上继续预训练。dpo、orpo：学习偏好"
+              "被选回复而非被拒回复（成对数据）。kto：从标为期望或不期望的回复中学习。"),
+    S("trust_remote_code", False, "Run Python code shipped with a hub model. Only for "
+      "models you trust.", "model", label_zh="信任远程代码", advanced=True,
+      help_zh="运行 Hub 模型自带的 Python 代码。只对你信任的模型开启。"),
+    # -- quantization (QLoRA) --------------------------------------------------------------
+    S("quantization", "none", "Load the frozen base in 8 or 4 bits with bitsandbytes to "
+      "save memory (4-bit + LoRA is QLoRA).", "quantization", label_zh="量化位数",
+      choices=("none", "8bit", "4bit"), methods=QUANTIZABLE,
+      help_zh="用 bitsandbytes 以 8 或 4 比特加载冻结的基础模型以节省显存（4 比特 + LoRA 即 "
+              "QLoRA）。"),
+    S("quant_type", "nf4", "4-bit number format: nf4 suits normally distributed weights; "
+      "fp4 is the plain float format.", "quantization", label="4-bit type",
+      label_zh="4 比特类型", choices=("nf4", "fp4"), methods=QUANTIZABLE,
+      help_zh="4 比特数值格式：nf4 适合正态分布的权重；fp4 是普通浮点格式。"),
+    S("double_quant", True, "Also quantize the quantization constants (saves about "
+      "0.4 bits per weight).", "quantization", label="Double quantization",
+      label_zh="双重量化", methods=QUANTIZABLE,
+      help_zh="对量化常数再做一次量化（每个权重约省 0.4 比特）。"),
+    S("compute_dtype", "auto", "The dtype 4/8-bit layers compute in; auto picks bfloat16 "
+      "on a GPU that supports it, else float32.", "quantization", label_zh="计算精度",
+      choices=("auto", "bfloat16", "float16", "float32"), methods=QUANTIZABLE,
+      help_zh="4/8 比特层的计算精度；auto 在支持的 GPU 上用 bfloat16，否则用 float32。"),
+    # -- data ----------------------------------------------------------------------------
+    S("dataset", ["identity"], "Registered dataset names (see the Data tab) or paths to "
+      "json/jsonl/csv/parquet files; several are concatenated.", "data",
+      label_zh="数据集", item_type=str,
+      help_zh="已注册的数据集名称（见“数据”页）或 json/jsonl/csv/parquet 文件路径；多个数据集会"
+              "拼接在一起。"),
+    S("cutoff_len", 1024, "Longest sequence in tokens; longer samples are cut and the "
+      "number cut is reported.", "data", label="Cut-off length", label_zh="截断长度",
+      minimum=8, maximum=131072,
+      help_zh="序列的最大 token 数；更长的样本会被截断，并报告截断的数量。"),
+    S("max_samples", 0, "Use at most this many samples from each dataset (0 = all).",
+      "data", label_zh="最大样本数", minimum=0,
+      help_zh="每个数据集最多使用这么多样本（0 = 全部）。"),
+    S("val_size", 0.0, "Fraction of the data held out to compute an evaluation loss "
+      "during training (0 = none).", "data", label="Validation fraction",
+      label_zh="验证集比例", minimum=0.0, maximum=0.5,
+      help_zh="留出一部分数据，在训练中计算验证损失（0 = 不留）。"),
+    S("packing", False, "Pack several short samples into each sequence for speed.",
+      "data", label_zh="序列打包", advanced=True,
+      help_zh="把多个短样本打包进同一序列以提高速度。"),
+    S("batching", "auto", "How samples are put into batches. padded: pad each batch to its "
+      "longest sample. grouped: batch samples of similar length (shuffled within large "
+      "random groups) so there is less padding. padding_free: each batch as one row with "
+      "positions restarting per sample (fast on a GPU with flash-attention). auto: "
+      "padding_free where flash-attention is installed, else padded (grouping changes which "
+      "samples share a batch, which can change the loss of short runs); methods with "
+      "virtual tokens always pad.", "data", label_zh="批次组织", advanced=True,
+      choices=("auto", "padded", "grouped", "padding_free"),
+      help_zh="样本如何组成批次。padded：补齐到批内最长样本。grouped：把长度相近的样本放进同一批"
+              "（在较大的随机分组内打乱），减少补齐。padding_free：整批拼成一行、每个样本的位置"
+              "重新计数（在装有 flash-attention 的 GPU 上最快）。auto：装有 flash-attention 时用 "
+              "padding_free，否则用 padded（分组会改变哪些样本同批，可能影响短训练的损失）；带虚拟 "
+              "token 的方法总是补齐。"),
+    S("fast_loss", True, "Compute the output layer and the loss only at the tokens that are "
+      "trained (the replies), not at every position: same loss, less work.", "train",
+      label="Loss on trained tokens only", label_zh="只在训练 token 上算损失", advanced=True,
+      help_zh="只在参与训练的 token（回复）上计算输出层和损失，而不是每个位置：损失相同，"
+              "计算更少。"),
+    S("shared_prefix", True, "Run the tokens every sample of a batch starts with (the system "
+      "prompt, a repeated instruction) once per batch instead of once per sample: same loss, "
+      "less work. Needs the loss on trained tokens only, and no gradient checkpointing.",
+      "train", label="Shared prompt start once per batch", label_zh="批内共同开头只算一次",
+      advanced=True,
+      help_zh="批内每个样本都以相同 token 开头（系统提示词、重复的指令）时，这一段每批只计算一次，"
+              "而不是每个样本各算一次：损失相同，计算更少。需要开启“只在训练 token 上算损失”，"
+              "且不用梯度检查点。"),
+    S("train_on_prompt", False, "Also compute the loss on the prompt tokens, not only "
+      "on the assistant's replies.", "data", label_zh="在提示词上计算损失", advanced=True,
+      help_zh="在提示词 token 上也计算损失，而不只是在助手的回复上。"),
+    S("identity_name", "Studio Assistant", "Fills {{name}} in the identity dataset.",
+      "data", label="Assistant name", label_zh="助手名称", advanced=True,
+      help_zh="填入 identity 数据集中的 {{name}}。"),
+    S("identity_author", "the PEFT Studio team", "Fills {{author}} in the identity "
+      "dataset.", "data", label="Assistant author", label_zh="助手作者", advanced=True,
+      help_zh="填入 identity 数据集中的 {{author}}。"),
+    # -- training ------------------------------------------------------------------------
+    S("learning_rate", 2e-4, "Step size of the optimizer. LoRA-family methods like "
+      "1e-4 to 1e-3; full tuning wants about 1e-5.", "train", label_zh="学习率",
+      minimum=1e-9, maximum=1.0,
+      help_zh="优化器的步长。LoRA 类方法常用 1e-4 到 1e-3；全参数微调约 1e-5。"),
+    S("num_train_epochs", 3.0, "Passes over the data (ignored when max steps is set).",
+      "train", label="Epochs", label_zh="训练轮数", minimum=0.01, maximum=1000,
+      help_zh="遍历数据的轮数（设置了最大步数时忽略）。"),
+    S("max_steps", 0, "Stop after this many optimizer steps (0 = use epochs).", "train",
+      label_zh="最大步数", minimum=0,
+      help_zh="训练这么多优化步后停止（0 = 按轮数）。"),
+    S("batch_size", 2, "Samples per device per forward pass.", "train",
+      label_zh="批大小", minimum=1, maximum=4096,
+      help_zh="每个设备每次前向传播的样本数。"),
+    S("gradient_accumulation_steps", 4, "Forward passes summed into each optimizer step; "
+      "the effective batch is batch size times this.", "train", label="Gradient accumulation",
+      label_zh="梯度累积", minimum=1, maximum=4096,
+      help_zh="每个优化步累积的前向次数；有效批大小 = 批大小 × 该值。"),
+    S("precision", "auto", "auto: bf16 on a GPU that supports it, fp16 on other GPUs, "
+      "fp32 on CPU.", "train", label_zh="计算精度", choices=("auto", "bf16", "fp16", "fp32"),
+      help_zh="auto：支持的 GPU 上用 bf16，其他 GPU 用 fp16，CPU 上用 fp32。"),
+    S("gradient_checkpointing", False, "Recompute activations in the backward pass: "
+      "less memory, about 30% slower.", "train", label_zh="梯度检查点", advanced=True,
+      help_zh="反向传播时重新计算激活：更省显存，约慢 30%。"),
+    S("seed", 42, "Random seed for initialisation, shuffling and dropout.", "train",
+      label_zh="随机种子", advanced=True, minimum=0,
+      help_zh="初始化、打乱数据和 dropout 使用的随机种子。"),
+    # -- optimizer and schedule ----------------------------------------------------------
+    S("optim", "adamw_torch", "Optimizer. paged_adamw_8bit (bitsandbytes) keeps its state "
+      "in 8 bits and pages it out under memory pressure: the usual QLoRA choice.",
+      "schedule", label="Optimizer", label_zh="优化器", choices=OPTIMIZERS,
+      help_zh="优化器。paged_adamw_8bit（bitsandbytes）以 8 比特保存状态，显存紧张时换出：QLoRA "
+              "的常用选择。"),
+    S("lr_scheduler_type", "cosine", "How the learning rate changes over the run.",
+      "schedule", label="LR scheduler", label_zh="学习率调度", choices=SCHEDULERS,
+      help_zh="学习率在训练过程中的变化方式。"),
+    S("warmup_steps", 0, "Steps over which the learning rate ramps up from 0.",
+      "schedule", label_zh="预热步数", minimum=0,
+      help_zh="学习率从 0 逐步升高所用的步数。"),
+    S("weight_decay", 0.0, "Decoupled weight decay.", "schedule", label_zh="权重衰减",
+      minimum=0.0, maximum=1.0, advanced=True,
+      help_zh="解耦的权重衰减。"),
+    S("max_grad_norm", 1.0, "Clip the gradient norm to this value (0 = no clipping).",
+      "schedule", label="Max gradient norm", label_zh="梯度裁剪", minimum=0.0,
+      advanced=True,
+      help_zh="把梯度范数裁剪到该值（0 = 不裁剪）。"),
+    # -- logging -------------------------------------------------------------------------
+    S("logging_steps", 5, "Log loss, learning rate and speed every N steps.", "logging",
+      label_zh="日志间隔", minimum=1,
+      help_zh="每 N 步记录一次损失、学习率和速度。"),
+    S("eval_steps", 50, "Compute the validation loss every N steps (needs a validation "
+      "fraction above 0).", "logging", label_zh="评估间隔", minimum=1,
+      help_zh="每 N 步计算一次验证损失（需要验证集比例大于 0）。"),
+    S("save_steps", 0, "Save a checkpoint every N steps (0 = only the final result).",
+      "logging", label_zh="保存间隔", minimum=0,
+      help_zh="每 N 步保存一个检查点（0 = 只保存最终结果）。"),
+    # -- output --------------------------------------------------------------------------
+    S("run_name", "", "Name of the run folder under saves/ (empty = method and time). "
+      "An existing run is never overwritten: a suffix is added.", "output",
+      label_zh="运行名称",
+      help_zh="saves/ 下运行文件夹的名称（留空 = 方法名加时间）。不会覆盖已有运行：会自动加后缀"
+              "。"),
+)
+
+
+def _merge_settings(settings: Iterable[Setting]) -> dict[str, Setting]:
+    """Index settings by name; a setting declared by several methods must be identical
+    apart from its methods, which are joined."""
+    merged: dict[str, Setting] = {}
+    for s in settings:
+        if s.name in merged:
+            old = merged[s.name]
+            if {**old.__dict__, "methods": None} != {**s.__dict__, "methods": None}:
+                raise RuntimeError(f"setting {s.name!r} is declared twice, differently")
+            methods = tuple(dict.fromkeys((old.methods or ()) + (s.methods or ())))
+            merged[s.name] = Setting(**{**old.__dict__, "methods": methods})
+        else:
+            merged[s.name] = s
+    return merged
+
+
+SETTINGS: dict[str, Setting] = _merge_settings(
+    [*COMMON, *STAGE_SETTINGS, *DEVICE_SETTINGS,
+     *(s for spec in METHODS.values() for s in spec.settings)]
+)
+
+
+class ConfigError(ValueError):
+    """Every problem found in a run configuration, one per line."""
+
+    def __init__(self, problems: list[str], source: str = ""):
+        self.problems = problems
+        where = f" in {source}" if source else ""
+        super().__init__(
+            f"{len(problems)} problem(s){where}:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+class RunConfig:
+    """The settings of one run. Attribute access by setting name; always valid once built."""
+
+    def __init__(self, **values: Any):
+        self.__dict__["_values"] = _validated(values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("RunConfig is immutable; use .replace(**changes)")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunConfig) and self._values == other._values
+
+    def __repr__(self) -> str:
+        return f"RunConfig({self.to_dict()})"
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return RunConfig(**{**self.to_dict(), **changes})
+
+    def all_values(self) -> dict[str, Any]:
+        """Every setting, applicable to this run's method and stage or not."""
+        return dict(self._values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings that apply to this run's method, in schema order."""
+        return {
+            name: self._values[name]
+            for name, s in SETTINGS.items()
+            if s.applies_to(self._values["method"]) and s.applies_to_stage(self._values["stage"])
+        }
+
+    # -- YAML ------------------------------------------------------------------------------
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(path, self.to_yaml())
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "") -> RunConfig:
+        data = load_yaml_text(text, source)
+        if not isinstance(data, Mapping):
+            raise ConfigError(["expected a mapping of setting: value"], source)
+        keys = [k for k in data if not isinstance(k, str)]
+        if keys:
+            raise ConfigError([f"{k!r}: a setting name must be text, e.g. learning_rate"
+                               for k in keys], source)
+        try:
+            return cls(**data)
+        except ConfigError as exc:
+            raise ConfigError(exc.problems, source) from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        try:
+            if path.stat().st_size > MAX_YAML_BYTES:
+                raise ConfigError([f"larger than {MAX_YAML_BYTES // 1000} KB: not a run "
+                                   "config"], str(path))
+            text = path.read_bytes().decode("utf-8")
+        except OSError as exc:
+            raise ConfigError([f"cannot read the file: {exc.strerror}"], str(path)) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError([f"not UTF-8 text (byte {exc.start + 1}); save it as UTF-8"],
+                              str(path)) from None
+        return cls.from_yaml(text, str(path))
+
+    # -- CLI -------------------------------------------------------------------------------
+    def to_cli(self, prog: str = "peft-studio train") -> str:
+        """The equivalent command line: only the settings that differ from the default."""
+        parts = [prog]
+        for name, value in self.to_dict().items():
+            s = SETTINGS[name]
+            if value == s.default:
+                continue
+            if s.kind is bool:
+                parts.append(s.flag if value else "--no-" + s.flag[2:])
+            elif s.kind is list:
+                parts.append(s.flag + " " + " ".join(_quote(str(v)) for v in value))
+            else:
+                parts.append(f"{s.flag} {_quote(_fmt(value))}")
+        return " ".join(parts)
+
+
+MAX_YAML_BYTES = 1_000_000
+RUN_NAME_MAX = 100
+# Folders under saves/ that hold something other than a run.
+RESERVED_RUN_NAMES = ("presets", "exports", "comparisons", "evals")
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader without aliases: a run config never needs them, and refusing them
+    before composing is what stops a "billion laughs" document from expanding."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise ConfigError([f"line {mark.line + 1}: YAML aliases (*name) are not allowed "
+                               "in a run config; write the value out"])
+        return super().compose_node(parent, index)
+
+
+def load_yaml_text(text: str, source: str = "") -> Any:
+    """Parse YAML for a run config: no aliases, and YAML errors as one short line."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError([f"larger than {MAX_YAML_BYTES // 1000} KB: not a run config"],
+                          source)
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader) or {}
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, source) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"not valid YAML: {where}{what}"], source) from None
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def _validated(values: Mapping[str, Any]) -> dict[str, Any]:
+    problems: list[str] = []
+    unknown = [k for k in values if k not in SETTINGS]
+    for k in unknown:
+        problems.append(f"{k}: unknown setting{_suggest(k)}")
+    method = values.get("method", SETTINGS["method"].default)
+    if not isinstance(method, str) or method not in METHODS:
+        # reported by the method setting's own check below; judge the rest by the default
+        method = SETTINGS["method"].default
+    out: dict[str, Any] = {}
+    for name, s in SETTINGS.items():
+        if name not in values:
+            out[name] = list(s.default) if isinstance(s.default, list) else s.default
+            continue
+        value, error = s.check(values[name])
+        if error:
+            problems.append(f"{name}: {error}")
+        elif not s.applies_to(method) and value != s.default:
+            owners = ", ".join(s.methods or ())
+            problems.append(
+                f"{name}: applies only to method {owners}, not {method}; "
+                f"remove it or choose that method"
+            )
+        elif not s.applies_to_stage(values.get("stage", "sft")) and value != s.default:
+            problems.append(f"{name}: applies only to stage {', '.join(s.stages or ())}, "
+                            f"not {values.get('stage', 'sft')}; remove it or choose that stage")
+        out[name] = value
+    if not problems:
+        problems += _cross_checks(out)
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def _cross_checks(v: dict[str, Any]) -> list[str]:
+    problems = []
+    if not v["dataset"]:
+        problems.append("dataset: choose at least one dataset")
+    if v["quantization"] != "none" and v["precision"] == "fp16":
+        problems.append("precision: fp16 with a quantized base is unstable; use auto or bf16")
+    if v["method"] == "prefix" and v["gradient_checkpointing"]:
+        # peft's prefix tuning feeds cached key/values that activation recomputation breaks
+        problems.append("gradient_checkpointing: does not work with prefix tuning; turn it "
+                        "off or choose another method")
+    problems += stage_problems(v["stage"], v["method"])
+    problems += distributed_problems(v)
+    name = v["run_name"]
+    if any(c in name for c in "/\\\0") or name in (".", ".."):
+        problems.append("run_name: must be a plain folder name, without '/'")
+    elif len(name) > RUN_NAME_MAX:
+        problems.append(f"run_name: {len(name)} characters; use at most {RUN_NAME_MAX}")
+    elif name.lower() in RESERVED_RUN_NAMES:
+        problems.append(f"run_name: {name!r} is a folder PEFT Studio keeps in saves/ for "
+                        f"itself ({', '.join(RESERVED_RUN_NAMES)}); choose another name")
+    return problems
+
+
+def _suggest(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, SETTINGS, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# -- argparse ----------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, named after it; defaults are suppressed so that only the
+    flags a user typed reach `config_from_args`."""
+    parser.add_argument("--config", help="YAML file with settings; flags override it")
+    for group_name, group in _groups().items():
+        arg_group = parser.add_argument_group(group_name)
+        for s in group:
+            kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": _flag_help(s)}
+            if s.kind is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            elif s.kind is list:
+                kwargs["nargs"] = "+"
+            else:
+                kwargs["metavar"] = s.name.upper() if s.choices is None else None
+                if s.choices and not s.allow_custom:
+                    kwargs["choices"] = s.choices
+                kwargs["type"] = s.kind
+            arg_group.add_argument(s.flag, dest=s.name, **kwargs)
+
+
+def _groups() -> dict[str, list[Setting]]:
+    from core.schema.setting import GROUPS
+
+    out: dict[str, list[Setting]] = {}
+    for s in SETTINGS.values():
+        out.setdefault(GROUPS[s.group][0], []).append(s)
+    return out
+
+
+def _flag_help(s: Setting) -> str:
+    text = s.help.replace("%", "%%")
+    if s.methods is not None:
+        text += f" [{', '.join(s.methods)}]"
+    return f"{text} (default: {s.default})"
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    base: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        base = RunConfig.load(args.config).to_dict()
+    given = {k: v for k, v in vars(args).items() if k in SETTINGS}
+    if "method" in given and "method" in base and given["method"] != base["method"]:
+        # Settings of the YAML's method do not carry over to another method.
+        base = {k: v for k, v in base.items() if SETTINGS[k].applies_to(given["method"])}
+    return RunConfig(**{**base, **given})

@@ -1,0 +1,178 @@
+"""What every stage's training hooks into, whichever trainer runs it (transformers' Trainer
+for SFT and pre-training, TRL's for the preference stages): the abort request and the
+whole-or-nothing save, the device and its precision, the callback that turns the trainer's
+logs into step, eval and checkpoint events (and stops a diverged run), and peak memory."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from core import distributed
+from core.jobs.events import EventWriter
+from core.jobs.runner import ABORT_FILE
+from core.schema.config import RunConfig
+from core.stages import REWARD_METRICS
+
+
+class StopRequest:
+    def __init__(self, run_dir: Path, events: EventWriter | None = None):
+        self.flag_file = run_dir / ABORT_FILE
+        self.events = events
+        self.signalled = False
+        self.saving: Path | None = None
+        self.result_saved = False
+        # Set by train() for a run whose weights are sharded (ZeRO-3, FSDP): every rank
+        # takes part in gathering them (core.distributed.state_gatherer).
+        self.gather: Any = None
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.result_saved:
+            # The result is on disk: what is left (the plot, the end event) takes moments,
+            # and an abort now must not call a finished run aborted.
+            os.write(1, b"abort requested after the result was saved; finishing\n")
+        elif self.saving is not None:
+            # Cutting a save short would lose the result: every abort waits for it.
+            # os.write, not print: a handler that prints while the main thread is
+            # printing raises "reentrant call" and would end the save after all.
+            os.write(1, f"abort requested while saving {self.saving}; finishing the save "
+                        "first\n".encode())
+        elif self.signalled:  # a second signal between saves means: stop now, unsaved
+            if self.events is not None:
+                self.events.emit("end", status="aborted", error="stopped at once by a "
+                                 "second abort; nothing more was saved", final_loss=None,
+                                 output_dir=None)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        self.signalled = True
+
+    def save(self, model: Any, out_dir: Path, cfg: RunConfig, tokenizer: Any,
+             events: EventWriter, final: bool = False) -> Path:
+        """Save a result whole, deaf to aborts meanwhile (and, once the `final` result is
+        saved, for good). The `saving` event tells the runner to wait for the save rather
+        than kill the process at its deadline. Rank 0 alone writes; with sharded weights
+        (ZeRO-3, FSDP: `gather` is set) every rank must call this, at the same point."""
+        from core.methods.common import save_result
+
+        if self.gather is None and distributed.rank() != 0:
+            return out_dir  # every rank holds the same weights; rank 0 writes them
+        # Sharded weights: every rank gathers them with rank 0, deaf to aborts like rank 0
+        # (a rank that left the gather would leave rank 0 waiting in it); rank 0 writes.
+        events.emit("saving", path=str(out_dir))  # rank 0's: the other ranks' are silent
+        self.saving = out_dir
+        try:
+            state = self.gather() if self.gather is not None else None
+            if distributed.rank() != 0:
+                self.result_saved = final
+                return out_dir
+            saved = save_result(model, out_dir, cfg, tokenizer, state)
+            self.result_saved = final
+            return saved
+        finally:
+            self.saving = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signalled or self.flag_file.exists()
+
+
+def pick_device() -> tuple[str, str]:
+    """(device, precision) for this machine: bf16 on a GPU that has it, fp16 on older
+    GPUs, fp32 on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        return f"cuda ({name})", "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "cpu", "fp32"
+
+
+def event_callback(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest,
+                    tokenizer: Any, start_info: dict[str, Any]):
+    from transformers import TrainerCallback
+
+    from core.train.health import Diverged, Health, advice
+
+    fix = advice(cfg.learning_rate, cfg.max_grad_norm, cfg.optim)
+
+    class EventCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.t0 = time.time()
+            self.last_tokens = 0
+            self.last_time = self.t0
+            self.last_loss: float | None = None
+            self.health = Health(len(tokenizer))
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = self.last_time = time.time()
+            events.emit("start", total_steps=state.max_steps, **start_info)
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+            # The Trainer's NaN filter hides a bad step's loss; the gradients cannot hide.
+            # Checked before the optimizer applies them, so a NaN never reaches the weights.
+            import torch
+
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            if grads:
+                norm = float(torch.nn.utils.get_total_norm(grads))
+                reason = self.health.check_step(state.global_step + 1, norm)
+                if reason:
+                    raise Diverged(state.global_step + 1, reason, fix)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            now = time.time()
+            if "loss" in logs:
+                tokens = state.num_input_tokens_seen
+                rate = (tokens - self.last_tokens) / max(now - self.last_time, 1e-9)
+                self.last_tokens, self.last_time = tokens, now
+                elapsed = now - self.t0
+                step = state.global_step
+                eta = elapsed / step * (state.max_steps - step) if step else None
+                self.last_loss = float(logs["loss"])
+                grad_norm = logs.get("grad_norm")
+                reason = self.health.check_log(
+                    step, self.last_loss, None if grad_norm is None else float(grad_norm))
+                events.emit(
+                    "step", step=step, total_steps=state.max_steps,
+                    epoch=round(state.epoch or 0.0, 4), loss=self.last_loss,
+                    learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
+                    tokens_per_second=round(rate, 1), tokens_seen=tokens,
+                    elapsed=round(elapsed, 2), eta=None if eta is None else round(eta, 1),
+                    **{REWARD_METRICS[k]: float(v) for k, v in logs.items() if k in REWARD_METRICS},
+                )
+                if reason:
+                    raise Diverged(step, reason, fix)
+            if "eval_loss" in logs:
+                events.emit("eval", step=state.global_step, eval_loss=float(logs["eval_loss"]))
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if cfg.save_steps and state.global_step % cfg.save_steps == 0 \
+                    and state.global_step < state.max_steps:
+                # Our own checkpoints rather than Trainer's: each is a loadable result
+                # (adapter + tokenizer + manifest) that Chat and Export can open, without
+                # gigabytes of optimizer state.
+                path = run_dir / "checkpoints" / f"step-{state.global_step}"
+                stop.save(model, path, cfg, tokenizer, events)
+                events.emit("checkpoint", step=state.global_step, path=str(path))
+            if distributed.agree_to_stop(stop.requested):
+                control.should_training_stop = True
+            return control
+
+    return EventCallback()
+
+
+def peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    # ru_maxrss is in KiB on Linux: the whole process's peak resident memory.
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+

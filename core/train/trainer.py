@@ -1,0 +1,197 @@
+"""One training run: `python -m core.train RUN_DIR/config.yaml`.
+
+Reads the run's settings, trains with transformers' Trainer and the chosen method, and
+reports only through files in RUN_DIR: events.jsonl (see core.jobs.events), the adapter or
+model, and loss.png. stdout/stderr go to log.txt (the runner redirects them there).
+
+Why Trainer and not TRL's SFTTrainer: our encoder (core.data.encode) already renders with
+the model's chat template and masks everything but the assistant replies, for any
+template; SFTTrainer's assistant-only loss needs templates that carry {% generation %}
+markers, which most (SmolLM2's included) do not.
+
+Abort: SIGTERM or an ABORT file in the run directory asks the loop to stop at the next
+step; what has been trained is saved and the end event says "aborted" (or "done" when
+every step had already run). A save is never cut short by a further abort, and is written
+whole or not at all (core.methods.common.save_result).
+
+Divergence (a NaN or exploding loss, a collapsed run; rules in core.train.health) ends the run
+`failed` at that step, with a `diverged` event, and its weights are not saved as a result.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from core import distributed
+from core.jobs.events import EventWriter
+from core.schema.config import RunConfig
+from core.stages import PREFERENCE_STAGES
+from core.train.health import Diverged
+from core.train.hooks import StopRequest, event_callback, peak_memory_mb, pick_device
+
+
+def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import set_seed
+
+    from core import models
+    from core.data.encode import build_datasets
+    from core.methods import METHODS, implementation
+    from core.methods.common import (
+        apply_method,
+        count_parameters,
+        load_base_for_training,
+    )
+    from core.train import accel, batching, fast_loss, shared_prefix
+    from core.train.trainer_args import training_arguments
+
+    if cfg.stage in PREFERENCE_STAGES:
+        from core.stages.preference import train_preference
+
+        return train_preference(cfg, run_dir, events, stop)
+    set_seed(cfg.seed)
+    device, auto_precision = pick_device()
+    precision = auto_precision if cfg.precision == "auto" else cfg.precision
+    print(f"device: {device}, precision: {precision}", flush=True)
+
+    tokenizer = models.load_tokenizer(cfg.model, cfg.trust_remote_code)
+    train_items, eval_items, stats = build_datasets(cfg, tokenizer)
+    print(f"data: {stats}", flush=True)
+    if stop.requested:
+        raise KeyboardInterrupt
+
+    model = load_base_for_training(cfg)
+    model = apply_method(model, cfg)
+    trainable, total = count_parameters(model)
+    print(f"trainable parameters: {trainable:,} of {total:,}", flush=True)
+    threads = accel.cpu_threads() if device == "cpu" else None
+    kernels = accel.enable_gpu_kernels(model, batching.prompt_learning(model))
+    flash = "flash-attention 2" in kernels
+    batch_mode = batching.choose(cfg, model, flash)
+    labelled_only = bool(cfg.fast_loss and not accel.liger_loss(kernels)
+                         and fast_loss.causal_lm(model) is not None)
+    share_prefix = bool(labelled_only and cfg.shared_prefix and not cfg.gradient_checkpointing
+                        and shared_prefix.usable(fast_loss.causal_lm(model)))
+    print(f"batching: {batch_mode}, loss on labelled tokens only: {labelled_only}, "
+          f"shared prefix once per batch: {share_prefix}, "
+          f"kernels: {kernels or 'none'}, threads: {threads or torch.get_num_threads()}",
+          flush=True)
+
+    has_eval = bool(eval_items)
+    args = training_arguments(
+        cfg, run_dir, device, precision, has_eval,
+        remove_unused_columns=False,  # every column goes to our collator
+        train_sampling_strategy="group_by_length" if batch_mode == "grouped" else "random",
+    )
+    collator = batching.collator(batch_mode, tokenizer, flash)
+    spec = METHODS[cfg.method]
+    optimizer = implementation(cfg.method).create_optimizer(model, cfg, args)
+    start_info = {
+        "device": device, "precision": precision, "method": cfg.method,
+        "trainable_params": trainable, "total_params": total,
+        "trainable_share": trainable / total if total else 0.0, **stats,
+        "batching": batch_mode, "fast_loss": labelled_only, "shared_prefix": share_prefix,
+        "kernels": kernels, "threads": threads, **distributed.start_fields(device),
+    }
+    callback = event_callback(cfg, run_dir, events, stop, tokenizer, start_info)
+    trainer = fast_loss.trainer_class(labelled_only, share_prefix)(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_items),
+        eval_dataset=Dataset.from_list(eval_items) if has_eval else None,
+        data_collator=collator,
+        callbacks=[callback],
+        optimizers=(optimizer, None),
+    )
+    stop.gather = distributed.state_gatherer(trainer, trainable_only=not spec.saves_full_model)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.time()
+    result = trainer.train()
+    runtime = time.time() - t0
+    final_eval = None
+    if has_eval and not stop.requested:
+        final_eval = trainer.evaluate().get("eval_loss")
+    out_dir = run_dir / ("model" if spec.saves_full_model else "adapter")
+    stop.save(trainer.model, out_dir, cfg, tokenizer, events, final=True)
+    steps = trainer.state.global_step
+    return {
+        "completed": steps >= trainer.state.max_steps,
+        "output_dir": str(out_dir),
+        "final_loss": callback.last_loss if callback.last_loss is not None
+        else result.training_loss,
+        "final_eval_loss": final_eval,
+        "steps": steps,
+        "train_runtime": round(runtime, 2),
+        "seconds_per_step": round(runtime / steps, 4) if steps else None,
+        "peak_memory_mb": peak_memory_mb(),
+        "trainable_params": trainable,
+        "total_params": total,
+    }
+
+
+def _hold_device(run_dir: Path, events: EventWriter, stop: StopRequest) -> Any:
+    """The device lock for this run's lifetime (see core.jobs.runner); waits, visibly, while
+    an evaluation or export started a moment before still holds it."""
+    from core.jobs.runner import hold_device
+
+    return hold_device(run_dir.name, cancelled=lambda: stop.requested,
+                       on_wait=lambda holder: events.emit("waiting", holder=holder),
+                       saves=run_dir.parent, job=run_dir)
+
+
+_HELD: list[Any] = []
+
+
+def _job(cfg: RunConfig, run_dir: Path, events: EventWriter) -> dict[str, Any]:
+    """Train, then say how it ended: run_job writes it as the end event."""
+    stop = StopRequest(run_dir, events)
+    if distributed.under_launcher():
+        distributed.die_with_parent()  # core.distributed.launch holds the device for all ranks
+    else:
+        # Kept until run_job has written the end event: nobody sees the device free
+        # while this run still reads as running.
+        _HELD.append(_hold_device(run_dir, events, stop))
+        if _HELD[-1] is None:
+            raise KeyboardInterrupt  # aborted while it waited: run_job ends it "aborted"
+    try:
+        result = train(cfg, run_dir, events, stop)
+    except Diverged as exc:
+        print(f"diverged: {exc}", flush=True)
+        # Its checkpoints stay on disk for whoever wants to look, under a name that no
+        # picker takes for results (nobody knows from which step on they were going bad).
+        if (run_dir / "checkpoints").is_dir():
+            os.replace(run_dir / "checkpoints", run_dir / "checkpoints-before-divergence")
+        events.emit("diverged", step=exc.step, reason=exc.reason)
+        return {"status": "failed", "error": str(exc), "diverged": True, "step": exc.step,
+                "final_loss": None, "output_dir": None}
+    try:
+        from core.jobs.plots import save_loss_plot
+
+        plot = save_loss_plot(run_dir) if distributed.rank() == 0 else None
+    except OSError as exc:  # a full disk loses the picture, never the result
+        print(f"loss.png not written: {exc}", flush=True)
+        plot = None
+    # An abort that arrives after the last step (during the final save) stopped nothing.
+    completed = result.pop("completed")
+    status = "aborted" if stop.requested and not completed else "done"
+    if not (result["final_loss"] is None or math.isfinite(result["final_loss"])):
+        status, error = "failed", "the loss became infinite or NaN; lower the learning rate"
+    else:
+        error = None
+    print(f"{status}: {result['output_dir']}", flush=True)
+    return {"status": status, "error": error, "plot": str(plot) if plot else None, **result}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core.jobs.job import run_job
+
+    code = run_job(argv, "python -m core.train RUN_DIR/config.yaml", RunConfig.load, _job)
+    _HELD.clear()  # the end event is written: the device is free before the process exits
+    return code
+

@@ -1,0 +1,98 @@
+"""Chat tab: talk to the base model or a finished run, or to both side by side. Layout and
+wiring only; what each button does is in webui/tabs/chat/handlers.py."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from core.chat.engine import GenerationSettings
+from webui.shared import Shared
+from webui.tabs.chat import handlers as chatting
+from webui.tabs.chat.handlers import BASE_ONLY, NONE
+
+
+def build(shared: Shared) -> None:
+    i18n = shared.i18n
+    runs = chatting.run_choices()
+    with gr.Row(equal_height=True):
+        run = i18n.add(gr.Dropdown([BASE_ONLY, *runs], value=runs[0] if runs else BASE_ONLY,
+                                   label="Run", scale=3, elem_id="chat-run"),
+                       "Run", "训练结果", "A finished run, or the base model chosen at the top",
+                       "已完成的训练，或顶部选择的基础模型")
+        checkpoint = i18n.add(gr.Dropdown(chatting.checkpoint_choices(runs[0] if runs else None),
+                                          value="final", label="Checkpoint", scale=1),
+                              "Checkpoint", "检查点")
+        compare = i18n.add(gr.Checkbox(False, label="Compare with the base model", scale=1,
+                                       elem_id="chat-compare"),
+                           "Compare with the base model", "与基础模型对比")
+        second = i18n.add(gr.Dropdown([NONE, *runs], value=NONE, label="Also compare with",
+                                      scale=2), "Also compare with", "再对比另一个训练结果")
+        refresh = i18n.add(gr.Button("Refresh", scale=0, min_width=80), "Refresh", "刷新")
+    known = gr.State(runs)  # the finished runs this page has listed
+    with gr.Row(equal_height=True):
+        load = i18n.add(gr.Button("Load", variant="secondary", scale=0, min_width=100,
+                                  elem_id="chat-load"),
+                        "Load", "加载")
+        unload = i18n.add(gr.Button("Unload", scale=0, min_width=100, elem_id="chat-unload"),
+                          "Unload", "卸载")
+        status = gr.Markdown(chatting.T_NOT_LOADED("en"), elem_id="chat-status")
+    system = i18n.add(gr.Textbox(label="System prompt", lines=1, placeholder=(
+        "Optional. Leave empty to use the chat template's default.")),
+        "System prompt", "系统提示词")
+    gen = GenerationSettings()  # the schema's defaults (core.schema.setting.GENERATION)
+    with i18n.add(gr.Accordion("Generation settings", open=False),
+                  "Generation settings", "生成参数"):
+        with gr.Row():
+            max_new_tokens = i18n.add(gr.Slider(1, 4096, gen.max_new_tokens, step=1,
+                                                label="Max new tokens",
+                                                elem_id="chat-max-new-tokens"),
+                                      "Max new tokens", "最大生成词元数")
+            greedy = i18n.add(gr.Checkbox(False, label="Greedy (no sampling)",
+                                          elem_id="chat-greedy"),
+                              "Greedy (no sampling)", "贪心解码（不采样）",
+                              "Always the most likely token: the same prompt gives the same "
+                              "answer", "总是选择概率最高的词元：同一提示得到同一回答")
+            temperature = i18n.add(gr.Slider(0.05, 2.0, gen.temperature, step=0.05,
+                                             label="Temperature"),
+                                   "Temperature", "温度")
+        with gr.Row():
+            top_p = i18n.add(gr.Slider(0.05, 1.0, gen.top_p, step=0.05, label="Top-p"),
+                             "Top-p", "Top-p")
+            top_k = i18n.add(gr.Slider(0, 200, gen.top_k, step=1, label="Top-k (0 = off)"),
+                             "Top-k (0 = off)", "Top-k（0 表示不限）")
+            repetition_penalty = i18n.add(gr.Slider(1.0, 2.0, gen.repetition_penalty, step=0.05,
+                                                    label="Repetition penalty"),
+                                          "Repetition penalty", "重复惩罚")
+    initial = chatting.first_panes(run.value)
+    with gr.Row():
+        bots = [gr.Chatbot(height=420, label=chatting.pane_label(i, t),
+                           elem_id=f"chat-pane-{i}", buttons=["copy"], visible=t is not None)
+                for i, t in enumerate(initial)]
+    with gr.Row(equal_height=True):
+        message = i18n.add(gr.Textbox(label="Message", placeholder="Type a message, press "
+                                      "Enter", scale=6, elem_id="chat-message"),
+                           "Message", "消息")
+        send = i18n.add(gr.Button("Send", variant="primary", scale=0, min_width=90,
+                                  elem_id="chat-send"), "Send", "发送")
+        stop = i18n.add(gr.Button("Stop", scale=0, min_width=80), "Stop", "停止")
+        clear = i18n.add(gr.Button("Clear", scale=0, min_width=80), "Clear", "清空")
+
+    selection = [shared.model, run, checkpoint, compare, second]
+
+    pane_outputs = [*bots, status]
+    for trigger in (run.change, checkpoint.change, compare.change, second.change,
+                    shared.model.change):
+        trigger(chatting.show_panes, [*selection, shared.lang], pane_outputs)
+    run.change(chatting.checkpoints_of, run, checkpoint)
+    for event in (refresh.click, shared.runs_changed.change, shared.blocks.load):
+        event(chatting.refresh, [run, second, known], [run, second, known])
+    load.click(chatting.load, [*selection, shared.lang], status)
+    unload.click(chatting.unload, shared.lang, status)
+    inputs = [message, *selection, system, max_new_tokens, greedy, temperature, top_p, top_k,
+              repetition_penalty, shared.lang, *bots]
+    outputs = [message, *bots, status]
+    send.click(chatting.send, inputs, outputs)
+    message.submit(chatting.send, inputs, outputs)
+    stop.click(chatting.CLIENT.stop, None, None)
+    clear.click(lambda: [[] for _ in bots], None, bots)
+    shared.lang.change(chatting.show_panes, [*selection, shared.lang], pane_outputs)
