@@ -24,7 +24,8 @@ run: $(STAMP)
 
 test: $(STAMP) browser
 	$(BIN)/ruff check .
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra
+	$(BIN)/python tests/architecture.py
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra --durations=15
 
 # Debian's Chromium (and a small CJK font so the Chinese labels render in screenshots) for
 # the browser tests; installed only when missing (needs root, or sudo).
@@ -36,6 +37,7 @@ browser:
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/python tests/architecture.py
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/speed.py

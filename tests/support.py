@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from core.cli import main
+from core.cli.main import main
 from core.jobs import runner
 from core.jobs.events import read_events
 from core.schema.config import RunConfig

@@ -102,7 +102,7 @@ def test_unload_ends_the_worker_and_frees_its_memory(code_run, client):
 def test_cli_one_prompt_interactive_session_and_base_only(code_run, monkeypatch, capsys):
     # In-process: `peft-studio chat` runs its engine in its own process anyway, so this is
     # the terminal's code path without paying for another interpreter start.
-    from core.cli import main
+    from core.cli.main import main
 
     monkeypatch.setenv("PEFT_STUDIO_SAVES", str(code_run.parent))
     assert main(["chat", code_run.name, "--prompt", PROMPT, "--greedy"]) == 0
@@ -116,7 +116,7 @@ def test_cli_one_prompt_interactive_session_and_base_only(code_run, monkeypatch,
 
 
 def test_cli_unknown_run_is_an_error(saves, capsys):
-    from core.cli import main
+    from core.cli.main import main
 
     assert main(["chat", "nope", "--prompt", "hi"]) == 2
     assert "no run named 'nope'" in capsys.readouterr().err

@@ -364,7 +364,7 @@ BROKEN_REGISTRY = [
 @pytest.mark.parametrize(("content", "reason"), BROKEN_REGISTRY)
 def test_broken_registry_says_which_file_and_what_to_do(data, tmp_path, content, reason,
                                                         capsys):
-    from core.cli import main
+    from core.cli.main import main
 
     (data / "dataset_info.json").write_bytes(content)
     with pytest.raises(DataError) as err:

@@ -12,6 +12,7 @@ import pytest
 from support import ANSWER, PROMPT
 
 from core.export import job as ex
+from core.export import safetensors
 from core.jobs import runner
 from core.methods import METHODS
 from core.schema.config import RunConfig
@@ -118,7 +119,7 @@ def test_names_that_leave_the_exports_folder_are_refused(lora_run, module_saves,
 
 
 def test_cli_refuses_an_out_path_outside_exports(lora_run, capsys):
-    from core.cli import main
+    from core.cli.main import main
 
     assert main(["export", str(lora_run), "--out", "../elsewhere"]) == 2
     assert "exports are written in" in capsys.readouterr().err
@@ -141,7 +142,7 @@ def test_existing_export_is_never_overwritten_without_the_flag(lora_run, module_
     def broken(*args, **kw):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(ex, "_write_adapter", broken)
+    monkeypatch.setattr(safetensors, "write_adapter", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         ex.export(ex.ExportSpec(str(lora_run), "taken", adapter_only=True, overwrite=True),
                   ex.EventWriter(module_saves))

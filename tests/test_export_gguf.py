@@ -31,7 +31,7 @@ def greedy_answer(folder: Path, gguf_file: str, prompt: str, tokens: int = 16) -
 
 
 def test_cli_exports_a_merged_lora_run_as_q8_0_gguf(code_run, module_saves, capsys):
-    from core.cli import main
+    from core.cli.main import main
 
     out = module_saves / "exports" / "code-gguf"
     assert main(["export", str(code_run), "--format", "gguf", "--gguf-type", "q8_0",

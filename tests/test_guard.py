@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import main
+from core.cli.main import main
 from tests.browser_support import free_port, serve_app
 from webui import guard
 from webui.tabs.train import handlers as training

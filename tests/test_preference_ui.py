@@ -184,7 +184,7 @@ def test_evaluate_tab_scores_pairs_base_vs_tuned_and_lists_them(runs, monkeypatc
 
 
 def test_cli_evaluate_on_pairs_prints_accuracy_and_the_pairs(runs, monkeypatch, capsys):
-    from core.cli import main
+    from core.cli.main import main
 
     monkeypatch.setenv("PEFT_STUDIO_SAVES", str(runs["dpo"].parent))
     code = main(["evaluate", "run-dpo", "--dataset", str(runs["pairs"]), "--max-samples",

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core.export.job import PROBE, ExportError
+from core.export.common import PROBE, ExportError, ExportFormat
 
 TYPES = ("f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
 OTHER_TYPES = ("Other types (Q4_K_M, Q5_K_M, Q6_K, ...) are made by llama.cpp's "
@@ -575,3 +575,43 @@ def export_gguf(trained: Path, tmp: Path, how: str, name: str, gguf_type: str,
             "max_abs_diff": figures["max_rel_logit_diff"],
             "tolerance": figures["tolerance"]["max_rel_logit_diff"],
             "dtype": gguf_type, "check": "transformers' GGUF loader against the merged model"}
+
+
+def _refusal(spec: Any, trained: Path, base: str, how: str, why: str) -> None:
+    if spec.gguf_type not in TYPES:
+        raise ExportError(f"GGUF type {spec.gguf_type!r}: choose one of "
+                          f"{', '.join(TYPES)}. {OTHER_TYPES}")
+    if how == "adapter":
+        raise ExportError(f"GGUF holds a whole model, and this export would be an adapter "
+                          f"alone ({why}); export safetensors instead")
+    try:
+        config = config_of(trained, base)
+    except Exception:  # an unresolvable base is the job's to report, with its reason
+        config = None
+    if config and (reason := refusal(config)):
+        raise ExportError(reason)
+
+
+def _write(trained: Path, tmp: Path, how: str, spec: Any, name: str, step: Any,
+           events: Any) -> dict[str, Any]:
+    def progress(done: int, total: int, message: str) -> None:
+        events.emit("progress", done=done, total=total, message=message)
+        print(message, flush=True)
+
+    return export_gguf(trained, tmp, how, name, spec.gguf_type, progress)
+
+
+def _summary(end: dict[str, Any]) -> str:
+    fig = end["figures"]
+    return (f"exported to {end['output_dir']} ({end['gguf_file']}, {end['bytes'] / 1e6:.1f} "
+            f"MB); read back: logit difference {fig['max_rel_logit_diff']:.3g} of the range, "
+            f"top-1 agreement {fig['top1_agreement']:.1%}, identical greedy answers "
+            f"{fig['greedy_agreement']:.0%} of {fig['greedy_prompts']}")
+
+
+FORMAT = ExportFormat(
+    name="gguf", help="one file for llama.cpp, Ollama and LM Studio, with a Modelfile",
+    refusal=_refusal, write=_write,
+    card=lambda name, run_dir, trained, info, spec: readme(name, info["gguf_file"],
+                                                           spec.gguf_type, info),
+    files=lambda tmp, result: [result["gguf_file"]], summary=_summary)

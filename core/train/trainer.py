@@ -47,7 +47,7 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
         count_parameters,
         load_base_for_training,
     )
-    from core.train import accel, batching, fast_loss, shared_prefix
+    from core.train import batching, fast_loss
     from core.train.trainer_args import training_arguments
 
     if cfg.stage in PREFERENCE_STAGES:
@@ -69,18 +69,10 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
     model = apply_method(model, cfg)
     trainable, total = count_parameters(model)
     print(f"trainable parameters: {trainable:,} of {total:,}", flush=True)
-    threads = accel.cpu_threads() if device == "cpu" else None
-    kernels = accel.enable_gpu_kernels(model, batching.prompt_learning(model))
-    flash = "flash-attention 2" in kernels
-    batch_mode = batching.choose(cfg, model, flash)
-    labelled_only = bool(cfg.fast_loss and not accel.liger_loss(kernels)
-                         and fast_loss.causal_lm(model) is not None)
-    share_prefix = bool(labelled_only and cfg.shared_prefix and not cfg.gradient_checkpointing
-                        and shared_prefix.usable(fast_loss.causal_lm(model)))
-    print(f"batching: {batch_mode}, loss on labelled tokens only: {labelled_only}, "
-          f"shared prefix once per batch: {share_prefix}, "
-          f"kernels: {kernels or 'none'}, threads: {threads or torch.get_num_threads()}",
-          flush=True)
+    levers = _speed_levers(cfg, model, device)
+    batch_mode, labelled_only, share_prefix = (levers["batching"], levers["fast_loss"],
+                                               levers["shared_prefix"])
+    flash = "flash-attention 2" in levers["kernels"]
 
     has_eval = bool(eval_items)
     args = training_arguments(
@@ -94,9 +86,8 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
     start_info = {
         "device": device, "precision": precision, "method": cfg.method,
         "trainable_params": trainable, "total_params": total,
-        "trainable_share": trainable / total if total else 0.0, **stats,
-        "batching": batch_mode, "fast_loss": labelled_only, "shared_prefix": share_prefix,
-        "kernels": kernels, "threads": threads, **distributed.start_fields(device),
+        "trainable_share": trainable / total if total else 0.0, **stats, **levers,
+        **distributed.start_fields(device),
     }
     callback = event_callback(cfg, run_dir, events, stop, tokenizer, start_info)
     trainer = fast_loss.trainer_class(labelled_only, share_prefix)(
@@ -111,13 +102,20 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
     stop.gather = distributed.state_gatherer(trainer, trainable_only=not spec.saves_full_model)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    out_dir = run_dir / ("model" if spec.saves_full_model else "adapter")
+    return _fit(trainer, callback, has_eval, cfg, tokenizer, events, stop, out_dir) | {
+        "trainable_params": trainable, "total_params": total}
+
+
+def _fit(trainer: Any, callback: Any, has_eval: bool, cfg: RunConfig, tokenizer: Any,
+         events: EventWriter, stop: StopRequest, out_dir: Path) -> dict[str, Any]:
+    """Train, evaluate once more, save the result whole; the end event's figures."""
     t0 = time.time()
     result = trainer.train()
     runtime = time.time() - t0
     final_eval = None
     if has_eval and not stop.requested:
         final_eval = trainer.evaluate().get("eval_loss")
-    out_dir = run_dir / ("model" if spec.saves_full_model else "adapter")
     stop.save(trainer.model, out_dir, cfg, tokenizer, events, final=True)
     steps = trainer.state.global_step
     return {
@@ -130,9 +128,28 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
         "train_runtime": round(runtime, 2),
         "seconds_per_step": round(runtime / steps, 4) if steps else None,
         "peak_memory_mb": peak_memory_mb(),
-        "trainable_params": trainable,
-        "total_params": total,
     }
+
+
+def _speed_levers(cfg: RunConfig, model: Any, device: str) -> dict[str, Any]:
+    """Which of the speed levers this run takes (start-event fields), said in the log."""
+    import torch
+
+    from core.train import accel, batching, fast_loss, shared_prefix
+
+    threads = accel.cpu_threads() if device == "cpu" else None
+    kernels = accel.enable_gpu_kernels(model, batching.prompt_learning(model))
+    batch_mode = batching.choose(cfg, model, "flash-attention 2" in kernels)
+    labelled_only = bool(cfg.fast_loss and not accel.liger_loss(kernels)
+                         and fast_loss.causal_lm(model) is not None)
+    share_prefix = bool(labelled_only and cfg.shared_prefix and not cfg.gradient_checkpointing
+                        and shared_prefix.usable(fast_loss.causal_lm(model)))
+    print(f"batching: {batch_mode}, loss on labelled tokens only: {labelled_only}, "
+          f"shared prefix once per batch: {share_prefix}, "
+          f"kernels: {kernels or 'none'}, threads: {threads or torch.get_num_threads()}",
+          flush=True)
+    return {"batching": batch_mode, "fast_loss": labelled_only, "shared_prefix": share_prefix,
+            "kernels": kernels, "threads": threads}
 
 
 def _hold_device(run_dir: Path, events: EventWriter, stop: StopRequest) -> Any:

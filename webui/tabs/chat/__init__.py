@@ -3,12 +3,44 @@ wiring only; what each button does is in webui/tabs/chat/handlers.py."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import gradio as gr
 
 from core.chat.engine import GenerationSettings
 from webui.shared import Shared
 from webui.tabs.chat import handlers as chatting
 from webui.tabs.chat.handlers import BASE_ONLY, NONE
+
+
+def _generation_controls(i18n: Any) -> list[Any]:
+    """The Generation settings accordion: max new tokens, greedy, temperature, top-p,
+    top-k, repetition penalty, in that order."""
+    gen = GenerationSettings()  # the schema's defaults (core.schema.setting.GENERATION)
+    with i18n.add(gr.Accordion("Generation settings", open=False),
+                  "Generation settings", "生成参数"):
+        with gr.Row():
+            max_new_tokens = i18n.add(gr.Slider(1, 4096, gen.max_new_tokens, step=1,
+                                                label="Max new tokens",
+                                                elem_id="chat-max-new-tokens"),
+                                      "Max new tokens", "最大生成词元数")
+            greedy = i18n.add(gr.Checkbox(False, label="Greedy (no sampling)",
+                                          elem_id="chat-greedy"),
+                              "Greedy (no sampling)", "贪心解码（不采样）",
+                              "Always the most likely token: the same prompt gives the same "
+                              "answer", "总是选择概率最高的词元：同一提示得到同一回答")
+            temperature = i18n.add(gr.Slider(0.05, 2.0, gen.temperature, step=0.05,
+                                             label="Temperature"),
+                                   "Temperature", "温度")
+        with gr.Row():
+            top_p = i18n.add(gr.Slider(0.05, 1.0, gen.top_p, step=0.05, label="Top-p"),
+                             "Top-p", "Top-p")
+            top_k = i18n.add(gr.Slider(0, 200, gen.top_k, step=1, label="Top-k (0 = off)"),
+                             "Top-k (0 = off)", "Top-k（0 表示不限）")
+            repetition_penalty = i18n.add(gr.Slider(1.0, 2.0, gen.repetition_penalty, step=0.05,
+                                                    label="Repetition penalty"),
+                                          "Repetition penalty", "重复惩罚")
+    return [max_new_tokens, greedy, temperature, top_p, top_k, repetition_penalty]
 
 
 def build(shared: Shared) -> None:
@@ -39,30 +71,8 @@ def build(shared: Shared) -> None:
     system = i18n.add(gr.Textbox(label="System prompt", lines=1, placeholder=(
         "Optional. Leave empty to use the chat template's default.")),
         "System prompt", "系统提示词")
-    gen = GenerationSettings()  # the schema's defaults (core.schema.setting.GENERATION)
-    with i18n.add(gr.Accordion("Generation settings", open=False),
-                  "Generation settings", "生成参数"):
-        with gr.Row():
-            max_new_tokens = i18n.add(gr.Slider(1, 4096, gen.max_new_tokens, step=1,
-                                                label="Max new tokens",
-                                                elem_id="chat-max-new-tokens"),
-                                      "Max new tokens", "最大生成词元数")
-            greedy = i18n.add(gr.Checkbox(False, label="Greedy (no sampling)",
-                                          elem_id="chat-greedy"),
-                              "Greedy (no sampling)", "贪心解码（不采样）",
-                              "Always the most likely token: the same prompt gives the same "
-                              "answer", "总是选择概率最高的词元：同一提示得到同一回答")
-            temperature = i18n.add(gr.Slider(0.05, 2.0, gen.temperature, step=0.05,
-                                             label="Temperature"),
-                                   "Temperature", "温度")
-        with gr.Row():
-            top_p = i18n.add(gr.Slider(0.05, 1.0, gen.top_p, step=0.05, label="Top-p"),
-                             "Top-p", "Top-p")
-            top_k = i18n.add(gr.Slider(0, 200, gen.top_k, step=1, label="Top-k (0 = off)"),
-                             "Top-k (0 = off)", "Top-k（0 表示不限）")
-            repetition_penalty = i18n.add(gr.Slider(1.0, 2.0, gen.repetition_penalty, step=0.05,
-                                                    label="Repetition penalty"),
-                                          "Repetition penalty", "重复惩罚")
+    max_new_tokens, greedy, temperature, top_p, top_k, repetition_penalty = \
+        _generation_controls(i18n)
     initial = chatting.first_panes(run.value)
     with gr.Row():
         bots = [gr.Chatbot(height=420, label=chatting.pane_label(i, t),
