@@ -92,13 +92,13 @@ def test_export_tab_shows_tensor_progress_and_the_figures(code_run, module_saves
     check's prompts came from."""
     from webui.tabs.export import handlers as exporting
 
-    bar, note, job, timer = exporting.start(str(code_run), "final", "tab-gguf", "2GB", False,
+    bar, note, job = exporting.start(str(code_run), "final", "tab-gguf", "2GB", False,
                                             False, "gguf", "f16", "en")
     assert note == exporting.T_STARTED("en") and Path(job).is_dir(), note
     deadline = time.time() + 600  # a wait for the job, not a timing check
     while ex.job_state(Path(job))["status"] == "running" and time.time() < deadline:
         time.sleep(0.5)
-    _, text, history, _ = exporting.tick(job, str(code_run), "en")
+    _, text, history = exporting.tick(job, str(code_run), "en")
     end = ex.job_state(Path(job))["end"]
     assert "`tab-gguf-f16.gguf`" in text and "Modelfile" in text, text
     assert f"top-1 agreement {end['figures']['top1_agreement']:.1%}" in text
@@ -174,7 +174,7 @@ def test_modelfile_generation_defaults_are_the_tuned_models():
 
     from transformers import GenerationConfig
 
-    from core.schema.setting import GENERATION
+    from core.schema.jobs import GENERATION
 
     unset = gg.sampling_defaults(SimpleNamespace(generation_config=GenerationConfig()))
     assert unset == {"temperature": GENERATION["temperature"].default,

@@ -284,13 +284,18 @@ def test_embedded_dpo_raises_held_out_preference_accuracy(saves, embedded_dir):
 def test_preference_trainer_arguments_are_sfts_plus_their_own(stage, tmp_path):
     """One builder feeds every stage: what SFT's TrainingArguments say about schedule,
     logging and NaN handling, the TRL config says too."""
-    from core.stages.preference import _trl_config
+    import importlib
+
+    import torch
+
+    from core.stages import STAGES
     from core.train.trainer_args import shared_kwargs, training_arguments
 
     cfg = RunConfig(stage=stage, max_steps=7, learning_rate=3e-4, logging_steps=2)
     sft = training_arguments(RunConfig(max_steps=7, learning_rate=3e-4, logging_steps=2),
                              tmp_path, "cpu", "fp32", True)
-    pref = _trl_config(cfg, tmp_path, "cpu", "fp32", True)
+    recipe = importlib.import_module(STAGES[stage].recipe)  # the stage's own plan
+    pref = recipe.plan(cfg, torch.nn.Linear(1, 1), None, tmp_path, "cpu", "fp32", True).args
     assert pref.logging_nan_inf_filter is False  # core.train.health sees a NaN loss
     for key in shared_kwargs(cfg, tmp_path, "cpu", "fp32", True):
         if key != "include_num_input_tokens_seen":

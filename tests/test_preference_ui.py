@@ -15,7 +15,7 @@ import pytest
 from core.jobs.events import read_events
 from core.jobs.plots import reward_accuracy_figure, reward_frame, rewards_figure
 from core.schema.config import RunConfig
-from webui.live import monitor
+from webui.live import monitor, wake
 from webui.tabs.data import view as dataview
 from webui.tabs.train import history
 
@@ -156,12 +156,14 @@ def test_evaluate_tab_scores_pairs_base_vs_tuned_and_lists_them(runs, monkeypatc
     pairs = str(runs["pairs"])
     checkpoint, dataset, _ = evaluating.on_run("run-dpo")
     assert dataset["value"] == pairs  # the run's own pairs: no registered held-out split
-    progress, note, job, _, timer = evaluating.on_start(
+    progress, note, job, _ = evaluating.on_start(
         "run-dpo", "final", pairs, 0, 16, 4, True)
-    assert job and "Evaluation started" in note and timer.active
+    # The page follows its job through the job's stamp (webui.live.wake), not a timer.
+    assert job and "Evaluation started" in note and wake.job_stamp(job) != wake.IDLE
     _wait_job(Path(job))
-    _, note, metrics, listing, past, timer = evaluating.on_tick(job, "run-dpo")
-    assert note == "" and not timer.active
+    _, note, metrics, listing, past = evaluating.on_tick(job, "run-dpo")
+    ended = wake.job_stamp(job)
+    assert note == "" and ended.endswith(":False") and wake.job_stamp(job) == ended
     assert "Preference accuracy" in metrics and "Implicit-reward accuracy" in metrics
     assert listing.count("<tr><td>") == len(PAIRS)
     assert "Gladly, here it is." in listing and "No." in listing

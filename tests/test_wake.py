@@ -110,4 +110,25 @@ def test_the_comparison_stamp_follows_the_newest_comparison_and_its_run(live, mo
 def test_a_waker_asks_the_function_it_is_given():
     component = wake.waker("w", wake.comparison_stamp)
     assert [f.__name__ for f in component.server_fns] == ["comparison_stamp"]
-    assert "server.comparison_stamp(null)" in component.js_on_load
+    assert "server.comparison_stamp(arg)" in component.js_on_load
+    assert 'const field = "" ?' in component.js_on_load  # asks about no job of the page's
+    follower = wake.waker("w2", wake.job_stamp, source="eval-job")
+    assert "server.job_stamp(arg)" in follower.js_on_load
+    assert '"#eval-job textarea, #eval-job input"' in follower.js_on_load
+
+
+def test_a_followed_job_is_stamped_only_inside_saves(tmp_path, monkeypatch):
+    """The Evaluate and Export tabs follow their job by its stamp; the job's name comes from
+    the page, so a folder outside saves/ (or none, or nonsense) is idle."""
+    saves = tmp_path / "saves"
+    job = saves / "run" / "evals" / "20260101-000000"
+    job.mkdir(parents=True)
+    monkeypatch.setenv("PEFT_STUDIO_SAVES", str(saves))
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    first = wake.job_stamp(str(job))
+    assert first.startswith("20260101-000000:0:")
+    (job / "events.jsonl").write_text('{"type": "start"}\n')
+    assert wake.job_stamp(str(job)) != first
+    for other in ("", None, str(outside), str(saves / ".." / "elsewhere"), "x" * 5000, 42):
+        assert wake.job_stamp(other) == wake.IDLE

@@ -94,16 +94,16 @@ def test_export_plan_and_name_follow_the_choices(run_name):
     assert renamed == f"{run_name}-adapter"  # the default name follows the choice
     _, kept = exporting.adapter_only_changed(run_name, "final", True, "mine", "en")
     assert kept == {"__type__": "update"}  # a name the user typed stays
-    bar, note, job, timer = exporting.start(None, "final", "x", "2GB", False, False,
+    bar, note, job = exporting.start(None, "final", "x", "2GB", False, False,
                                             "safetensors", "q8_0", "en")
     assert job == "" and note == exporting.T_PICK_RUN("en")
 
 
 def test_export_started_from_the_tab_is_followed_to_its_checked_result(run_name):
-    bar, note, job, timer = exporting.start(run_name, "final", "tab-adapter", "2GB", True,
+    bar, note, job = exporting.start(run_name, "final", "tab-adapter", "2GB", True,
                                             False, "safetensors", "q8_0", "en")
     assert note == exporting.T_STARTED("en") and Path(job).is_dir(), note
     assert runner.wait(Path(job), timeout=600) == "done", (Path(job) / "log.txt").read_text()
-    bar, text, history, timer = exporting.tick(job, run_name, "en")
+    bar, text, history = exporting.tick(job, run_name, "en")
     assert text.startswith("Exported to `") and "largest logit difference" in text, text
     assert "tab-adapter" in history and "ps-done" in bar

@@ -28,14 +28,13 @@ from typing import Any
 
 from core.jobs.runs import Target, base_target, resolve_run, run_target
 from core.paths import ROOT, cache_dir, child_env
-from core.schema.setting import GENERATION, check_fields
-
-GENERATION_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty")
+from core.schema.jobs import GENERATION
+from core.schema.setting import add_flags, check_fields
 
 
 @dataclass
 class GenerationSettings:
-    """Defaults and bounds from core.schema.setting.GENERATION; building one with a value out of
+    """Defaults and bounds from core.schema.jobs.GENERATION; building one with a value out of
     bounds raises SettingsError (a ValueError) naming it."""
 
     max_new_tokens: int = GENERATION["max_new_tokens"].default
@@ -46,7 +45,7 @@ class GenerationSettings:
     repetition_penalty: float = GENERATION["repetition_penalty"].default
 
     def __post_init__(self) -> None:
-        check_fields(self, [GENERATION[n] for n in GENERATION_FIELDS])
+        check_fields(self, GENERATION.values())
 
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -399,14 +398,9 @@ def add_command(subparsers: Any) -> None:
                    help="talk to the run's base model, without its training")
     p.add_argument("--prompt", help="answer this one prompt and exit")
     p.add_argument("--system", default="", help="system prompt")
-    defaults = GenerationSettings()
-    p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
-    p.add_argument("--temperature", type=float, default=defaults.temperature,
-                   help="0 or --greedy for deterministic replies")
-    p.add_argument("--top-p", type=float, default=defaults.top_p)
-    p.add_argument("--top-k", type=int, default=defaults.top_k)
-    p.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
-    p.add_argument("--greedy", action="store_true", help="no sampling")
+    add_flags(p, GENERATION.values())
+    p.add_argument("--greedy", action="store_true",
+                   help="no sampling: the same prompt gives the same reply")
     p.set_defaults(func=_main)
 
 

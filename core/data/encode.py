@@ -212,24 +212,9 @@ def build_datasets(
 ) -> tuple[list[dict], list[dict] | None, dict[str, Any]]:
     """(train items, eval items or None, stats) for a run; items are dicts of
     input_ids, labels and attention_mask lists, unpadded."""
-    from core.data.loader import load_one, split_train_eval
+    from core.data.loader import load_for_stage, split_train_eval
 
-    examples: list[dict] = []
-    for name in cfg.dataset:
-        loaded = load_one(name, cfg)
-        if loaded and "prompt" in loaded[0]:
-            raise DataError(
-                f"dataset {name!r} holds preference data (pairs or labelled replies), which "
-                f"the {cfg.stage} stage cannot train on; use it with stage dpo or orpo "
-                "(pairwise) or kto, or choose an instruction or chat dataset"
-            )
-        if cfg.stage == "sft" and loaded and "text" in loaded[0]:
-            raise DataError(
-                f"dataset {name!r} is raw text, which has no replies to learn; use it with "
-                "stage 'pt', or choose an instruction or chat dataset for 'sft'"
-            )
-        examples += loaded
-
+    examples = load_for_stage(cfg)
     train_ex, eval_ex = split_train_eval(examples, cfg.seed, cfg.val_size)
 
     truncated = dropped = 0

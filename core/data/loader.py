@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from core.data.formats import DataError, check_columns, to_example
 from core.data.reader import read_rows
 from core.data.registry import resolve
+from core.stages import format_problem
 
 if TYPE_CHECKING:
     from core.schema.config import RunConfig
@@ -22,8 +23,22 @@ def load_examples(dataset: list[str], cfg: RunConfig | Any) -> list[dict[str, An
     return [ex for name in dataset for ex in load_one(name, cfg)]
 
 
-def load_one(name: str, cfg: RunConfig | Any) -> list[dict[str, Any]]:
-    entry = resolve(name)
+def load_for_stage(cfg: RunConfig) -> list[dict[str, Any]]:
+    """Examples of the run's datasets; a dataset whose format the run's stage does not
+    train on is refused (before any row is read) with what to do."""
+    examples: list[dict[str, Any]] = []
+    for name in cfg.dataset:
+        entry = resolve(name)
+        problem = format_problem(cfg.stage, name, entry.format)
+        if problem:
+            raise DataError(problem)
+        examples += load_one(name, cfg, entry)
+    return examples
+
+
+def load_one(name: str, cfg: RunConfig | Any, entry: Any = None) -> list[dict[str, Any]]:
+    """One dataset's examples (`entry`: its registry entry, when already resolved)."""
+    entry = entry or resolve(name)
     rows, present = read_rows(entry.path)
     if not rows:
         raise DataError("the file has no rows", file=entry.path)

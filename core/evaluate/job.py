@@ -31,7 +31,8 @@ from core.fsutil import atomic_write_text
 from core.jobs.events import EventWriter
 from core.jobs.job import describe_progress, follow
 from core.jobs.runs import base_target, resolve_run, run_config, run_target
-from core.schema.setting import GENERATION, check_fields
+from core.schema.jobs import EVALUATION
+from core.schema.setting import add_flags, check_fields
 
 SPEC_FILE = "eval.yaml"
 RESULTS = "results.json"
@@ -42,16 +43,15 @@ class EvalSpec:
     run_dir: str
     dataset: list[str]
     checkpoint: str = "final"
-    max_samples: int = GENERATION["max_samples"].default
-    max_new_tokens: int = 64  # scored answers are short: less than a chat reply's default
-    batch_size: int = GENERATION["batch_size"].default
-    cutoff_len: int = GENERATION["cutoff_len"].default
+    max_samples: int = EVALUATION["max_samples"].default
+    max_new_tokens: int = EVALUATION["max_new_tokens"].default
+    batch_size: int = EVALUATION["batch_size"].default
+    cutoff_len: int = EVALUATION["cutoff_len"].default
     include_base: bool = True
 
     def __post_init__(self) -> None:
-        """Bounds from core.schema.setting.GENERATION; raises SettingsError (a ValueError)."""
-        check_fields(self, [GENERATION[n] for n in ("max_samples", "max_new_tokens",
-                                                    "batch_size", "cutoff_len")])
+        """Bounds from core.schema.jobs.EVALUATION; raises SettingsError (a ValueError)."""
+        check_fields(self, EVALUATION.values())
 
     @classmethod
     def load(cls, path: Path) -> EvalSpec:
@@ -356,10 +356,7 @@ def add_command(subparsers: Any) -> None:
                    help="registered names or files (default: the held-out split of the "
                    "run's dataset, e.g. sentiment_test)")
     p.add_argument("--checkpoint", default="final", help="'final' or step-N")
-    p.add_argument("--max-samples", type=int, default=EvalSpec.max_samples, help="0 = all")
-    p.add_argument("--max-new-tokens", type=int, default=EvalSpec.max_new_tokens)
-    p.add_argument("--batch-size", type=int, default=EvalSpec.batch_size)
-    p.add_argument("--cutoff-len", type=int, default=EvalSpec.cutoff_len)
+    add_flags(p, EVALUATION.values())
     p.add_argument("--no-base", action="store_true", help="skip the base model")
     p.set_defaults(func=_main)
 

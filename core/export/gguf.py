@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from core.export.common import PROBE, ExportError, ExportFormat
+from core.schema.jobs import GGUF_TYPES
 
-TYPES = ("f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
+TYPES = GGUF_TYPES
 OTHER_TYPES = ("Other types (Q4_K_M, Q5_K_M, Q6_K, ...) are made by llama.cpp's "
                "`llama-quantize`: export f16, then `llama-quantize NAME-f16.gguf "
                "NAME-Q4_K_M.gguf Q4_K_M`.")
@@ -472,7 +473,7 @@ def sampling_defaults(model: Any) -> dict[str, Any]:
     """The sampling settings to chat with the tuned model, as Ollama PARAMETER names: its
     generation_config's when that samples, else the studio Chat tab's defaults (what the
     user tried the tuned model with), not Ollama's own, which differ (temperature 0.8)."""
-    from core.schema.setting import GENERATION
+    from core.schema.jobs import GENERATION
 
     gen = getattr(model, "generation_config", None)
     if gen is not None and getattr(gen, "do_sample", False):

@@ -40,6 +40,8 @@ from core.jobs.job import describe_progress, follow, run_job
 from core.jobs.runs import resolve_run, run_target
 from core.methods.common import read_manifest
 from core.paths import saves_dir
+from core.schema.jobs import EXPORT
+from core.schema.setting import add_flags
 
 SPEC_FILE = "export.yaml"
 # A plain folder name: no separators, no leading dot (so never "." or ".." or hidden).
@@ -52,11 +54,11 @@ class ExportSpec:
     run_dir: str
     name: str
     checkpoint: str = "final"
-    max_shard_size: str = "2GB"
+    max_shard_size: str = EXPORT["max_shard_size"].default
     adapter_only: bool = False
     overwrite: bool = False
     format: str = "safetensors"
-    gguf_type: str = "q8_0"
+    gguf_type: str = EXPORT["gguf_type"].default
 
     @classmethod
     def load(cls, path: Path) -> ExportSpec:
@@ -224,16 +226,12 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--out", required=True,
                    help="export name, or saves/exports/<name>; it must stay in that folder")
     p.add_argument("--checkpoint", default="final", help="'final' or step-N")
-    p.add_argument("--max-shard-size", default="2GB", help="e.g. 200MB, 2GB (default 2GB)")
     p.add_argument("--adapter-only", action="store_true",
                    help="write the adapter alone instead of a merged model")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
     p.add_argument("--format", choices=list(FORMATS), default="safetensors",
                    help="; ".join(f"{f.name}: {f.help}" for f in FORMATS.values()))
-    from core.export.gguf import OTHER_TYPES, TYPES
-
-    p.add_argument("--gguf-type", default="q8_0", choices=TYPES,
-                   help=f"GGUF tensor type (default q8_0). {OTHER_TYPES}")
+    add_flags(p, EXPORT.values())
     p.set_defaults(func=_main)
 
 

@@ -33,7 +33,8 @@ def lr_frame(events: list[dict[str, Any]]) -> pd.DataFrame:
     return _typed(pd.DataFrame(rows, columns=["step", "learning_rate"]), "learning_rate")
 
 
-# The reward columns of a preference run's step events (core.stages.REWARD_METRICS).
+# The reward columns of a preference run's step events (the preference stages' metrics in
+# core.stages).
 REWARDS = {"reward_chosen": "chosen", "reward_rejected": "rejected",
            "reward_margin": "margin", "reward_accuracy": "accuracy"}
 

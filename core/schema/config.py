@@ -20,7 +20,7 @@ from core.schema.devices import SETTINGS as DEVICE_SETTINGS
 from core.schema.devices import schema_problems as distributed_problems
 from core.schema.setting import Setting
 from core.stages import SETTINGS as STAGE_SETTINGS
-from core.stages import STAGES, stage_problems
+from core.stages import STAGES, stage_help, stage_problems
 
 S = Setting
 OPTIMIZERS = (
@@ -54,12 +54,8 @@ COMMON: tuple[Setting, ...] = (
     S("method", "lora", "The fine-tuning method; each has its own settings below.", "model",
       label="Method", label_zh="微调方法", choices=tuple(METHODS),
       help_zh="微调方法；每种方法的参数显示在下方。"),
-    S("stage", "sft", "sft: learn to answer prompts (chat/instruction data). pt: continue "
-      "pre-training on raw text. dpo, orpo: learn to prefer the chosen reply over the "
-      "rejected one (pairwise data). kto: learn from replies marked desirable or not.",
-      "model", label="Stage", label_zh="训练阶段", choices=STAGES,
-      help_zh="sft：学习回答提示（对话/指令数据）。pt：在纯文本上继续预训练。dpo、orpo：学习偏好"
-              "被选回复而非被拒回复（成对数据）。kto：从标为期望或不期望的回复中学习。"),
+    S("stage", "sft", stage_help(), "model", label="Stage", label_zh="训练阶段",
+      choices=tuple(STAGES), help_zh=stage_help(zh=True)),
     S("trust_remote_code", False, "Run Python code shipped with a hub model. Only for "
       "models you trust.", "model", label_zh="信任远程代码", advanced=True,
       help_zh="运行 Hub 模型自带的 Python 代码。只对你信任的模型开启。"),

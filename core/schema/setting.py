@@ -147,23 +147,23 @@ def check_fields(obj: Any, settings: Iterable[Setting]) -> None:
         raise SettingsError(problems)
 
 
-# Generation settings (chat, evaluation): not run settings, but described the same way so
-# that bounds live in one place and the CLI, the UI and the job share them.
-GENERATION: dict[str, Setting] = {s.name: s for s in (
-    Setting("max_new_tokens", 256, "Longest reply, in tokens.", "generation",
-            minimum=1, maximum=32768),
-    Setting("temperature", 0.7, "Sampling temperature; 0 answers greedily.", "generation",
-            minimum=0.0, maximum=10.0),
-    Setting("top_p", 0.9, "Sample from the smallest set of tokens whose probabilities add "
-            "up to this.", "generation", minimum=0.0, maximum=1.0),
-    Setting("top_k", 50, "Sample from the k likeliest tokens (0 = no limit).", "generation",
-            minimum=0, maximum=100000),
-    Setting("repetition_penalty", 1.1, "Above 1 discourages repeating tokens.", "generation",
-            minimum=0.01, maximum=10.0),
-    Setting("batch_size", 8, "Samples scored at once.", "generation", minimum=1,
-            maximum=4096),
-    Setting("max_samples", 50, "Score at most this many samples (0 = all).", "generation",
-            minimum=0),
-    Setting("cutoff_len", 1024, "Longest prompt plus reference, in tokens.", "generation",
-            minimum=8, maximum=131072),
-)}
+def by_name(*settings: Setting) -> dict[str, Setting]:
+    return {s.name: s for s in settings}
+
+
+def add_flags(parser: Any, settings: Iterable[Setting]) -> None:
+    """One argparse flag per setting of a job (chat, evaluation, export), named after it,
+    typed, bounded by choices, with the setting's default; the job's spec checks the
+    values against the settings' bounds (check_fields)."""
+    import argparse
+
+    for s in settings:
+        kwargs: dict[str, Any] = {"default": s.default, "dest": s.name,
+                                  "help": f"{s.help} (default: {s.default})".replace("%", "%%")}
+        if s.kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = s.kind
+            if s.choices and not s.allow_custom:
+                kwargs["choices"] = s.choices
+        parser.add_argument(s.flag, **kwargs)

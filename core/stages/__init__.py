@@ -1,30 +1,28 @@
-"""Training stages: which data format each takes, which methods can run it, and the
-settings the preference stages add to the one schema.
+"""The training stages as a registry: what each stage declares (the data formats it trains
+on, the methods it refuses and why, the metrics it logs live beyond the loss) and the module
+that trains it; plus the settings the preference stages add to the one schema.
 
-Import-light (no torch): the config and the web UI read it at start-up. The trainers
-themselves are in core.stages.preference.
+Adding a stage is one recipe module and one Stage entry below. A recipe module (named by
+`Stage.recipe`, imported only inside the training process, so that this registry stays
+free of torch for the UI and the data checks) gives three functions, which the one
+training skeleton, core.train.trainer.train, calls in order:
+
+    data(cfg, tokenizer) -> (train examples, eval examples, stats for the start event)
+    model(cfg) -> the model to train, with the method applied
+    plan(cfg, model, tokenizer, run_dir, device, precision, has_eval) -> core.train.hooks.Plan
+        (the trainer's arguments, start-event fields, how to build the trainer)
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
 from core.schema.setting import Setting
 
 S = Setting
-STAGES = ("sft", "pt", "dpo", "orpo", "kto")
-PREFERENCE_STAGES = ("dpo", "orpo", "kto")
 
-# The data formats a stage trains on. Nothing is converted silently: a pairwise file in
-# an SFT run, or an SFT file in a DPO run, is refused before the model loads.
-STAGE_FORMATS: dict[str, tuple[str, ...]] = {
-    "sft": ("alpaca", "messages", "sharegpt"),
-    "pt": ("alpaca", "messages", "sharegpt", "text"),
-    "dpo": ("pairwise",),
-    "orpo": ("pairwise",),
-    "kto": ("kto",),
-}
-
-# Methods that cannot take a preference stage, and why (shown as the refusal).
-PREFERENCE_REFUSED: dict[str, str] = {
+_NOT_WITH_A_REFERENCE: dict[str, str] = {
     "prefix": "peft's prompt-learning methods put virtual tokens or cached key/values in "
               "front of every sequence, so TRL's per-token log-probabilities of the chosen "
               "and rejected replies no longer line up with its masks",
@@ -37,13 +35,55 @@ PREFERENCE_REFUSED: dict[str, str] = {
                "to get the reference model, nor load it back for a reference run",
 }
 
-# TRL's logged reward metrics -> their names in our step events.
-REWARD_METRICS = {
+# TRL's logged reward metrics -> their names in our step events (drawn live as the rewards
+# and reward-accuracy charts).
+_REWARDS = {
     "rewards/chosen": "reward_chosen",
     "rewards/rejected": "reward_rejected",
     "rewards/margins": "reward_margin",
     "rewards/accuracies": "reward_accuracy",
 }
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    help: str
+    help_zh: str
+    formats: tuple[str, ...]  # the data formats it trains on; any other is refused
+    recipe: str  # the module that trains it (see above)
+    preference: bool = False  # learns from preferences (TRL): one process per copy (ddp)
+    refused_methods: Mapping[str, str] = field(default_factory=dict)  # method -> why
+    metrics: Mapping[str, str] = field(default_factory=dict)  # logged key -> event field
+
+
+_PAIRS = ("pairwise",)
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("sft", "learn to answer prompts (chat/instruction data).",
+          "学习回答提示（对话/指令数据）。", ("alpaca", "messages", "sharegpt"),
+          "core.stages.sft"),
+    Stage("pt", "continue pre-training on raw text.", "在纯文本上继续预训练。",
+          ("alpaca", "messages", "sharegpt", "text"), "core.stages.sft"),
+    Stage("dpo", "learn to prefer the chosen reply over the rejected one (pairwise data).",
+          "学习偏好被选回复而非被拒回复（成对数据）。", _PAIRS, "core.stages.dpo",
+          preference=True, refused_methods=_NOT_WITH_A_REFERENCE, metrics=_REWARDS),
+    Stage("orpo", "like dpo, with no reference model (pairwise data).",
+          "类似 dpo，无需参考模型（成对数据）。", _PAIRS, "core.stages.orpo",
+          preference=True, refused_methods=_NOT_WITH_A_REFERENCE, metrics=_REWARDS),
+    Stage("kto", "learn from replies marked desirable or not.",
+          "从标为期望或不期望的回复中学习。", ("kto",), "core.stages.kto",
+          preference=True, refused_methods=_NOT_WITH_A_REFERENCE, metrics=_REWARDS),
+)}
+PREFERENCE_STAGES = tuple(n for n, s in STAGES.items() if s.preference)
+# Every live metric any stage logs, for the trainer's event callback.
+LIVE_METRICS: dict[str, str] = {k: v for s in STAGES.values() for k, v in s.metrics.items()}
+
+
+def stage_help(zh: bool = False) -> str:
+    """The Stage setting's help: each stage's own words."""
+    return (" " if not zh else "").join(
+        f"{s.name}{'：' if zh else ': '}{s.help_zh if zh else s.help}" for s in STAGES.values())
+
 
 _BOTH = ("dpo", "kto")
 SETTINGS: tuple[Setting, ...] = (
@@ -87,7 +127,24 @@ SETTINGS: tuple[Setting, ...] = (
 
 def stage_problems(stage: str, method: str) -> list[str]:
     """Config cross-checks for a run's stage and method."""
-    if stage in PREFERENCE_STAGES and method in PREFERENCE_REFUSED:
-        return [f"method: {method} cannot run the {stage} stage: {PREFERENCE_REFUSED[method]}; "
+    refused = STAGES[stage].refused_methods if stage in STAGES else {}
+    if method in refused:
+        return [f"method: {method} cannot run the {stage} stage: {refused[method]}; "
                 "choose lora (QLoRA too), ia3, freeze or full"]
     return []
+
+
+def format_problem(stage: str, dataset: str, fmt: str) -> str | None:
+    """Why `dataset`, in format `fmt`, cannot train the stage; None when it can. Nothing is
+    converted silently: a pairwise file in an SFT run, or an SFT file in a DPO run, is
+    refused before the model loads."""
+    wanted = STAGES[stage].formats
+    if fmt in wanted:
+        return None
+    fits = ", ".join(s.name for s in STAGES.values() if fmt in s.formats) or "none"
+    kind = {"pairwise": " (preference data: pairs of replies)",
+            "kto": " (preference data: replies labelled desirable or not)",
+            "text": " (raw text: no replies to learn)"}.get(fmt, "")
+    return (f"dataset {dataset!r} is in the {fmt} format{kind}, which the {stage} stage "
+            f"cannot train on; it needs {' or '.join(wanted)} data (choose such a dataset, "
+            f"or the stage that fits: {fits})")

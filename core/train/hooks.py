@@ -9,6 +9,8 @@ import os
 import resource
 import signal
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from core import distributed
 from core.jobs.events import EventWriter
 from core.jobs.runner import ABORT_FILE
 from core.schema.config import RunConfig
-from core.stages import REWARD_METRICS
+from core.stages import LIVE_METRICS
 
 
 class StopRequest:
@@ -145,7 +147,7 @@ def event_callback(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: Sto
                     learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
                     tokens_per_second=round(rate, 1), tokens_seen=tokens,
                     elapsed=round(elapsed, 2), eta=None if eta is None else round(eta, 1),
-                    **{REWARD_METRICS[k]: float(v) for k, v in logs.items() if k in REWARD_METRICS},
+                    **{LIVE_METRICS[k]: float(v) for k, v in logs.items() if k in LIVE_METRICS},
                 )
                 if reason:
                     raise Diverged(step, reason, fix)
@@ -176,3 +178,14 @@ def peak_memory_mb() -> float:
     # ru_maxrss is in KiB on Linux: the whole process's peak resident memory.
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
+
+@dataclass
+class Plan:
+    """How a stage's recipe trains one run (see core.stages): the trainer's arguments, the
+    start event's fields it adds, the trainer to build, and the model to save at the end."""
+
+    args: Any
+    # (model, train dataset, eval dataset or None, event callback, optimizer) -> a Trainer
+    build: Callable[[Any, Any, Any, Any, Any], Any]
+    start_fields: dict[str, Any] = field(default_factory=dict)
+    result: Callable[[Any], Any] = lambda model: model  # the trained model -> what is saved

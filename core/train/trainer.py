@@ -1,13 +1,12 @@
 """One training run: `python -m core.train RUN_DIR/config.yaml`.
 
-Reads the run's settings, trains with transformers' Trainer and the chosen method, and
-reports only through files in RUN_DIR: events.jsonl (see core.jobs.events), the adapter or
-model, and loss.png. stdout/stderr go to log.txt (the runner redirects them there).
+Reads the run's settings, trains with the stage's trainer (transformers' or TRL's) and the
+chosen method, and reports only through files in RUN_DIR: events.jsonl (see
+core.jobs.events), the adapter or model, and loss.png. stdout/stderr go to log.txt (the
+runner redirects them there).
 
-Why Trainer and not TRL's SFTTrainer: our encoder (core.data.encode) already renders with
-the model's chat template and masks everything but the assistant replies, for any
-template; SFTTrainer's assistant-only loss needs templates that carry {% generation %}
-markers, which most (SmolLM2's included) do not.
+Every stage runs through `train`, the one skeleton; what differs between stages (data,
+model, trainer) is the stage's recipe, core/stages/.
 
 Abort: SIGTERM or an ABORT file in the run directory asks the loop to stop at the next
 step; what has been trained is saved and the end event says "aborted" (or "done" when
@@ -29,86 +28,64 @@ from typing import Any
 from core import distributed
 from core.jobs.events import EventWriter
 from core.schema.config import RunConfig
-from core.stages import PREFERENCE_STAGES
+from core.stages import STAGES
 from core.train.health import Diverged
-from core.train.hooks import StopRequest, event_callback, peak_memory_mb, pick_device
+from core.train.hooks import Plan, StopRequest, event_callback, peak_memory_mb, pick_device
 
 
 def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest) -> dict:
+    """One run of any stage: the stage's recipe (core.stages) gives the data, the model and
+    the trainer; everything around them (device, events, abort, saving) is the same."""
+    import importlib
+
     import torch
     from datasets import Dataset
     from transformers import set_seed
 
     from core import models
-    from core.data.encode import build_datasets
     from core.methods import METHODS, implementation
-    from core.methods.common import (
-        apply_method,
-        count_parameters,
-        load_base_for_training,
-    )
-    from core.train import batching, fast_loss
-    from core.train.trainer_args import training_arguments
+    from core.methods.common import count_parameters
 
-    if cfg.stage in PREFERENCE_STAGES:
-        from core.stages.preference import train_preference
-
-        return train_preference(cfg, run_dir, events, stop)
+    recipe = importlib.import_module(STAGES[cfg.stage].recipe)
     set_seed(cfg.seed)
     device, auto_precision = pick_device()
     precision = auto_precision if cfg.precision == "auto" else cfg.precision
-    print(f"device: {device}, precision: {precision}", flush=True)
+    print(f"device: {device}, precision: {precision}, stage: {cfg.stage}", flush=True)
 
     tokenizer = models.load_tokenizer(cfg.model, cfg.trust_remote_code)
-    train_items, eval_items, stats = build_datasets(cfg, tokenizer)
+    train_items, eval_items, stats = recipe.data(cfg, tokenizer)
     print(f"data: {stats}", flush=True)
     if stop.requested:
         raise KeyboardInterrupt
 
-    model = load_base_for_training(cfg)
-    model = apply_method(model, cfg)
+    model = recipe.model(cfg)
     trainable, total = count_parameters(model)
     print(f"trainable parameters: {trainable:,} of {total:,}", flush=True)
-    levers = _speed_levers(cfg, model, device)
-    batch_mode, labelled_only, share_prefix = (levers["batching"], levers["fast_loss"],
-                                               levers["shared_prefix"])
-    flash = "flash-attention 2" in levers["kernels"]
-
     has_eval = bool(eval_items)
-    args = training_arguments(
-        cfg, run_dir, device, precision, has_eval,
-        remove_unused_columns=False,  # every column goes to our collator
-        train_sampling_strategy="group_by_length" if batch_mode == "grouped" else "random",
-    )
-    collator = batching.collator(batch_mode, tokenizer, flash)
+    plan = recipe.plan(cfg, model, tokenizer, run_dir, device, precision, has_eval)
     spec = METHODS[cfg.method]
-    optimizer = implementation(cfg.method).create_optimizer(model, cfg, args)
+    optimizer = implementation(cfg.method).create_optimizer(model, cfg, plan.args)
     start_info = {
-        "device": device, "precision": precision, "method": cfg.method,
+        "device": device, "precision": precision, "method": cfg.method, "stage": cfg.stage,
         "trainable_params": trainable, "total_params": total,
-        "trainable_share": trainable / total if total else 0.0, **stats, **levers,
+        "trainable_share": trainable / total if total else 0.0, **stats, **plan.start_fields,
         **distributed.start_fields(device),
     }
     callback = event_callback(cfg, run_dir, events, stop, tokenizer, start_info)
-    trainer = fast_loss.trainer_class(labelled_only, share_prefix)(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(train_items),
-        eval_dataset=Dataset.from_list(eval_items) if has_eval else None,
-        data_collator=collator,
-        callbacks=[callback],
-        optimizers=(optimizer, None),
-    )
+    trainer = plan.build(model, Dataset.from_list(train_items),
+                         Dataset.from_list(eval_items) if has_eval else None, callback,
+                         optimizer)
     stop.gather = distributed.state_gatherer(trainer, trainable_only=not spec.saves_full_model)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     out_dir = run_dir / ("model" if spec.saves_full_model else "adapter")
-    return _fit(trainer, callback, has_eval, cfg, tokenizer, events, stop, out_dir) | {
+    return _fit(trainer, callback, plan, has_eval, cfg, tokenizer, events, stop, out_dir) | {
         "trainable_params": trainable, "total_params": total}
 
 
-def _fit(trainer: Any, callback: Any, has_eval: bool, cfg: RunConfig, tokenizer: Any,
-         events: EventWriter, stop: StopRequest, out_dir: Path) -> dict[str, Any]:
+def _fit(trainer: Any, callback: Any, plan: Plan, has_eval: bool, cfg: RunConfig,
+         tokenizer: Any, events: EventWriter, stop: StopRequest,
+         out_dir: Path) -> dict[str, Any]:
     """Train, evaluate once more, save the result whole; the end event's figures."""
     t0 = time.time()
     result = trainer.train()
@@ -116,7 +93,7 @@ def _fit(trainer: Any, callback: Any, has_eval: bool, cfg: RunConfig, tokenizer:
     final_eval = None
     if has_eval and not stop.requested:
         final_eval = trainer.evaluate().get("eval_loss")
-    stop.save(trainer.model, out_dir, cfg, tokenizer, events, final=True)
+    stop.save(plan.result(trainer.model), out_dir, cfg, tokenizer, events, final=True)
     steps = trainer.state.global_step
     return {
         "completed": steps >= trainer.state.max_steps,
@@ -129,27 +106,6 @@ def _fit(trainer: Any, callback: Any, has_eval: bool, cfg: RunConfig, tokenizer:
         "seconds_per_step": round(runtime / steps, 4) if steps else None,
         "peak_memory_mb": peak_memory_mb(),
     }
-
-
-def _speed_levers(cfg: RunConfig, model: Any, device: str) -> dict[str, Any]:
-    """Which of the speed levers this run takes (start-event fields), said in the log."""
-    import torch
-
-    from core.train import accel, batching, fast_loss, shared_prefix
-
-    threads = accel.cpu_threads() if device == "cpu" else None
-    kernels = accel.enable_gpu_kernels(model, batching.prompt_learning(model))
-    batch_mode = batching.choose(cfg, model, "flash-attention 2" in kernels)
-    labelled_only = bool(cfg.fast_loss and not accel.liger_loss(kernels)
-                         and fast_loss.causal_lm(model) is not None)
-    share_prefix = bool(labelled_only and cfg.shared_prefix and not cfg.gradient_checkpointing
-                        and shared_prefix.usable(fast_loss.causal_lm(model)))
-    print(f"batching: {batch_mode}, loss on labelled tokens only: {labelled_only}, "
-          f"shared prefix once per batch: {share_prefix}, "
-          f"kernels: {kernels or 'none'}, threads: {threads or torch.get_num_threads()}",
-          flush=True)
-    return {"batching": batch_mode, "fast_loss": labelled_only, "shared_prefix": share_prefix,
-            "kernels": kernels, "threads": threads}
 
 
 def _hold_device(run_dir: Path, events: EventWriter, stop: StopRequest) -> Any:

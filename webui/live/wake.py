@@ -1,5 +1,6 @@
-"""Stamps of the live run's and the newest comparison's files, and a component that wakes
-a panel only when its stamp changed.
+"""Stamps of the live run's, the newest comparison's and a followed job's files, and a
+component that wakes a panel only when its stamp changed: the one way every page follows
+a job (a run, a comparison, an evaluation, an export).
 
 A gr.Timer fires a full Gradio event on every tick, and in a page of this size one event
 costs the browser 0.25 to 0.5 CPU-seconds even when the handler changes nothing: Gradio's
@@ -18,6 +19,7 @@ nothing.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -87,7 +89,12 @@ const id = setInterval(async () => {
   if (document.hidden || busy) return;
   busy = true;
   try {
-    const now = await server.ASK(null);
+    // A page that follows a job of its own names it in a hidden field (SOURCE); while
+    // that is empty there is nothing to ask about.
+    const field = SOURCE ? document.querySelector(SOURCE) : null;
+    const arg = field ? field.value : null;
+    if (SOURCE && !arg) return;
+    const now = await server.ASK(arg);
     if (now !== last) { last = now; trigger('change'); }
   } catch (e) {
     // The server is restarting or the network blinked: ask again next time.
@@ -109,10 +116,31 @@ def comparison_stamp(_: object = None, now: float | None = None) -> str:
     return f"{job.name}:{file_size(job / EVENTS)}:{training}"
 
 
-def waker(elem_id: str, ask: Callable[..., str] = stamp, every_ms: int = POLL_MS) -> gr.HTML:
+def job_stamp(job: str | None = None) -> str:
+    """The stamp of one job folder a page follows (an evaluation, an export): the size of
+    its events and whether its process lives (a killed job writes no end event). The name
+    comes from the page, so only a folder inside saves/ is stamped; anything else is idle."""
+    if not job or not isinstance(job, str) or len(job) > 4096:
+        return IDLE
+    try:
+        path = Path(job).resolve()
+        inside = path.is_relative_to(runner.saves_dir().resolve()) and path.is_dir()
+    except (OSError, RuntimeError, ValueError):
+        return IDLE
+    if not inside:
+        return IDLE
+    return f"{path.name}:{file_size(path / EVENTS)}:{runner.process_alive(path)}"
+
+
+def waker(elem_id: str, ask: Callable[..., str] = stamp, every_ms: int = POLL_MS,
+          source: str | None = None) -> gr.HTML:
     """An invisible component whose `.change` fires when `ask`'s answer changed; it asks
-    every `every_ms` milliseconds."""
-    script = _SCRIPT.replace("ASK", ask.__name__).replace(f"}}, {POLL_MS});", f"}}, {every_ms});")
+    every `every_ms` milliseconds. With `source` (the elem_id of a hidden Textbox holding
+    the job the page follows) `ask` gets that job, and nothing is asked while it is empty."""
+    selector = f"#{source} textarea, #{source} input" if source else ""
+    script = (_SCRIPT.replace("ASK", ask.__name__)
+              .replace("SOURCE", json.dumps(selector))
+              .replace(f"}}, {POLL_MS});", f"}}, {every_ms});"))
     return gr.HTML("", html_template="", js_on_load=script,
                    server_functions=[ask], container=False, padding=False, elem_id=elem_id,
                    elem_classes="ps-wake")

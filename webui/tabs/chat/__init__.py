@@ -7,7 +7,8 @@ from typing import Any
 
 import gradio as gr
 
-from core.chat.engine import GenerationSettings
+from core.schema.jobs import GENERATION
+from webui import widgets
 from webui.shared import Shared
 from webui.tabs.chat import handlers as chatting
 from webui.tabs.chat.handlers import BASE_ONLY, NONE
@@ -15,31 +16,24 @@ from webui.tabs.chat.handlers import BASE_ONLY, NONE
 
 def _generation_controls(i18n: Any) -> list[Any]:
     """The Generation settings accordion: max new tokens, greedy, temperature, top-p,
-    top-k, repetition penalty, in that order."""
-    gen = GenerationSettings()  # the schema's defaults (core.schema.setting.GENERATION)
+    top-k, repetition penalty, in that order; bounds and defaults are the schema's
+    (core.schema.jobs.GENERATION), as for the chat CLI's flags."""
+    def make(name: str, **overrides: Any) -> Any:
+        return widgets.make(GENERATION[name], i18n, info=None, **overrides)
+
     with i18n.add(gr.Accordion("Generation settings", open=False),
                   "Generation settings", "生成参数"):
         with gr.Row():
-            max_new_tokens = i18n.add(gr.Slider(1, 4096, gen.max_new_tokens, step=1,
-                                                label="Max new tokens",
-                                                elem_id="chat-max-new-tokens"),
-                                      "Max new tokens", "最大生成词元数")
+            max_new_tokens = make("max_new_tokens", elem_id="chat-max-new-tokens")
             greedy = i18n.add(gr.Checkbox(False, label="Greedy (no sampling)",
                                           elem_id="chat-greedy"),
                               "Greedy (no sampling)", "贪心解码（不采样）",
                               "Always the most likely token: the same prompt gives the same "
                               "answer", "总是选择概率最高的词元：同一提示得到同一回答")
-            temperature = i18n.add(gr.Slider(0.05, 2.0, gen.temperature, step=0.05,
-                                             label="Temperature"),
-                                   "Temperature", "温度")
+            temperature = make("temperature")
         with gr.Row():
-            top_p = i18n.add(gr.Slider(0.05, 1.0, gen.top_p, step=0.05, label="Top-p"),
-                             "Top-p", "Top-p")
-            top_k = i18n.add(gr.Slider(0, 200, gen.top_k, step=1, label="Top-k (0 = off)"),
-                             "Top-k (0 = off)", "Top-k（0 表示不限）")
-            repetition_penalty = i18n.add(gr.Slider(1.0, 2.0, gen.repetition_penalty, step=0.05,
-                                                    label="Repetition penalty"),
-                                          "Repetition penalty", "重复惩罚")
+            top_p, top_k, repetition_penalty = (
+                make(n) for n in ("top_p", "top_k", "repetition_penalty"))
     return [max_new_tokens, greedy, temperature, top_p, top_k, repetition_penalty]
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from core.evaluate.job import EvalSpec
+from core.schema.jobs import EVALUATION
+from webui import widgets
+from webui.live import wake
 from webui.shared import Shared
 from webui.tabs.evaluate import handlers as ev_ui
 
@@ -26,18 +28,9 @@ def build(shared: Shared) -> None:
                            "generalises", "留出的测试集能说明微调是否泛化")
         refresh = i18n.add(gr.Button("Refresh", scale=0, min_width=80), "Refresh", "刷新")
     with gr.Row(equal_height=True):
-        max_samples = i18n.add(gr.Number(EvalSpec.max_samples, precision=0, minimum=0,
-                                         label="Max samples",
-                                         elem_id="eval-max-samples"),
-                               "Max samples", "最大样本数", "0 = all", "0 表示全部")
-        max_new_tokens = i18n.add(gr.Number(EvalSpec.max_new_tokens, precision=0, minimum=1,
-                                            label="Max new tokens",
-                                            elem_id="eval-max-new-tokens"),
-                                  "Max new tokens", "最大生成词元数")
-        batch_size = i18n.add(gr.Number(EvalSpec.batch_size, precision=0, minimum=1,
-                                        label="Batch size",
-                                        elem_id="eval-batch-size"),
-                              "Batch size", "批大小")
+        max_samples, max_new_tokens, batch_size = (
+            widgets.make(EVALUATION[name], i18n, elem_id=f"eval-{name.replace('_', '-')}")
+            for name in ("max_samples", "max_new_tokens", "batch_size"))
         include_base = i18n.add(gr.Checkbox(True, label="Also evaluate the base model"),
                                 "Also evaluate the base model", "同时评估基础模型")
     with gr.Row():
@@ -53,8 +46,9 @@ def build(shared: Shared) -> None:
                     "Past evaluations of this run", "该训练的历史评估")
     metrics = gr.HTML(shown[0], elem_id="eval-metrics")
     predictions = gr.HTML(shown[1], elem_id="eval-predictions")
-    job = gr.State("")
-    timer = gr.Timer(1.0, active=False)
+    # The job this page follows, named in the page for its waker (webui.live.wake).
+    job = gr.Textbox("", visible="hidden", elem_id="eval-job")
+    news = wake.waker("eval-wake", wake.job_stamp, source="eval-job")
 
     run.change(ev_ui.on_run, run, [checkpoint, dataset, past])
     refresh.click(ev_ui.on_refresh, run, [run, dataset])
@@ -63,8 +57,9 @@ def build(shared: Shared) -> None:
     shared.datasets_changed.change(ev_ui.on_refresh, run, [run, dataset])
     start.click(ev_ui.on_start, [run, checkpoint, dataset, max_samples, max_new_tokens,
                                  batch_size, include_base, shared.lang],
-                [progress, message, job, past, timer])
-    timer.tick(ev_ui.on_tick, [job, run, shared.lang],
-               [progress, message, metrics, predictions, past, timer])
+                [progress, message, job, past])
+    news.change(ev_ui.on_tick, [job, run, shared.lang],
+                [progress, message, metrics, predictions, past], show_progress="hidden",
+                concurrency_limit=None, trigger_mode="always_last")
     abort.click(ev_ui.on_abort, job, None)
     past.change(ev_ui.show, past, [metrics, predictions])

@@ -1,7 +1,7 @@
 """The Evaluate tab's actions as plain functions, so tests call them without a browser.
 
 An evaluation is a subprocess job (core.evaluate.job) writing into RUN/evals/<time>/; the tab
-starts it, polls its events with a timer for the progress bar, and renders results.json:
+starts it, follows its events for the progress bar (webui.live.wake), and renders results.json:
 the metrics side by side and every prediction against its reference with the words that
 differ marked, or for pairwise data the preference accuracy and every pair with the
 reply each model ranked higher.
@@ -20,6 +20,7 @@ import gradio as gr
 from core.evaluate import job as ev
 from core.evaluate.metrics import METRICS, PREFERENCE_METRICS
 from core.jobs.runs import checkpoint_names, finished_runs, resolve_run, run_config
+from core.schema.jobs import EVALUATION
 from webui import guard
 from webui.i18n import Text
 from webui.live.progress import job_progress_html as progress_html
@@ -277,15 +278,17 @@ def start_evaluation(run: str | None, ckpt: str | None, data: str | None, n: Any
             cfg = run_config(run_dir)
         except ConfigError:
             cfg = None
-        cutoff = cfg.cutoff_len if cfg else 1024
+        cutoff = cfg.cutoff_len if cfg else EVALUATION["cutoff_len"].default
         # The run's own training files were chosen where the run was started (the CLI
         # may name any path); scoring on them reads nothing new.
         refused = None if cfg and data in cfg.dataset else guard.browser_dataset_problem(data)
         if refused:
             return None, T_REFUSED(lang, error=refused)
         spec = ev.EvalSpec(str(run_dir), [data], ckpt or "final", n if n is not None else 0,
-                           new_tokens if new_tokens is not None else 64,
-                           batch if batch is not None else 8, cutoff, bool(base))
+                           new_tokens if new_tokens is not None
+                           else EVALUATION["max_new_tokens"].default,
+                           batch if batch is not None else EVALUATION["batch_size"].default,
+                           cutoff, bool(base))
     except ValueError as exc:
         return None, T_REFUSED(lang, error=exc)
     path = ev.start(spec)
@@ -333,28 +336,26 @@ def on_refresh(run: str | None) -> list[Any]:
 
 def on_start(run: str | None, ckpt: str | None, data: str | None, n: Any, new_tokens: Any,
              batch: Any, base: bool, lang: str = "en") -> list[Any]:
-    """[progress, message, job, past, timer]."""
+    """[progress, message, job, past]."""
     path, note = start_evaluation(run, ckpt, data, n, new_tokens, batch, base, lang)
     if path is None:
-        return ["", note, "", gr.update(), gr.Timer(active=False)]
-    return [progress_html(0, 1, T_WAITING(lang)), note, str(path), gr.update(value=None),
-            gr.Timer(active=True)]
+        return ["", note, "", gr.update()]
+    return [progress_html(0, 1, T_WAITING(lang)), note, str(path), gr.update(value=None)]
 
 
 def on_tick(job_path: str, run: str | None, lang: str = "en") -> list[Any]:
-    """[progress, message, metrics, predictions, past, timer]: the bar while the job runs,
-    its results (and the timer off) once it has ended."""
+    """[progress, message, metrics, predictions, past]: the bar while the job runs, its
+    results once it has ended (called when the job's stamp changed: webui.live.wake)."""
     if not job_path:
-        return [gr.update()] * 5 + [gr.Timer(active=False)]
+        return [gr.update()] * 5
     state = ev.job_state(Path(job_path))
     message = state.message if state.status == "running" else state.status
     bar = progress_html(state.done, state.total or 1, message, state.status)
     if state.status == "running":
-        return [bar, gr.update(), gr.update(), gr.update(), gr.update(), gr.Timer()]
+        return [bar, gr.update(), gr.update(), gr.update(), gr.update()]
     note = {"done": "", "aborted": T_ABORTED(lang)}.get(
         state.status, T_FAILED(lang, error=state.error))
-    return [bar, note, *show(job_path), gr.update(choices=past_choices(run), value=job_path),
-            gr.Timer(active=False)]
+    return [bar, note, *show(job_path), gr.update(choices=past_choices(run), value=job_path)]
 
 
 def on_abort(job_path: str) -> None:

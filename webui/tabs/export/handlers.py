@@ -14,11 +14,11 @@ from core.export import job as ex
 from core.jobs.runs import checkpoint_names, checkpoints, finished_runs, resolve_run
 from core.methods import METHODS
 from core.methods.common import read_manifest
+from core.schema.jobs import EXPORT
 from webui import guard
 from webui.i18n import Text
 from webui.live.progress import job_progress_html
 
-SHARD_SIZES = ["200MB", "500MB", "1GB", "2GB", "5GB"]
 T_PICK_RUN = Text("Choose a finished run first.", "请先选择一个已完成的训练。")
 T_REFUSED = Text("Not started: {error}", "未开始：{error}")
 T_STARTED = Text("Export started ...", "导出已开始 ...")
@@ -99,8 +99,9 @@ def start_export(run: str | None, ckpt: str | None, name: str | None, shard: str
         return None, T_PICK_RUN(lang)
     try:
         spec = ex.ExportSpec(str(guard.existing_run(run)), (name or "").strip(),
-                             ckpt or "final", str(shard or "2GB"), bool(only), bool(over),
-                             fmt or "safetensors", gguf_type or "q8_0")
+                             ckpt or "final", str(shard or EXPORT["max_shard_size"].default),
+                             bool(only), bool(over), fmt or "safetensors",
+                             gguf_type or EXPORT["gguf_type"].default)
         return ex.start(spec), T_STARTED(lang)
     except (ex.ExportError, ValueError, OSError) as exc:  # OSError: a result deleted meanwhile
         return None, T_REFUSED(lang, error=exc)
@@ -130,18 +131,18 @@ def start(run_: str | None, ckpt: str, name_: str, shard_: str, only: bool, over
           fmt_: str, type_: str, lang: str) -> list[Any]:
     path, note = start_export(run_, ckpt, name_, shard_, only, over, lang, fmt_, type_)
     if path is None:
-        return ["", note, "", gr.Timer(active=False)]
-    return [job_progress_html(0, ex.STEPS, "starting"), note, str(path), gr.Timer(active=True)]
+        return ["", note, ""]
+    return [job_progress_html(0, ex.STEPS, "starting"), note, str(path)]
 
 
 def tick(job_path: str, run_: str, lang: str) -> list[Any]:
     if not job_path:
-        return [gr.update(), gr.update(), gr.update(), gr.Timer(active=False)]
+        return [gr.update(), gr.update(), gr.update()]
     state = ex.job_state(Path(job_path))
     bar = job_progress_html(state["done"], state["total"], state["message"], state["status"])
     if state["status"] == "running":
-        return [bar, gr.update(), gr.update(), gr.Timer()]
-    return [*finished(state, lang), history(run_), gr.Timer(active=False)]
+        return [bar, gr.update(), gr.update()]
+    return [*finished(state, lang), history(run_)]
 
 
 def finished(state: dict[str, Any], lang: str) -> tuple[str, str]:

@@ -1,0 +1,22 @@
+"""The kto stage's recipe (see core.stages): TRL's KTOTrainer, on single replies labelled
+desirable or not, against a reference model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from core.schema.config import RunConfig
+from core.stages.preference import data, model, trl_plan
+from core.train.hooks import Plan
+
+__all__ = ["data", "model", "plan"]
+
+
+def plan(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, device: str,
+         precision: str, has_eval: bool) -> Plan:
+    from trl import KTOConfig, KTOTrainer
+
+    return trl_plan(cfg, model, tokenizer, run_dir, device, precision, has_eval, KTOConfig,
+                    KTOTrainer, beta=cfg.pref_beta, desirable_weight=cfg.kto_desirable_weight,
+                    undesirable_weight=cfg.kto_undesirable_weight)
