@@ -14,7 +14,8 @@ from support import run_cli
 
 from core.jobs.events import EventWriter
 from core.schema.config import SETTINGS, ConfigError, RunConfig
-from core.schema.setting import GENERATION, SettingsError
+from core.schema.jobs import EVALUATION, GENERATION
+from core.schema.setting import SettingsError
 
 ROOT = Path(__file__).resolve().parent.parent
 BILLION_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
@@ -195,13 +196,13 @@ def test_chat_unknown_run(saves, capsys):
 ])
 def test_generation_settings_are_checked_where_they_are_made(field, value, words):
     """The Chat tab and the chat worker build GenerationSettings from what a browser sent;
-    the bounds live in core.schema.setting.GENERATION, not in each caller."""
+    the bounds live in core.schema.jobs.GENERATION, not in each caller."""
     from core.chat.engine import GenerationSettings
 
     with pytest.raises(SettingsError, match=words.replace("(", r"\(")):
         GenerationSettings(**{field: value})
     assert GenerationSettings(max_new_tokens=12.0).max_new_tokens == 12  # a slider's float
-    assert set(GENERATION) >= {"top_p", "temperature", "batch_size"}
+    assert set(GENERATION) >= {"top_p", "temperature"} and "batch_size" in EVALUATION
 
 
 # -- evaluate -----------------------------------------------------------------------------

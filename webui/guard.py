@@ -136,13 +136,16 @@ def browser_dataset_problem(name: str) -> str | None:
 
 
 def existing_run(name: str) -> Path:
-    """The folder of a run a tab shows; if it was deleted meanwhile, say so plainly."""
-    from core.jobs.runs import resolve_run
+    """The folder of a run a tab shows, always one in saves/ (the CLI may name any path,
+    the browser only runs here); if it was deleted meanwhile, say so plainly."""
+    from core.jobs.runs import run_in_saves
 
-    try:
-        return resolve_run(name)
-    except ValueError:
-        raise ValueError(f"run {name} no longer exists; refresh the list") from None
+    run = run_in_saves(name)
+    if run is None:
+        shown = str(name)[:80] + ("..." if len(str(name)) > 80 else "")
+        raise ValueError(f"run {shown} no longer exists; refresh the list (a page can pick "
+                         "only runs in saves/)")
+    return run
 
 
 def browser_problems(values: dict[str, Any]) -> list[str]:

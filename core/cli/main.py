@@ -74,13 +74,14 @@ def _describe(e: dict) -> str:
     if kind == "start":
         spread = (f" in {e['processes']} processes" if e.get("processes", 1) > 1 else "")
         return (f"start: {e.get('method')} on {e.get('device')} ({e.get('precision')}), "
-                f"{e.get('trainable_params'):,} of {e.get('total_params'):,} parameters "
+                f"{e.get('trainable_params') or 0:,} of {e.get('total_params') or 0:,} parameters "
                 f"trainable, {e.get('total_steps')} steps, {e.get('train_samples')} samples"
                 f"{spread}")
     if kind == "step":
         eta = f", eta {e['eta']:.0f}s" if e.get("eta") is not None else ""
-        return (f"step {e['step']}/{e['total_steps']}: loss {e['loss']:.4f}, "
-                f"{e.get('tokens_per_second', 0):.0f} tok/s{eta}")
+        loss = f"loss {e['loss']:.4f}, " if e.get("loss") is not None else ""
+        return (f"step {e['step']}/{e.get('total_steps', '?')}: {loss}"
+                f"{e.get('tokens_per_second') or 0:.0f} tok/s{eta}")
     if kind == "eval":
         return f"eval at step {e['step']}: loss {e['eval_loss']:.4f}"
     if kind == "checkpoint":
@@ -102,6 +103,8 @@ def _runs(args: argparse.Namespace) -> int:
         steps = f"{r.step}/{r.total_steps}"
         print(f"{r.name:32} {r.status:8} {r.method:8} {steps:>11} {loss:>8}  "
               f"{','.join(r.dataset)}")
+        if r.status == runner.DAMAGED:
+            print(f"  {r.error}; the other runs are unaffected (move or delete this folder)")
     return 0
 
 

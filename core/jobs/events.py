@@ -56,25 +56,70 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def read_events(run_dir: str | Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-    """Events appended since byte `offset`, and the offset to pass next time. A trailing
-    line without its newline is left for the next call."""
+# Fields every reader takes as numbers or text: an event whose field has another type is
+# damage (a bad disk, a hand edit), and is skipped like a line that is not JSON at all.
+_NUMBERS = ("time", "step", "total_steps", "epoch", "loss", "learning_rate", "grad_norm",
+            "tokens_per_second", "tokens_seen", "elapsed", "eta", "eval_loss", "done",
+            "total", "final_loss", "final_eval_loss", "steps", "reward_chosen",
+            "reward_rejected", "reward_margin", "reward_accuracy")
+_TEXTS = ("status", "error", "message", "output_dir", "path", "holder", "reason")
+_NEEDS = {"step": ("step",), "eval": ("step", "eval_loss"), "end": ("status",),
+          "progress": ("done", "total")}
+
+
+def _event(line: bytes) -> dict[str, Any] | None:
+    """The event on one line, or None when the line is not one (bad bytes, not JSON, not
+    an object with a type, a field of the wrong type)."""
+    try:
+        event = json.loads(line)
+    except ValueError:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
+        return None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        return None
+    for name in _NEEDS.get(event["type"], ()):
+        if event.get(name) is None:
+            return None
+    for name in _NUMBERS:
+        value = event.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return None
+    if any(not isinstance(event.get(n), str | type(None)) for n in _TEXTS):
+        return None
+    return event
+
+
+def scan_events(run_dir: str | Path,
+                offset: int = 0) -> tuple[list[dict[str, Any]], int, str | None]:
+    """(events since byte `offset`, the offset to pass next time, what is damaged or None).
+    A trailing line without its newline is left for the next call (a writer may be midway);
+    a complete line that is not an event is skipped and named as damage."""
     path = Path(run_dir) / EVENTS
     try:
         with open(path, "rb") as f:
             f.seek(offset)
             chunk = f.read()
     except FileNotFoundError:
-        return [], offset
+        return [], offset, None
+    except OSError as exc:  # a folder in its place, no permission, an I/O error
+        return [], offset, f"{EVENTS} cannot be read ({exc.strerror or exc})"
     end = chunk.rfind(b"\n") + 1
-    events = []
+    events, bad = [], 0
     for line in chunk[:end].splitlines():
         if line.strip():
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line from a killed writer; the rest is still good
-    return events, offset + end
+            event = _event(line)
+            if event is None:
+                bad += 1
+            else:
+                events.append(event)
+    damage = f"{EVENTS}: {bad} line(s) are not events (a damaged file)" if bad else None
+    return events, offset + end, damage
+
+
+def read_events(run_dir: str | Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """Events appended since byte `offset`, and the offset to pass next time; lines that
+    are not events are skipped (see scan_events)."""
+    events, offset, _ = scan_events(run_dir, offset)
+    return events, offset
 
 
 def read_log(run_dir: str | Path, offset: int = 0, limit: int = 1 << 20) -> tuple[str, int]:
@@ -86,6 +131,8 @@ def read_log(run_dir: str | Path, offset: int = 0, limit: int = 1 << 20) -> tupl
             data = f.read(limit)
     except FileNotFoundError:
         return "", offset
+    except OSError:  # a folder in its place, no permission: the run's status says so
+        return "", offset
     return data.decode("utf-8", errors="replace"), offset + len(data)
 
 
@@ -93,7 +140,7 @@ def tail_log(run_dir: str | Path, max_bytes: int = 8000) -> str:
     path = Path(run_dir) / LOG
     try:
         size = path.stat().st_size
-    except FileNotFoundError:
+    except OSError:
         return ""
     text, _ = read_log(run_dir, max(0, size - max_bytes), max_bytes)
     return text

@@ -28,7 +28,7 @@ import psutil
 import yaml
 
 from core.fsutil import atomic_write_text
-from core.jobs.events import LOG, EventWriter, read_events
+from core.jobs.events import EVENTS, LOG, EventWriter, read_events, scan_events
 from core.paths import ROOT, child_env, saves_dir
 from core.schema.config import RunConfig
 
@@ -36,6 +36,9 @@ PROCESS = "process.json"
 CONFIG = "config.yaml"
 ABORT_FILE = "ABORT"  # the trainer polls for it (see core.train.trainer)
 RUNNING, DONE, ABORTED, FAILED = "running", "done", "aborted", "failed"
+# A run whose files are damaged (a bad disk, a power cut, a hand edit): listed with what is
+# wrong, never offered to Chat, Evaluate or Export, and never in the way of other runs.
+DAMAGED = "damaged"
 
 
 class BusyError(RuntimeError):
@@ -186,12 +189,14 @@ def kill_tree(pid: int) -> None:
 
 def process_alive(job_dir: Path) -> bool:
     try:
-        info = json.loads((job_dir / PROCESS).read_text())
+        info = json.loads((job_dir / PROCESS).read_bytes())
     except (OSError, ValueError):
         return False
     # A folder from an older version (no create_time) cannot prove its process is ours:
-    # taken as ended, like any run whose process is gone.
-    if not info.get("create_time") or info.get("pid", 0) <= 0:
+    # taken as ended, like any run whose process is gone; so is a damaged file.
+    if not isinstance(info, dict) or not isinstance(info.get("pid"), int) \
+            or not isinstance(info.get("create_time"), int | float) \
+            or isinstance(info["pid"], bool) or info["pid"] <= 0 or not info["create_time"]:
         return False
     return _create_time(info["pid"]) == info["create_time"]
 
@@ -215,10 +220,17 @@ class RunInfo:
 
 
 def run_status(run_dir: Path, events: list[dict[str, Any]] | None = None) -> tuple[str, dict]:
-    """(status, end event or {}) from the run's files and whether its process lives."""
+    """(status, end event or {}) from the run's files and whether its process lives. A run
+    whose events or settings are damaged is DAMAGED, with what is wrong as the error (given
+    `events`, the caller has looked for damage itself), unless its trainer still runs: it
+    can still be followed and aborted."""
+    damage = None
     if events is None:
-        events, _ = read_events(run_dir)
+        events, _, damage = scan_events(run_dir)
+        damage = damage or _read_config(run_dir)[1]
     end = next((e for e in reversed(events) if e["type"] == "end"), None)
+    if damage and (end is not None or not process_alive(run_dir)):
+        return DAMAGED, {"error": damage}
     if end:
         return end["status"], end
     if process_alive(run_dir):
@@ -233,12 +245,16 @@ def run_status(run_dir: Path, events: list[dict[str, Any]] | None = None) -> tup
 
 
 def run_info(run_dir: Path) -> RunInfo:
-    events, _ = read_events(run_dir)
+    events, _, damage = scan_events(run_dir)
     status, end = run_status(run_dir, events)
+    data, config_damage = _read_config(run_dir)
+    damage = damage or config_damage
     try:
-        settings = RunConfig.load(run_dir / CONFIG).to_dict()
+        settings = RunConfig(**data).to_dict() if data else {}
     except Exception:  # a config from another version still lists, without details
         settings = {}
+    if damage and status != RUNNING:
+        status, end = DAMAGED, {"error": damage}
     steps = [e for e in events if e["type"] == "step"]
     start = next((e for e in events if e["type"] == "start"), {})
     return RunInfo(
@@ -249,13 +265,34 @@ def run_info(run_dir: Path) -> RunInfo:
         model=settings.get("model", ""),
         dataset=settings.get("dataset", []),
         started=start.get("time") or _mtime(run_dir / CONFIG),
-        step=steps[-1]["step"] if steps else 0,
+        # The step reached: a finished run's end says how many ran (the last logged step
+        # can be earlier when logging_steps does not divide them).
+        step=end.get("steps") or (steps[-1]["step"] if steps else 0),
         total_steps=start.get("total_steps", 0),
-        final_loss=end.get("final_loss", steps[-1]["loss"] if steps else None),
+        final_loss=end.get("final_loss", steps[-1].get("loss") if steps else None),
         error=end.get("error"),
         output_dir=end.get("output_dir"),
         diverged=bool(end.get("diverged")),
     )
+
+
+def _is_run(folder: Path) -> bool:
+    """A run folder of saves/ (a damaged one too: it still has one of a run's files)."""
+    return any((folder / name).exists() for name in (CONFIG, EVENTS, PROCESS))
+
+
+def _read_config(run_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """(the settings as written, or {}; what is damaged, or None): a config.yaml that is not
+    a YAML mapping in UTF-8 is damage; settings of another version, or no file, are not."""
+    try:
+        data = yaml.safe_load((run_dir / CONFIG).read_bytes().decode("utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a mapping of settings")
+    except FileNotFoundError:  # a job's folder (an evaluation, an export) has none
+        return {}, None
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # UnicodeDecodeError is a ValueError
+        return {}, f"{CONFIG} cannot be read ({type(exc).__name__}: {exc})"[:300]
+    return data, None
 
 
 def _mtime(path: Path) -> float | None:
@@ -270,7 +307,7 @@ def list_runs(saves: Path | None = None) -> list[RunInfo]:
     saves = saves or saves_dir()
     if not saves.is_dir():
         return []
-    runs = [run_info(p) for p in saves.iterdir() if (p / CONFIG).is_file()]
+    runs = [run_info(p) for p in saves.iterdir() if _is_run(p)]
     return sorted(runs, key=lambda r: r.started or 0, reverse=True)
 
 
@@ -279,7 +316,7 @@ def active_run(saves: Path | None = None) -> Path | None:
     if not saves.is_dir():
         return None
     for p in saves.iterdir():
-        if (p / CONFIG).is_file() and run_status(p)[0] == RUNNING:
+        if _is_run(p) and run_status(p)[0] == RUNNING:
             return p
     return None
 

@@ -24,6 +24,30 @@ def resolve_run(name: str | Path) -> Path:
     return path
 
 
+def run_in_saves(name: object) -> Path | None:
+    """The run folder `name` names in saves/ (a bare folder name, or a path whose folder is
+    saves/ itself), else None. For names that come from a browser: "", ".", "..",
+    separators elsewhere, NUL bytes, over-long names and non-text never leave saves/."""
+    if not isinstance(name, str) or not name or "\0" in name or len(name) > 4096:
+        return None
+    saves = saves_dir()
+    path = Path(name)
+    if len(path.parts) > 1:
+        try:
+            if path.resolve().parent != saves.resolve():
+                return None
+        except (OSError, RuntimeError):
+            return None
+        name = path.name
+    if name in (".", "..") or len(name.encode()) > 255:
+        return None
+    run = saves / name
+    try:
+        return run if (run / runner.CONFIG).is_file() else None
+    except OSError:
+        return None
+
+
 def run_config(run_dir: Path) -> RunConfig:
     """The settings a run was started with."""
     return RunConfig.load(run_dir / runner.CONFIG)

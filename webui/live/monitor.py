@@ -151,7 +151,7 @@ def stats(watch: Watch) -> str:
         )
     if steps:
         e = steps[-1]
-        parts = [f"loss **{e['loss']:.4f}**"]
+        parts = [f"loss **{e['loss']:.4f}**"] if e.get("loss") is not None else []
         if evals:
             parts.append(f"eval loss **{evals[-1]['eval_loss']:.4f}**")
         if e.get("learning_rate") is not None:

@@ -26,9 +26,9 @@ from typing import Any
 
 import gradio as gr
 
-from core.jobs import runner
 from core.jobs.events import EVENTS, LOG
 from core.jobs.plots import EVAL, TRAIN, loss_frame, lr_frame, reward_frame
+from core.jobs.runs import run_in_saves
 from webui.i18n import Text
 from webui.live import monitor, wake
 from webui.live.monitor import Watch, file_size
@@ -53,13 +53,8 @@ _rendered: dict[str, tuple[float, str]] = {}  # stamp -> when rendered, and the 
 
 def _shown_run(shown: str | None) -> Path | None:
     """The run a page says it shows, when nothing is live."""
-    if not shown:
-        return None
     # A name from the page, not a path: it can only name a run in saves/.
-    run = runner.saves_dir() / Path(shown).name
-    if run.parent != runner.saves_dir():  # "." or ".."
-        return None
-    return run if (run / runner.CONFIG).is_file() else None
+    return run_in_saves(Path(shown).name) if isinstance(shown, str) and shown else None
 
 
 def _ended_stamp(run: Path | None) -> str:

@@ -34,6 +34,8 @@ def table() -> pd.DataFrame:
 
 def shown_status(info: runner.RunInfo) -> str:
     # "failed" alone reads like a crash to fix; a diverged run needs other settings.
+    if info.status == runner.DAMAGED:
+        return f"damaged: {info.error}"
     return f"{info.status} (diverged)" if info.diverged else info.status
 
 
