@@ -114,7 +114,10 @@ def test_logins_from_env_and_file(tmp_path):
     path = tmp_path / "f"
     path.write_text("# team\nalice:one\n\nbob:two\n")
     assert guard.logins(str(path), env={}) == [("alice", "one"), ("bob", "two")]
-    guard.check_serving("0.0.0.0", [("alice", "one")])  # a login: allowed
+    guard.check_serving("0.0.0.0", [("alice", "one-two-three")])  # a login: allowed
+    with pytest.raises(guard.AccessError, match="the password of bob is shorter than 8"):
+        guard.check_serving("0.0.0.0", [("alice", "one-two-three"), ("bob", "two")])
+    guard.check_serving("127.0.0.1", [("bob", "two")])  # loopback: any login will do
     guard.check_serving("127.0.0.1", None)
 
 
@@ -209,3 +212,90 @@ def test_share_link_needs_a_login_even_on_loopback(monkeypatch):
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: pytest.fail("it served"))
     with pytest.raises(guard.AccessError, match="refusing to serve on a public share link"):
         app.launch(host="127.0.0.1", share=True)
+
+
+# -- other web pages: Host and Origin (webui.trust) ---------------------------------------
+def _answer(url: str, method: str = "GET", headers: dict[str, str] | None = None,
+            data: bytes | None = None, opener: urllib.request.OpenerDirector | None = None):
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with (opener or urllib.request.build_opener()).open(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def test_other_pages_and_rebound_names_cannot_drive_a_studio_on_loopback(tmp_path):
+    """DNS rebinding (a name of the attacker's pointing at 127.0.0.1) and cross-site
+    requests, as a page would send them, to a studio with no login."""
+    with serve_app(tmp_path) as app:
+        port = app.url.rstrip("/").rsplit(":", 1)[1]
+        join = json.dumps({"data": [], "fn_index": 0, "session_hash": "x"}).encode()
+        as_json = {"Content-Type": "application/json"}
+        rebound = {"Host": f"rebind.attacker.example:{port}",
+                   "Origin": f"http://rebind.attacker.example:{port}"}
+        status, _, body = _answer(app.url + "config", headers=rebound)
+        assert status == 403 and b"--allowed-host" in body
+        assert _answer(app.url + "gradio_api/queue/join", "POST", {**rebound, **as_json},
+                       join)[0] == 403
+        evil = {"Origin": "https://evil.example"}
+        assert _answer(app.url + "gradio_api/queue/join", "POST", {**evil, **as_json},
+                       join)[0] == 403
+        # Gradio answers preflights itself (its CORS middleware is outside ours); it grants
+        # this origin nothing, and the request that would follow is refused above.
+        _, headers, _ = _answer(app.url + "gradio_api/queue/join", "OPTIONS", {
+            **evil, "Access-Control-Request-Method": "POST"})
+        assert "access-control-allow-origin" not in {k.lower() for k in headers}
+        form = b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.json\"" \
+               b"\r\n\r\n[]\r\n--b--\r\n"
+        upload = {**evil, "Content-Type": "multipart/form-data; boundary=b"}
+        assert _answer(app.url + "gradio_api/upload", "POST", upload, form)[0] == 403
+        assert _answer(app.url + "config", headers={"Origin": "null"})[0] == 403
+        # What the studio's own pages and local scripts send is answered.
+        own = {"Origin": f"http://127.0.0.1:{port}"}
+        assert _answer(app.url + "config", headers=own)[0] == 200
+        assert _answer(app.url + "config", headers={"Host": f"localhost:{port}"})[0] == 200
+        assert _answer(app.url + "gradio_api/queue/join", "POST", {**own, **as_json},
+                       join)[0] != 403
+    assert not (app.saves / "presets").exists()
+
+
+def test_logins_are_slowed_and_the_cookie_stays_on_the_site(tmp_path):
+    with serve_app(tmp_path, env={guard.AUTH_ENV: "alice:s3cret-pw"}) as app:
+        login = app.url + "login"
+        wrong = urllib.parse.urlencode({"username": "alice", "password": "nope"}).encode()
+        right = urllib.parse.urlencode({"username": "alice", "password": "s3cret-pw"}).encode()
+        for _ in range(3):
+            assert _answer(login, "POST", data=wrong)[0] == 400
+        status, headers, body = _answer(login, "POST", data=right)
+        assert status == 429 and b"too many failed logins" in body
+        assert int(headers["retry-after"]) >= 1
+        time.sleep(int(headers["retry-after"]))
+        jar = http.cookiejar.CookieJar()
+        user = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        status, headers, _ = _answer(login, "POST", data=right, opener=user)
+        assert status == 200
+        cookies = [v for k, v in headers.items() if k.lower() == "set-cookie"]
+        assert cookies and all("samesite=none" not in c.lower() for c in cookies)
+        assert _answer(app.url + "config", opener=user)[0] == 200
+        # The user's own session, ridden by another page: refused.
+        assert _answer(app.url + "config", headers={"Origin": "https://evil.example"},
+                       opener=user)[0] == 403
+    log = (tmp_path / "server.log").read_text()
+    assert log.count("login failed from 127.0.0.1") == 3
+
+
+def test_allowed_hosts_and_origins(monkeypatch):
+    from webui.trust import Trust
+
+    trust = Trust("studio.lan", ("gpu-box",), ("https://proxy.example:8443",))
+    for header in ("127.0.0.1:7860", "localhost", "[::1]:7860", "10.0.0.5:7860",
+                   "studio.lan:7860", "GPU-BOX:80"):
+        assert trust.host_allowed(header), header
+    for header in ("", "evil.example", "studio.lan.evil.example", "gpu-box:x", "[::1"):
+        assert not trust.host_allowed(header), header
+    assert not Trust("0.0.0.0").host_allowed("0.0.0.0.evil.example")
+    assert trust.origin_allowed("http://studio.lan:7860", "studio.lan:7860")
+    assert trust.origin_allowed("https://proxy.example:8443/", "127.0.0.1:7860")
+    assert not trust.origin_allowed("https://proxy.example", "127.0.0.1:7860")
+    assert not trust.origin_allowed("null", "127.0.0.1:7860")

@@ -13,7 +13,7 @@ import importlib
 import gradio as gr
 from starlette.middleware import Middleware
 
-from webui import guard, idle, topbar
+from webui import guard, idle, topbar, trust
 from webui.i18n import I18n
 from webui.tabs.data import upload
 
@@ -82,9 +82,11 @@ def build_app() -> gr.Blocks:
 
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False,
            logins: list[tuple[str, str]] | None = None,
-           allow_remote_code: bool = False) -> None:
+           allow_remote_code: bool = False, allowed_hosts: tuple[str, ...] = (),
+           allowed_origins: tuple[str, ...] = ()) -> None:
     """Serve the app. With `logins`, Gradio's login guards every page and API route
-    (a client without the session cookie gets 401); without, only loopback is allowed."""
+    (a client without the session cookie gets 401); without, only loopback is allowed.
+    Requests for other Host names or from other pages' origins are refused (webui.trust)."""
     # A share link is a public address on gradio.live, whatever the host: it needs a login.
     guard.check_serving("a public share link" if share else host, logins)
     guard.POLICY.allow_remote_code = allow_remote_code
@@ -97,4 +99,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False,
                 auth_message="PEFT Studio: log in with a user:password the server was "
                              "started with.",
                 max_file_size=upload.max_upload_mb() * 2**20,
-                app_kwargs={"middleware": [Middleware(idle.early_script_middleware)]})
+                app_kwargs={"middleware": [
+                    Middleware(trust.TrustMiddleware, trust=trust.Trust(
+                        host, tuple(allowed_hosts), tuple(allowed_origins), share)),
+                    Middleware(idle.early_script_middleware)]})

@@ -99,13 +99,24 @@ def logins(auth_file: str | None = None,
     return None
 
 
+MIN_PASSWORD = 8
+
+
 def check_serving(host: str, found: list[tuple[str, str]] | None) -> None:
-    """Refuse to serve beyond this machine without a login."""
-    if found is None and not is_loopback(host):
+    """Refuse to serve beyond this machine without a login, or with a guessable one."""
+    if is_loopback(host):
+        return
+    if found is None:
         raise AccessError(
             f"refusing to serve on {host} without a login: anyone who can reach it could "
             f"train, read and delete runs; set {AUTH_ENV}=user:password or pass "
             "--auth-file FILE (or serve on 127.0.0.1)")
+    short = [user for user, password in found if len(password) < MIN_PASSWORD]
+    if short:
+        raise AccessError(
+            f"refusing to serve on {host}: the password of {', '.join(short)} is shorter "
+            f"than {MIN_PASSWORD} characters, which anyone on the network could guess; "
+            "choose a longer one")
 
 
 # -- what a browser may ask for ----------------------------------------------------------

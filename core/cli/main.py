@@ -138,7 +138,9 @@ def _webui(args: argparse.Namespace) -> int:
     from webui.app import launch
 
     launch(host=args.host, port=args.port, share=False, logins=logins,
-           allow_remote_code=args.allow_remote_code)
+           allow_remote_code=args.allow_remote_code,
+           allowed_hosts=tuple(args.allowed_host or ()),
+           allowed_origins=tuple(args.allowed_origin or ()))
     return 0
 
 
@@ -179,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-remote-code", action="store_true",
                    help="let the browser switch on trust_remote_code (runs Python code "
                    "shipped with a hub model)")
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="also answer requests for this host name (e.g. the machine's name "
+                   "on the network); loopback names and IP addresses are always answered")
+    p.add_argument("--allowed-origin", action="append", metavar="URL",
+                   help="also accept requests from pages of this origin, e.g. "
+                   "https://proxy.example:8443 (a reverse proxy with its own name)")
     p.set_defaults(func=_webui)
 
     for job in (chat, evaluate, export):  # their subcommands live beside the job
