@@ -37,7 +37,7 @@ def wait_for(predicate, run_dir: Path, timeout: float = 120, poll: float = 0.05)
 
 def status_from_fresh_process(run_dir: Path) -> str:
     """What a restarted UI would see: a new interpreter that knows only the folder."""
-    code = ("from pathlib import Path\nfrom core import runner\n"
+    code = ("from pathlib import Path\nfrom core.jobs import runner\n"
             f"print(runner.run_status(Path({str(run_dir)!r}))[0])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -252,7 +252,7 @@ def test_process_identity_is_pid_and_create_time(tmp_path):
 def test_two_starts_racing_one_wins(tiny_model_dir, saves):
     """Two processes (two browser tabs, the UI and the CLI) press Start at once."""
     code = (
-        "import sys\nfrom core import runner\nfrom core.schema.config import RunConfig\n"
+        "import sys\nfrom core.jobs import runner\nfrom core.schema.config import RunConfig\n"
         f"cfg = RunConfig(model={str(tiny_model_dir)!r}, dataset=['identity'], "
         "max_steps=2000, batch_size=2, cutoff_len=96)\n"
         "sys.stdin.readline()\n"  # both wait at the line, then go together

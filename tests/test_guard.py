@@ -278,6 +278,11 @@ def test_logins_are_slowed_and_the_cookie_stays_on_the_site(tmp_path):
         cookies = [v for k, v in headers.items() if k.lower() == "set-cookie"]
         assert cookies and all("samesite=none" not in c.lower() for c in cookies)
         assert _answer(app.url + "config", opener=user)[0] == 200
+        # The login page tells a visitor nothing of the API, its runs or its datasets.
+        status, _, page = _answer(app.url)
+        assert status == 200 and b"window.gradio_api_info = null;" in page
+        assert b"sentiment" not in page and b"api_name" not in page
+        assert b"sentiment" in _answer(app.url, opener=user)[2]
         # The user's own session, ridden by another page: refused.
         assert _answer(app.url + "config", headers={"Origin": "https://evil.example"},
                        opener=user)[0] == 403

@@ -101,5 +101,6 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False,
                 max_file_size=upload.max_upload_mb() * 2**20,
                 app_kwargs={"middleware": [
                     Middleware(trust.TrustMiddleware, trust=trust.Trust(
-                        host, tuple(allowed_hosts), tuple(allowed_origins), share)),
+                        host, tuple(allowed_hosts), tuple(allowed_origins), share,
+                        login=bool(logins))),
                     Middleware(idle.early_script_middleware)]})

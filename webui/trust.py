@@ -16,6 +16,9 @@ that rides on the user's own session. So:
   without any preflight.
 - **The login cookie** is made `SameSite=Lax` (Gradio sets `None`), so a cross-site
   request never carries it.
+- **The login page** (what anyone reaching the port sees before logging in) carries no
+  description of the API: Gradio embeds it there (with every dropdown's choices: run
+  and dataset names) whatever the login.
 - **Failed logins** are slowed per client address: after `FREE_FAILURES`, each further
   attempt must wait twice as long as the last (up to `MAX_WAIT`), answered 429 with
   Retry-After meanwhile; every failure is logged with the client's address.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import sys
 import threading
 import time
@@ -50,6 +54,7 @@ class Trust:
     allowed_hosts: tuple[str, ...] = ()  # --allowed-host
     allowed_origins: tuple[str, ...] = ()  # --allowed-origin, as scheme://host[:port]
     share: bool = False  # a gradio.live link forwards its own name
+    login: bool = False  # a login guards the app (its login page must say nothing)
     _failures: dict[str, tuple[int, float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -141,6 +146,10 @@ class TrustMiddleware:
                 and scope.get("path", "").rstrip("/").endswith("/login"):
             await self._login(scope, receive, send)
             return
+        if self.trust.login and scope["type"] == "http" and scope.get("method") == "GET" \
+                and (scope.get("path", "/") == "/" or scope["path"].rstrip("/").endswith("/runs")):
+            await self.app(scope, receive, _no_api_before_login(_lax_cookies(send)))
+            return
         await self.app(scope, receive, _lax_cookies(send))
 
     async def _login(self, scope: dict, receive: Any, send: Any) -> None:
@@ -163,6 +172,37 @@ class TrustMiddleware:
             await lax(message)
 
         await self.app(scope, receive, watch)
+
+
+_LOGIN_PAGE = b'window.gradio_config = {"auth_required":true'
+_API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.S)
+
+
+def _no_api_before_login(send: Any) -> Any:
+    """The page HTML, held back whole, with the API description taken out when it is the
+    login page (the config of a logged-out visitor says auth_required)."""
+    start: dict[str, Any] = {}
+    body = bytearray()
+
+    async def hold(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+            return
+        if message["type"] != "http.response.body":
+            await send(message)
+            return
+        body.extend(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        data = bytes(body)
+        if _LOGIN_PAGE in data:
+            data = _API_INFO.sub(b"window.gradio_api_info = null;</script>", data, count=1)
+        start["headers"] = [(k, str(len(data)).encode()) if k.lower() == b"content-length"
+                            else (k, v) for k, v in start.get("headers", [])]
+        await send(start)
+        await send({"type": "http.response.body", "body": data})
+
+    return hold
 
 
 def _lax_cookies(send: Any) -> Any:
