@@ -165,6 +165,25 @@ def test_cli_keeps_trust_remote_code(saves, capsys):
     assert "trust_remote_code: true" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("changes, words", [
+    (dict(nnodes=2, master_addr="10.9.8.7"), "--allow-multi-node"),
+    (dict(node_rank=1, nnodes=2, master_addr="attacker.example"), "--allow-multi-node"),
+    (dict(stage="dpo", init_from_run="/etc"), "'/etc' is not a run in saves/"),
+    (dict(stage="dpo", ref_run="../elsewhere"), "`ref_run`: '../elsewhere' is not a run"),
+])
+def test_browser_cannot_name_other_machines_or_folders(saves, data, monkeypatch, changes,
+                                                       words):
+    """A page may not make the server connect to a host it names (torch's TCPStore), nor
+    read a model from any server folder as a start or reference run; the CLI may."""
+    monkeypatch.setattr(guard.POLICY, "allow_multi_node", False)
+    started = training.start(_values(**changes))
+    assert started.run_dir is None and words in started.message
+    assert not any(saves.iterdir())
+    if "nnodes" in changes:
+        monkeypatch.setattr(guard.POLICY, "allow_multi_node", True)
+        assert not [p for p in guard.browser_problems(_values(**changes)) if "nnodes" in p]
+
+
 @pytest.mark.parametrize("dataset", ["/etc/passwd", "../secret.json", "data/../../x.json"])
 def test_browser_dataset_outside_data_refused(saves, data, dataset):
     started = training.start(_values(dataset=[dataset]))

@@ -82,7 +82,8 @@ def build_app() -> gr.Blocks:
 
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False,
            logins: list[tuple[str, str]] | None = None,
-           allow_remote_code: bool = False, allowed_hosts: tuple[str, ...] = (),
+           allow_remote_code: bool = False, allow_multi_node: bool = False,
+           allowed_hosts: tuple[str, ...] = (),
            allowed_origins: tuple[str, ...] = ()) -> None:
     """Serve the app. With `logins`, Gradio's login guards every page and API route
     (a client without the session cookie gets 401); without, only loopback is allowed.
@@ -90,6 +91,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False,
     # A share link is a public address on gradio.live, whatever the host: it needs a login.
     guard.check_serving("a public share link" if share else host, logins)
     guard.POLICY.allow_remote_code = allow_remote_code
+    guard.POLICY.allow_multi_node = allow_multi_node
     demo = build_app()
     demo.queue(default_concurrency_limit=4)
     idle.poll_gently(demo)

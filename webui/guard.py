@@ -35,6 +35,7 @@ class Policy:
     """What the running app allows its browsers; set once by `webui.app.launch`."""
 
     allow_remote_code: bool = False
+    allow_multi_node: bool = False
 
 
 POLICY = Policy()
@@ -171,4 +172,27 @@ def browser_problems(values: dict[str, Any]) -> list[str]:
         why = browser_dataset_problem(str(name))
         if why:
             problems.append(f"dataset: {why}")
+    problems += _run_problems(values)
+    if not POLICY.allow_multi_node and (int(values.get("nnodes") or 1) > 1
+                                        or int(values.get("node_rank") or 0) > 0
+                                        or str(values.get("master_addr") or "").strip()):
+        problems.append("nnodes: " + MULTI_NODE_NOTE)
+    return problems
+
+
+MULTI_NODE_NOTE = ("Several machines are off for the browser: the server would connect to "
+                   "the address given. Restart it with --allow-multi-node to offer them (or "
+                   "use `peft-studio train --nnodes N --master-addr HOST`).")
+
+
+def _run_problems(values: dict[str, Any]) -> list[str]:
+    """A start-from or reference run named by the browser must be a run in saves/."""
+    from core.jobs.runs import run_in_saves
+
+    problems = []
+    for key in ("init_from_run", "ref_run"):
+        name = str(values.get(key) or "").strip()
+        if name and run_in_saves(name) is None:
+            problems.append(f"{key}: {name[:80]!r} is not a run in saves/; the browser can "
+                            "start from (or measure against) runs listed there only")
     return problems

@@ -138,7 +138,7 @@ def _webui(args: argparse.Namespace) -> int:
     from webui.app import launch
 
     launch(host=args.host, port=args.port, share=False, logins=logins,
-           allow_remote_code=args.allow_remote_code,
+           allow_remote_code=args.allow_remote_code, allow_multi_node=args.allow_multi_node,
            allowed_hosts=tuple(args.allowed_host or ()),
            allowed_origins=tuple(args.allowed_origin or ()))
     return 0
@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-remote-code", action="store_true",
                    help="let the browser switch on trust_remote_code (runs Python code "
                    "shipped with a hub model)")
+    p.add_argument("--allow-multi-node", action="store_true",
+                   help="let the browser start runs over several machines (the server then "
+                   "connects to the machine-0 address a page gives)")
     p.add_argument("--allowed-host", action="append", metavar="NAME",
                    help="also answer requests for this host name (e.g. the machine's name "
                    "on the network); loopback names and IP addresses are always answered")
