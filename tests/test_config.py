@@ -119,3 +119,33 @@ def test_run_name_cannot_leave_saves():
 def test_prefix_tuning_refuses_gradient_checkpointing():
     with pytest.raises(ConfigError, match="gradient_checkpointing: does not work with prefix"):
         RunConfig(method="prefix", gradient_checkpointing=True)
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("max_steps", 10**30, "max_steps: must be at most 10000000, got 1e+30"),
+    ("seed", 2**40, "seed: must be at most 4294967295"),
+    ("save_steps", 10**8, "save_steps: must be at most 10000000"),
+    ("max_grad_norm", 1e9, "max_grad_norm: must be at most 1000000"),
+])
+def test_counts_have_an_upper_bound(name, value, words):
+    """A count a run could never reach (or a seed numpy cannot take) is refused at once,
+    instead of stalling the start on what it would allocate or loop over."""
+    with pytest.raises(ConfigError, match=words.replace("+", r"\+")):
+        RunConfig(**{name: value})
+
+
+@pytest.mark.parametrize("argv, first", [
+    (["train", "--learning-rate", "abc"],
+     "peft-studio train: error: argument --learning-rate: invalid float value: 'abc'"),
+    (["train", "--method", "nosuch"], "peft-studio train: error: argument --method: invalid "
+     "choice: 'nosuch'"),
+    (["nosuch"], "peft-studio: error: argument command: invalid choice: 'nosuch'"),
+])
+def test_a_bad_flag_is_two_lines_not_the_usage_of_every_flag(argv, first, capsys):
+    from core.cli.main import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    lines = capsys.readouterr().err.splitlines()
+    assert exited.value.code == 2 and len(lines) == 2
+    assert lines[0].startswith(first) and lines[1].endswith("--help)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from core.chat import engine as chat
 from core.data.registry import dataset_problems
@@ -150,8 +151,16 @@ def _port(text: str) -> int:
     return int(text)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a bad flag gets two lines (the problem, where help is), not
+    the usage of a hundred flags, in which the one line that matters is lost."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="peft-studio", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="peft-studio", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model (flags named after every run setting)")

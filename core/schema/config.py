@@ -40,6 +40,8 @@ SCHEDULERS = (
     "constant_with_warmup",
     "inverse_sqrt",
 )
+# Upper bounds of counts of steps: far beyond any run, short of what overflows a counter.
+STEPS_MAX = 10_000_000
 QUANTIZABLE = tuple(m for m, spec in METHODS.items() if spec.quantizable)
 
 COMMON: tuple[Setting, ...] = (
@@ -88,7 +90,7 @@ COMMON: tuple[Setting, ...] = (
       minimum=8, maximum=131072,
       help_zh="序列的最大 token 数；更长的样本会被截断，并报告截断的数量。"),
     S("max_samples", 0, "Use at most this many samples from each dataset (0 = all).",
-      "data", label_zh="最大样本数", minimum=0,
+      "data", label_zh="最大样本数", minimum=0, maximum=100_000_000,
       help_zh="每个数据集最多使用这么多样本（0 = 全部）。"),
     S("val_size", 0.0, "Fraction of the data held out to compute an evaluation loss "
       "during training (0 = none).", "data", label="Validation fraction",
@@ -141,7 +143,7 @@ COMMON: tuple[Setting, ...] = (
       "train", label="Epochs", label_zh="训练轮数", minimum=0.01, maximum=1000,
       help_zh="遍历数据的轮数（设置了最大步数时忽略）。"),
     S("max_steps", 0, "Stop after this many optimizer steps (0 = use epochs).", "train",
-      label_zh="最大步数", minimum=0,
+      label_zh="最大步数", minimum=0, maximum=STEPS_MAX,
       help_zh="训练这么多优化步后停止（0 = 按轮数）。"),
     S("batch_size", 2, "Samples per device per forward pass.", "train",
       label_zh="批大小", minimum=1, maximum=4096,
@@ -157,7 +159,7 @@ COMMON: tuple[Setting, ...] = (
       "less memory, about 30% slower.", "train", label_zh="梯度检查点", advanced=True,
       help_zh="反向传播时重新计算激活：更省显存，约慢 30%。"),
     S("seed", 42, "Random seed for initialisation, shuffling and dropout.", "train",
-      label_zh="随机种子", advanced=True, minimum=0,
+      label_zh="随机种子", advanced=True, minimum=0, maximum=2**32 - 1,
       help_zh="初始化、打乱数据和 dropout 使用的随机种子。"),
     # -- optimizer and schedule ----------------------------------------------------------
     S("optim", "adamw_torch", "Optimizer. paged_adamw_8bit (bitsandbytes) keeps its state "
@@ -169,24 +171,24 @@ COMMON: tuple[Setting, ...] = (
       "schedule", label="LR scheduler", label_zh="学习率调度", choices=SCHEDULERS,
       help_zh="学习率在训练过程中的变化方式。"),
     S("warmup_steps", 0, "Steps over which the learning rate ramps up from 0.",
-      "schedule", label_zh="预热步数", minimum=0,
+      "schedule", label_zh="预热步数", minimum=0, maximum=STEPS_MAX,
       help_zh="学习率从 0 逐步升高所用的步数。"),
     S("weight_decay", 0.0, "Decoupled weight decay.", "schedule", label_zh="权重衰减",
       minimum=0.0, maximum=1.0, advanced=True,
       help_zh="解耦的权重衰减。"),
     S("max_grad_norm", 1.0, "Clip the gradient norm to this value (0 = no clipping).",
-      "schedule", label="Max gradient norm", label_zh="梯度裁剪", minimum=0.0,
+      "schedule", label="Max gradient norm", label_zh="梯度裁剪", minimum=0.0, maximum=1e6,
       advanced=True,
       help_zh="把梯度范数裁剪到该值（0 = 不裁剪）。"),
     # -- logging -------------------------------------------------------------------------
     S("logging_steps", 5, "Log loss, learning rate and speed every N steps.", "logging",
-      label_zh="日志间隔", minimum=1,
+      label_zh="日志间隔", minimum=1, maximum=STEPS_MAX,
       help_zh="每 N 步记录一次损失、学习率和速度。"),
     S("eval_steps", 50, "Compute the validation loss every N steps (needs a validation "
-      "fraction above 0).", "logging", label_zh="评估间隔", minimum=1,
+      "fraction above 0).", "logging", label_zh="评估间隔", minimum=1, maximum=STEPS_MAX,
       help_zh="每 N 步计算一次验证损失（需要验证集比例大于 0）。"),
     S("save_steps", 0, "Save a checkpoint every N steps (0 = only the final result).",
-      "logging", label_zh="保存间隔", minimum=0,
+      "logging", label_zh="保存间隔", minimum=0, maximum=STEPS_MAX,
       help_zh="每 N 步保存一个检查点（0 = 只保存最终结果）。"),
     # -- output --------------------------------------------------------------------------
     S("run_name", "", "Name of the run folder under saves/ (empty = method and time). "

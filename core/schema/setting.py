@@ -119,10 +119,15 @@ class Setting:
                 return value, f"{bad[0]!r} is not one of: {allowed}"
         if kind in (int, float):
             if self.minimum is not None and value < self.minimum:
-                return value, f"must be at least {self.minimum:g}, got {value:g}"
+                return value, f"must be at least {_number(self.minimum)}, got {_number(value)}"
             if self.maximum is not None and value > self.maximum:
-                return value, f"must be at most {self.maximum:g}, got {value:g}"
+                return value, f"must be at most {_number(self.maximum)}, got {_number(value)}"
         return value, None
+
+
+def _number(x: float) -> str:
+    """4096, 10000000, 0.001: whole numbers in full (1e+07 reads like a typo), others as %g."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e21 else f"{x:g}"
 
 
 class SettingsError(ValueError):
