@@ -54,7 +54,23 @@ def is_disk_full(exc: BaseException) -> bool:
     return False
 
 
-def disk_full(path: str | Path) -> DiskFull:
+def copy_whole(src: str | Path, target: str | Path) -> None:
+    """Copy a file whole or not at all: into a temporary sibling, then renamed over the
+    target; on any failure nothing is left behind (a full disk stays as full as it was),
+    and a full disk is said as `disk_full`."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, target)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full(target, "and add the file again") from None
+        raise
+
+
+def disk_full(path: str | Path, then: str = "and start the run again") -> DiskFull:
     """The error to raise for a full disk while writing `path`."""
     folder = Path(path).parent
     try:
@@ -62,4 +78,4 @@ def disk_full(path: str | Path) -> DiskFull:
     except OSError:
         free = "free space unknown"
     return DiskFull(errno.ENOSPC, f"disk full writing {path} ({free}): free some space, or "
-                    "point PEFT_STUDIO_SAVES at a bigger disk, and start the run again")
+                    f"point PEFT_STUDIO_SAVES at a bigger disk, {then}")

@@ -413,3 +413,24 @@ def test_served_app_starts_on_a_corrupt_registry_behind_its_login_and_upload_lim
     assert "Traceback" not in log, log
     # The registry was left as the user had it: nothing "repaired" it behind their back.
     assert (data / "dataset_info.json").read_text() == '{"identity": {"file": '
+
+
+def test_disk_full_while_adding_a_dataset_leaves_nothing(small_disk, tmp_path, monkeypatch):
+    """data/ on the small disk, a 2 MB file to add: said as a full disk, with the path, and
+    no partial copy is left to keep the disk full; the registry is as it was."""
+    from core.data.registry import info_path, register
+    from core.fsutil import DiskFull
+    from webui.tabs.data import upload
+
+    monkeypatch.setenv("PEFT_STUDIO_DATA", str(small_disk))
+    rows = [{"instruction": f"question {i} " + "x" * 200, "output": "y"} for i in range(10_000)]
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps(rows))
+    with pytest.raises(DiskFull, match=r"disk full writing .*big\.json .*add the file again"):
+        register("big", big, "alpaca")
+    assert sorted(p.name for p in small_disk.iterdir()) == []
+    assert not info_path().exists()
+    said = upload.register_upload(str(big), "big", "alpaca",  # the Data tab's Add
+                                  {"instruction": "instruction", "output": "output"})
+    assert not said.ok and "disk full writing" in said.message
+    assert sorted(p.name for p in small_disk.iterdir()) == []

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 from core.data.errors import DataError, display_path
 from core.data.formats import FORMATS, detect_format, validate_file
 from core.data.reader import SUFFIXES, scan
-from core.fsutil import atomic_write_text
+from core.fsutil import atomic_write_text, copy_whole, disk_full, is_disk_full
 from core.paths import data_dir
 
 INFO_FILE = "dataset_info.json"
@@ -201,8 +200,7 @@ def register(
             if owner is None and target.exists():
                 raise DataError(f"{display_path(target)} already exists and is not a "
                                 "registered dataset; choose another name")
-            shutil.copyfile(src, target.with_name(target.name + ".tmp"))
-            os.replace(target.with_name(target.name + ".tmp"), target)
+            copy_whole(src, target)
         entry: dict[str, Any] = {"file": target.name, "format": format}
         if columns:
             entry["columns"] = dict(columns)
@@ -214,9 +212,11 @@ def register(
             entry["test_of"] = test_of
         try:
             _write_info({**info, name: entry})
-        except OSError:
+        except OSError as exc:
             if copied and name not in info:
                 target.unlink(missing_ok=True)
+            if is_disk_full(exc):
+                raise disk_full(info_path(), "and add the file again") from None
             raise
 
 

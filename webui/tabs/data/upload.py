@@ -15,6 +15,7 @@ import pandas as pd
 from core.data.formats import FIELDS, FORMATS, REQUIRED, DataError, detect_format, validate_file
 from core.data.reader import scan
 from core.data.registry import load_info, name_problem, register
+from core.fsutil import DiskFull
 
 UPLOAD_TYPES = [".json", ".jsonl", ".csv", ".parquet"]
 # Gradio refuses bigger uploads before they reach us (Blocks.launch(max_file_size=...)).
@@ -142,6 +143,8 @@ def register_upload(path: str | Path | None, name: str, fmt: str | None,
         register(name, path, fmt, columns or None)
     except DataError as exc:
         return Registration(False, f"✗ Not registered: {shown_as_uploaded(exc, path)}")
+    except DiskFull as exc:
+        return Registration(False, f"✗ Not registered: {exc}")
     return Registration(True, f"✓ Registered **{name}** ({fmt}). It is now in the dataset "
                               "lists of the Train tab.")
 
