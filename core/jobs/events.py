@@ -61,7 +61,8 @@ def _plain(value: Any) -> Any:
 _NUMBERS = ("time", "step", "total_steps", "epoch", "loss", "learning_rate", "grad_norm",
             "tokens_per_second", "tokens_seen", "elapsed", "eta", "eval_loss", "done",
             "total", "final_loss", "final_eval_loss", "steps", "reward_chosen",
-            "reward_rejected", "reward_margin", "reward_accuracy")
+            "reward_rejected", "reward_margin", "reward_accuracy", "trainable_params",
+            "total_params", "train_samples", "eval_samples", "truncated_samples")
 _TEXTS = ("status", "error", "message", "output_dir", "path", "holder", "reason")
 _NEEDS = {"step": ("step",), "eval": ("step", "eval_loss"), "end": ("status",),
           "progress": ("done", "total")}

@@ -9,23 +9,44 @@ from core.methods import Method, peft_targets, peft_wrap
 from core.schema.setting import Setting as S
 
 
+def fused_experts(model: Any) -> list[str]:
+    """The modules of a mixture-of-experts model that hold every expert's weights as one 3-D
+    parameter (Qwen3-MoE, Mixtral in transformers 5): peft trains them through
+    lora.ParamWrapper, which takes neither dropout nor DoRA."""
+    return sorted({name.rsplit(".", 1)[0] for name, p in model.named_parameters()
+                   if p.ndim == 3})
+
+
 class Lora(Method):
     def wrap(self, model: Any, cfg: Any) -> Any:
         from peft import LoraConfig, TaskType
 
         init: Any = {"default": True, "gaussian": "gaussian", "pissa": "pissa"}[cfg.lora_init]
+        experts = fused_experts(model)
+        dropout, notes = cfg.lora_dropout, []
+        if experts and cfg.use_dora:
+            raise ValueError(
+                f"use_dora: this model keeps its experts' weights fused ({experts[0]}, ...), "
+                "and peft cannot apply DoRA to them; turn DoRA off (plain LoRA trains them)")
+        if experts and dropout:
+            dropout = 0.0
+            notes.append(f"lora_dropout {cfg.lora_dropout:g} -> 0: this model keeps its "
+                         f"experts' weights fused ({experts[0]}, ...), and peft's LoRA on "
+                         "them takes no dropout")
         config = LoraConfig(
             task_type=TaskType.CAUSAL_LM,
             r=cfg.lora_rank,
             lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
+            lora_dropout=dropout,
             target_modules=peft_targets(cfg.lora_target),
             bias=cfg.lora_bias,
             use_dora=cfg.use_dora,
             use_rslora=cfg.use_rslora,
             init_lora_weights=init,
         )
-        return peft_wrap(model, config)
+        wrapped = peft_wrap(model, config)
+        wrapped.studio_notes = notes  # said in the run's start event (core.train.trainer)
+        return wrapped
 
     def create_optimizer(self, model: Any, cfg: Any, args: Any) -> Any:
         if not cfg.use_loraplus:

@@ -61,6 +61,10 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
     model = recipe.model(cfg)
     trainable, total = count_parameters(model)
     print(f"trainable parameters: {trainable:,} of {total:,}", flush=True)
+    # Defaults a method had to adapt to this model (e.g. no dropout on fused experts).
+    notes = list(getattr(model, "studio_notes", None) or [])
+    for note in notes:
+        print(f"note: {note}", flush=True)
     has_eval = bool(eval_items)
     plan = recipe.plan(cfg, model, tokenizer, run_dir, device, precision, has_eval)
     spec = METHODS[cfg.method]
@@ -68,7 +72,8 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
     start_info = {
         "device": device, "precision": precision, "method": cfg.method, "stage": cfg.stage,
         "trainable_params": trainable, "total_params": total,
-        "trainable_share": trainable / total if total else 0.0, **stats, **plan.start_fields,
+        "trainable_share": trainable / total if total else 0.0, "notes": notes, **stats,
+        **plan.start_fields,
         **distributed.start_fields(device),
     }
     callback = event_callback(cfg, run_dir, events, stop, tokenizer, start_info)

@@ -149,6 +149,9 @@ def stats(watch: Watch) -> str:
             + (f", {cut} cut at the cut-off" if cut else "")
             + _spread(start)
         )
+        notes = start.get("notes")
+        if isinstance(notes, list):  # defaults the method adapted to this model
+            lines += [f"Note: {note}" for note in notes if isinstance(note, str)]
     if steps:
         e = steps[-1]
         parts = [f"loss **{e['loss']:.4f}**"] if e.get("loss") is not None else []
