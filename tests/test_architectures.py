@@ -60,3 +60,38 @@ def test_a_dense_model_keeps_its_dropout_and_says_nothing(tiny_model_dir, saves)
     assert runner.wait(run_dir, timeout=300) == "done"
     start = next(e for e in events_of(run_dir) if e["type"] == "start")
     assert start["notes"] == []
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2_dir(tmp_path_factory, embedded_dir) -> Path:
+    """A 2-layer random GPT-2: its linear layers are transformers' Conv1D (c_attn, ...)."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(str(embedded_dir))
+    config = GPT2Config(vocab_size=len(tok), n_embd=64, n_layer=2, n_head=4, n_positions=256,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-gpt2")
+    GPT2LMHeadModel(config).save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+def test_ia3_defaults_on_fused_layers_train_what_exists_and_say_what_not(tiny_moe_dir, saves):
+    run_dir = runner.start(tiny(tiny_moe_dir, max_steps=2, method="ia3"))
+    assert runner.wait(run_dir, timeout=300) == "done", (run_dir / "log.txt").read_text()
+    start = next(e for e in events_of(run_dir) if e["type"] == "start")
+    assert any(n.startswith("ia3_target: down_proj not in this model (its linear layers: ")
+               and n.endswith("only k_proj, v_proj are rescaled") for n in start["notes"])
+
+
+def test_gpt2s_conv1d_layers_are_named_and_trainable(tiny_gpt2_dir, saves):
+    refused = runner.start(tiny(tiny_gpt2_dir, max_steps=1, method="ia3"))
+    assert runner.wait(refused, timeout=300) == "failed"
+    error = events_of(refused)[-1]["error"]
+    assert "ia3_target: k_proj, v_proj, down_proj not found in this model; its linear " \
+           "layers are: c_attn, c_proj, c_fc" in error
+    run_dir = runner.start(tiny(tiny_gpt2_dir, max_steps=2, method="ia3", run_name="named",
+                                ia3_target=["c_attn", "c_fc"], ia3_feedforward=["c_fc"]))
+    assert runner.wait(run_dir, timeout=300) == "done", (run_dir / "log.txt").read_text()

@@ -55,12 +55,13 @@ def target_candidates(model: Any) -> list[str]:
     wrapped by a method (peft's or ours, both keep it as `base_layer`) is listed under
     its own name; the method's inner layers are not listed."""
     from torch import nn
+    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers; peft takes them
 
     wrappers = [name for name, m in model.named_modules()
                 if name and isinstance(getattr(m, "base_layer", None), nn.Module)]
     names: list[str] = []
     for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
+        if not isinstance(module, nn.Linear | Conv1D):
             continue
         inside = next((w for w in wrappers if name.startswith(w + ".")), None)
         if inside is not None:

@@ -12,9 +12,22 @@ class IA3(Method):
     def wrap(self, model: Any, cfg: Any) -> Any:
         from peft import IA3Config, TaskType
 
+        from core.methods.common import target_candidates
+
         target = peft_targets(cfg.ia3_target)
         feedforward = list(cfg.ia3_feedforward)
+        notes = []
         if isinstance(target, list):
+            layers = target_candidates(model)
+            found = [m for m in target if m in layers]
+            if found and len(found) < len(target):
+                # Defaults name Llama's layers; a model with fused ones (Phi-3's qkv_proj,
+                # an MoE's experts) has only some: train those, and say which were not.
+                missing = [m for m in target if m not in found]
+                notes.append(f"ia3_target: {', '.join(missing)} not in this model (its "
+                             f"linear layers: {', '.join(layers)}); only {', '.join(found)} "
+                             "are rescaled")
+                target, feedforward = found, [m for m in feedforward if m in found]
             outside = [m for m in feedforward if m not in target]
             if outside:
                 raise ValueError(
@@ -27,16 +40,16 @@ class IA3(Method):
             feedforward_modules=feedforward,
         )
         try:
-            return peft_wrap(model, config)
+            wrapped = peft_wrap(model, config)
         except ValueError as exc:
             if "not found in the base model" not in str(exc):
                 raise
-            from core.methods.common import target_candidates
-
             raise ValueError(
                 f"ia3_target: {', '.join(target)} not found in this model; its linear layers "
                 f"are: {', '.join(target_candidates(model))}"
             ) from exc
+        wrapped.studio_notes = notes  # said in the run's start event (core.train.trainer)
+        return wrapped
 
 
 METHOD = IA3(
