@@ -391,8 +391,9 @@ def start(cfg: RunConfig, saves: Path | None = None) -> Path:
     check and the start happen under one lock, so of two starts racing exactly one wins."""
     from core import distributed
     from core.schema.config import ConfigError
+    from core.train import trackers
 
-    missing = distributed.launch_problems(cfg)
+    missing = distributed.launch_problems(cfg) + trackers.problems(cfg)
     if missing:
         raise ConfigError(missing)
     saves = saves or saves_dir()

@@ -21,6 +21,7 @@ from core.schema.devices import schema_problems as distributed_problems
 from core.schema.setting import Setting
 from core.stages import SETTINGS as STAGE_SETTINGS
 from core.stages import STAGES, stage_help, stage_problems
+from core.train.trackers import CHOICES as TRACKER_CHOICES
 
 S = Setting
 OPTIMIZERS = (
@@ -181,6 +182,12 @@ COMMON: tuple[Setting, ...] = (
       advanced=True,
       help_zh="把梯度范数裁剪到该值（0 = 不裁剪）。"),
     # -- logging -------------------------------------------------------------------------
+    S("report_to", "none", "Also report the run's metrics to an experiment tracker "
+      "(TensorBoard, Weights & Biases, MLflow, Trackio), written inside the run folder "
+      "unless its own settings say otherwise; W&B without an API key runs offline.",
+      "logging", label="Report to", label_zh="上报到", choices=TRACKER_CHOICES,
+      help_zh="同时把训练指标上报到实验跟踪工具（TensorBoard、Weights & Biases、MLflow、"
+              "Trackio），默认写在运行文件夹内；没有 API key 时 W&B 以离线模式运行。"),
     S("logging_steps", 5, "Log loss, learning rate and speed every N steps.", "logging",
       label_zh="日志间隔", minimum=1, maximum=STEPS_MAX,
       help_zh="每 N 步记录一次损失、学习率和速度。"),

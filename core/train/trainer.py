@@ -128,7 +128,10 @@ _HELD: list[Any] = []
 
 def _job(cfg: RunConfig, run_dir: Path, events: EventWriter) -> dict[str, Any]:
     """Train, then say how it ended: run_job writes it as the end event."""
+    from core.train import trackers
+
     stop = StopRequest(run_dir, events)
+    os.environ.update(trackers.environment(cfg, run_dir))  # where the tracker writes
     if distributed.under_launcher():
         distributed.die_with_parent()  # core.distributed.launch holds the device for all ranks
     else:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core import distributed
+from core.train import trackers
 
 if TYPE_CHECKING:
     from core.schema.config import RunConfig
@@ -45,11 +46,11 @@ def shared_kwargs(cfg: RunConfig, run_dir: Path, device: str, precision: str,
         eval_steps=cfg.eval_steps,
         # Our own checkpoints (core.train.trainer's callback), not Trainer's optimizer-state dumps.
         save_strategy="no",
-        report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",  # the tokens/s of every step event
         logging_nan_inf_filter=False,  # a NaN loss must be seen (core.train.health), not averaged
+        **trackers.trainer_kwargs(cfg, run_dir),
         **distributed.trainer_kwargs(cfg, run_dir, device == "cpu", distributed.world_size()),
     )
 
