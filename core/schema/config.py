@@ -194,6 +194,16 @@ COMMON: tuple[Setting, ...] = (
     S("eval_steps", 50, "Compute the validation loss every N steps (needs a validation "
       "fraction above 0).", "logging", label_zh="评估间隔", minimum=1, maximum=STEPS_MAX,
       help_zh="每 N 步计算一次验证损失（需要验证集比例大于 0）。"),
+    S("early_stopping_patience", 0, "Stop the run when the validation loss has not improved "
+      "for this many evaluations in a row (0 = never); the result is the model at that step. "
+      "Needs a validation fraction above 0.", "logging", label="Early stopping patience",
+      label_zh="早停耐心值", minimum=0, maximum=10000,
+      help_zh="验证损失连续这么多次评估没有改善时停止训练（0 = 不早停）；结果为该步的模型。"
+              "需要验证集比例大于 0。"),
+    S("early_stopping_threshold", 0.0, "How much lower the validation loss must be than its "
+      "best so far to count as an improvement.", "logging",
+      label="Early stopping threshold", label_zh="早停阈值", minimum=0.0, maximum=100.0,
+      advanced=True, help_zh="验证损失需比此前最好值低多少才算改善。"),
     S("save_steps", 0, "Save a checkpoint every N steps (0 = only the final result).",
       "logging", label_zh="保存间隔", minimum=0, maximum=STEPS_MAX,
       help_zh="每 N 步保存一个检查点（0 = 只保存最终结果）。"),
@@ -418,6 +428,9 @@ def _cross_checks(v: dict[str, Any]) -> list[str]:
                         "off or choose another method")
     problems += stage_problems(v["stage"], v["method"])
     problems += distributed_problems(v)
+    if v["early_stopping_patience"] and v["val_size"] <= 0:
+        problems.append("early_stopping_patience: needs a validation loss to watch; set "
+                        "val_size above 0 (e.g. 0.1), or patience 0")
     name = v["run_name"]
     if any(c in name for c in "/\\\0") or name in (".", ".."):
         problems.append("run_name: must be a plain folder name, without '/'")

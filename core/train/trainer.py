@@ -110,6 +110,7 @@ def _fit(trainer: Any, callback: Any, plan: Plan, has_eval: bool, cfg: RunConfig
         "train_runtime": round(runtime, 2),
         "seconds_per_step": round(runtime / steps, 4) if steps else None,
         "peak_memory_mb": peak_memory_mb(),
+        "stopped_early": callback.stopped_early,
     }
 
 
@@ -159,7 +160,7 @@ def _job(cfg: RunConfig, run_dir: Path, events: EventWriter) -> dict[str, Any]:
         print(f"loss.png not written: {exc}", flush=True)
         plot = None
     # An abort that arrives after the last step (during the final save) stopped nothing.
-    completed = result.pop("completed")
+    completed = result.pop("completed") or bool(result.get("stopped_early"))
     status = "aborted" if stop.requested and not completed else "done"
     if not (result["final_loss"] is None or math.isfinite(result["final_loss"])):
         status, error = "failed", "the loss became infinite or NaN; lower the learning rate"

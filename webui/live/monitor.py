@@ -194,6 +194,11 @@ def _ending(watch: Watch) -> str:
         text += f" · {clock(end['train_runtime'])}"
     if end.get("output_dir"):
         text += f" · saved to `{end['output_dir']}`"
+    early = end.get("stopped_early")
+    if isinstance(early, dict) and isinstance(early.get("best_eval_loss"), int | float):
+        text += (f" · stopped early at step {early.get('step')}: the validation loss had not "
+                 f"improved for {early.get('patience')} evaluations (best "
+                 f"{early['best_eval_loss']:.4f})")
     return text
 
 

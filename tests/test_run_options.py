@@ -1,5 +1,6 @@
-"""report_to: a run also reports to an experiment tracker, written inside its folder, and a
-tracker that is not installed is refused before the run starts, saying how to install it."""
+"""Run options beyond the training itself: report_to (an experiment tracker, written inside
+the run folder; one not installed is refused before the run, saying how to install it) and
+early stopping on the validation loss."""
 
 from __future__ import annotations
 
@@ -49,3 +50,29 @@ def test_trackers_write_in_the_run_folder_unless_told_otherwise(tmp_path, monkey
     assert trackers.trainer_kwargs(RunConfig(), tmp_path) == {"report_to": "none"}
     args = build_parser().parse_args(["train", "--report-to", "tensorboard"])
     assert args.report_to == "tensorboard"
+
+
+def test_a_run_stops_itself_when_the_validation_loss_stops_improving(tiny_model_dir, saves):
+    """A learning rate too small to move the loss: after the first evaluation, none beats
+    it by the threshold, so the run stops after `patience` more, and says so."""
+    from support import events_of
+
+    from webui.live import monitor
+
+    run_dir = runner.start(tiny(tiny_model_dir, max_steps=40, learning_rate=1e-9,
+                                val_size=0.2, eval_steps=1, early_stopping_patience=2,
+                                early_stopping_threshold=0.01))
+    assert runner.wait(run_dir, timeout=300) == "done", (run_dir / "log.txt").read_text()
+    events = events_of(run_dir)
+    # Evaluations at steps 1 (the best), 2 and 3 (no gain), then the final one at 3.
+    assert [e["step"] for e in events if e["type"] == "eval"] == [1, 2, 3, 3]
+    early = next(e for e in events if e["type"] == "early_stop")
+    assert early["step"] == 3 and early["patience"] == 2
+    end = events[-1]
+    assert end["steps"] == 3 and end["stopped_early"]["best_eval_loss"] == early["best_eval_loss"]
+    assert (run_dir / "adapter").is_dir()
+    watch, _ = monitor.poll(monitor.attach(run_dir))
+    assert "stopped early at step 3: the validation loss had not improved for 2 " \
+           "evaluations" in monitor.stats(watch)
+    with pytest.raises(ConfigError, match="early_stopping_patience: needs a validation loss"):
+        RunConfig(early_stopping_patience=3)
