@@ -305,3 +305,12 @@ def test_parameter_count_and_model_view_use_the_probe(tiny_model_dir, data):
     assert "**0** cut" not in short.summary and short.figure is not None
 
 
+
+
+def test_uploads_do_not_stay_in_the_cache():
+    """Gradio deletes cached uploads on this schedule; a page sending files cannot fill the
+    disk with them (each is also capped by the upload limit)."""
+    from webui.app import DELETE_UPLOADS, build_app
+
+    assert build_app().delete_cache == DELETE_UPLOADS
+    assert DELETE_UPLOADS[1] <= 24 * 3600

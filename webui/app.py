@@ -63,9 +63,14 @@ CSS = """
 """
 
 
+# Uploaded files are kept in Gradio's cache only until registered (the registry copies
+# them into data/): every hour, files older than an hour go, so uploads cannot fill the disk.
+DELETE_UPLOADS = (3600, 3600)  # (how often, how old), seconds
+
+
 def build_app() -> gr.Blocks:
     i18n = I18n()
-    with gr.Blocks(title="PEFT Studio") as demo:
+    with gr.Blocks(title="PEFT Studio", delete_cache=DELETE_UPLOADS) as demo:
         header = gr.Markdown("# PEFT Studio\nParameter-efficient fine-tuning of language "
                              "models, without code.", elem_classes="ps-header")
         i18n.add(header, "# PEFT Studio\nParameter-efficient fine-tuning of language models, "
