@@ -167,3 +167,33 @@ def test_loading_a_bad_row_names_file_and_row(tmp_path):
 def test_loading_a_missing_file_names_it(tmp_path):
     with pytest.raises(DataError, match="gone.json"):
         load_examples([str(tmp_path / "gone.json")], None)
+
+
+@pytest.mark.parametrize("columns, left", [
+    (["messages", "label"], "'label' (KTO labels (desirable or not))"),
+    (["messages", "images"], "'images' (images)"),
+    (["conversations", "tools"], "'tools' (tool definitions)"),
+    (["instruction", "output", "kto_tag"], "'kto_tag' (KTO labels)"),
+])
+def test_a_column_that_carries_meaning_is_never_dropped_in_silence(tmp_path, columns, left):
+    """LLaMA-Factory's KTO layout (messages + label), its multimodal files (messages +
+    images) and tool-calling files (tools) read as plain chat would train without the part
+    that makes them what they are: detection is not confident and says what is left, and an
+    unregistered file given to a run is refused with the reason."""
+    import json
+
+    from core.data.formats import DataError, detect_format
+    from core.data.registry import resolve
+
+    found = detect_format(columns)
+    assert not found.confident and left in found.note and found.ignored
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant",
+                                                            "content": "hello"}],
+           "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}],
+           "instruction": "hi", "output": "hello", "label": True, "kto_tag": False,
+           "images": ["a.png"], "tools": "[]"}
+    path = tmp_path / "theirs.json"
+    path.write_text(json.dumps([{c: row[c] for c in columns}]))
+    with pytest.raises(DataError, match=f"would leave {left} unused, and nothing is trained "
+                       "with part of its data dropped".replace("(", r"\(").replace(")", r"\)")):
+        resolve(str(path))

@@ -36,7 +36,8 @@ def test_a_stage_refuses_the_methods_it_declares_with_its_reason():
     ("sft", "pairwise", "(preference data: pairs of replies), which the sft stage cannot "
      "train on; it needs alpaca or messages or sharegpt data (choose such a dataset, or the "
      "stage that fits: dpo, orpo)"),
-    ("sft", "text", "(raw text: no replies to learn), which the sft stage cannot train on"),
+    ("sft", "text", "is raw text (the text format: no replies to learn), which the sft "
+     "stage cannot train on"),
     ("dpo", "kto", "the stage that fits: kto"),
     ("kto", "alpaca", "alpaca format, which the kto stage cannot train on; it needs kto data"),
 ])

@@ -63,6 +63,16 @@ class Detection:
     columns: dict[str, str] = field(default_factory=dict)
     confident: bool = False
     note: str = ""
+    # Columns the format would leave unused although their names say they carry meaning
+    # (a KTO label, tool definitions, media): never dropped in silence.
+    ignored: tuple[str, ...] = ()
+
+
+# Column names that carry meaning no format here reads beside the ones it uses: a file
+# with one left over is not trained as if it were absent.
+MEANINGFUL = {"label": "KTO labels (desirable or not)", "kto_tag": "KTO labels",
+              "tools": "tool definitions", "images": "images", "image": "images",
+              "videos": "videos", "video": "videos", "audios": "audio", "audio": "audio"}
 
 
 # Look-alike column names, most likely first. Exact canonical names are confident.
@@ -76,6 +86,22 @@ _ALIASES = {
 
 
 def detect_format(columns: list[str]) -> Detection:
+    found = _detect(columns)
+    used = set(found.columns.values())
+    ignored = tuple(c for c in columns if c.lower() in MEANINGFUL and c not in used)
+    if not ignored or found.format is None:
+        return found
+    note = f"{found.note}; " if found.note else ""
+    return Detection(found.format, found.columns, False,
+                     note + left_unused(found.format, ignored), ignored)
+
+
+def left_unused(fmt: str, ignored: tuple[str, ...]) -> str:
+    what = ", ".join(f"{c!r} ({MEANINGFUL[c.lower()]})" for c in ignored)
+    return f"the {fmt} format would leave {what} unused"
+
+
+def _detect(columns: list[str]) -> Detection:
     lower = {c.lower(): c for c in columns}
 
     def find(*names: str) -> str | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from core.data.errors import DataError, display_path
-from core.data.formats import FORMATS, detect_format, validate_file
+from core.data.formats import FORMATS, detect_format, left_unused, validate_file
 from core.data.reader import SUFFIXES, scan
 from core.fsutil import atomic_write_text, copy_whole, disk_full, is_disk_full
 from core.paths import data_dir
@@ -156,6 +156,11 @@ def _detected(path: Path) -> DatasetEntry:
     found = detect_format(scan(path, 0, 0).columns)
     if found.format is None:
         raise DataError(f"cannot tell the format from its columns: {found.note}", file=path)
+    if found.ignored:
+        raise DataError(f"{left_unused(found.format, found.ignored)}, and nothing is trained "
+                        "with part of its data dropped; remove those columns to train on the "
+                        "rest, or (KTO data) write it as prompt, completion and label",
+                        file=path)
     return DatasetEntry(name=path.stem, path=path, format=found.format,
                         columns=found.columns, registered=False)
 

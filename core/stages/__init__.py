@@ -143,8 +143,9 @@ def format_problem(stage: str, dataset: str, fmt: str) -> str | None:
         return None
     fits = ", ".join(s.name for s in STAGES.values() if fmt in s.formats) or "none"
     kind = {"pairwise": " (preference data: pairs of replies)",
-            "kto": " (preference data: replies labelled desirable or not)",
-            "text": " (raw text: no replies to learn)"}.get(fmt, "")
-    return (f"dataset {dataset!r} is in the {fmt} format{kind}, which the {stage} stage "
-            f"cannot train on; it needs {' or '.join(wanted)} data (choose such a dataset, "
-            f"or the stage that fits: {fits})")
+            "kto": " (preference data: replies labelled desirable or not)"}.get(fmt, "")
+    what = ("raw text (the text format: no replies to learn)" if fmt == "text"
+            else f"in the {fmt} format{kind}")
+    return (f"dataset {dataset!r} is {what}, which the {stage} stage cannot train on; it "
+            f"needs {' or '.join(wanted)} data (choose such a dataset, or the stage that "
+            f"fits: {fits})")
