@@ -110,9 +110,7 @@ def event_callback(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: Sto
             self.last_time = self.t0
             self.last_loss: float | None = None
             self.health = Health(len(tokenizer))
-            self.best_eval: float | None = None
-            self.evals_without_gain = 0
-            self.stopped_early: dict[str, Any] | None = None
+            self.early = EarlyStop(cfg.early_stopping_patience, cfg.early_stopping_threshold)
 
         def on_train_begin(self, args, state, control, **kw):
             self.t0 = self.last_time = time.time()
@@ -155,26 +153,12 @@ def event_callback(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: Sto
                 if reason:
                     raise Diverged(step, reason, fix)
             if "eval_loss" in logs:
-                events.emit("eval", step=state.global_step, eval_loss=float(logs["eval_loss"]))
-                self._watch_for_early_stop(float(logs["eval_loss"]), state.global_step, control)
+                loss = float(logs["eval_loss"])
+                events.emit("eval", step=state.global_step, eval_loss=loss)
+                if stopped := self.early.seen(loss, state.global_step):
+                    events.emit("early_stop", **stopped)
+                    control.should_training_stop = True
             return control
-
-        def _watch_for_early_stop(self, loss: float, step: int, control: Any) -> None:
-            # Ours rather than transformers' EarlyStoppingCallback, which needs Trainer's
-            # own checkpoints (load_best_model_at_end); here the result is the model at
-            # the step it stopped, and the end event says so.
-            patience = cfg.early_stopping_patience
-            if not patience:
-                return
-            if self.best_eval is None or loss < self.best_eval - cfg.early_stopping_threshold:
-                self.best_eval, self.evals_without_gain = loss, 0
-                return
-            self.evals_without_gain += 1
-            if self.evals_without_gain >= patience and self.stopped_early is None:
-                self.stopped_early = {"step": step, "best_eval_loss": self.best_eval,
-                                      "patience": patience}
-                events.emit("early_stop", **self.stopped_early)
-                control.should_training_stop = True
 
         def on_step_end(self, args, state, control, model=None, **kw):
             if cfg.save_steps and state.global_step % cfg.save_steps == 0 \
@@ -199,6 +183,33 @@ def peak_memory_mb() -> float:
         return round(torch.cuda.max_memory_allocated() / 2**20, 1)
     # ru_maxrss is in KiB on Linux: the whole process's peak resident memory.
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+@dataclass
+class EarlyStop:
+    """When a run stops because its validation loss has not improved by `threshold` for
+    `patience` evaluations in a row. Ours rather than transformers' EarlyStoppingCallback,
+    which needs Trainer's own checkpoints (load_best_model_at_end): here the result is the
+    model at the step it stopped, and the end event says so."""
+
+    patience: int
+    threshold: float
+    best: float | None = None
+    without_gain: int = 0
+    stopped: dict[str, Any] | None = None
+
+    def seen(self, loss: float, step: int) -> dict[str, Any] | None:
+        """The early_stop event's fields when this evaluation ends the run, else None."""
+        if not self.patience or self.stopped:
+            return None
+        if self.best is None or loss < self.best - self.threshold:
+            self.best, self.without_gain = loss, 0
+            return None
+        self.without_gain += 1
+        if self.without_gain < self.patience:
+            return None
+        self.stopped = {"step": step, "best_eval_loss": self.best, "patience": self.patience}
+        return self.stopped
 
 
 @dataclass

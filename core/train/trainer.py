@@ -110,7 +110,7 @@ def _fit(trainer: Any, callback: Any, plan: Plan, has_eval: bool, cfg: RunConfig
         "train_runtime": round(runtime, 2),
         "seconds_per_step": round(runtime / steps, 4) if steps else None,
         "peak_memory_mb": peak_memory_mb(),
-        "stopped_early": callback.stopped_early,
+        "stopped_early": callback.early.stopped,
     }
 
 
