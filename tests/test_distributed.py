@@ -228,7 +228,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_second_machine_joins_with_the_command_shown(tiny_model_dir, saves, tmp_path):
+def test_second_machine_joins_with_the_command_shown(tiny_model_dir, saves, tmp_path,
+                                                     monkeypatch):
+    from webui import guard
+
+    monkeypatch.setattr(guard.POLICY, "allow_multi_node", True)  # --allow-multi-node
     cfg = tiny(tiny_model_dir, nproc_per_node=1, nnodes=2, master_addr="127.0.0.1",
                master_port=free_port())
     from webui.tabs.train import handlers as training
@@ -432,8 +436,11 @@ def test_fsdp_and_ddp_settings_are_accepted_by_training_arguments(tmp_path):
     assert plugin["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
 
 
-def test_preview_shows_how_the_run_starts_and_its_deepspeed_json(saves):
+def test_preview_shows_how_the_run_starts_and_its_deepspeed_json(saves, monkeypatch):
+    from webui import guard
     from webui.tabs.train import handlers as training
+
+    monkeypatch.setattr(guard.POLICY, "allow_multi_node", True)  # --allow-multi-node
 
     cli, yaml_text, problems = training.preview(
         {"nproc_per_node": 2, "distributed": "zero3", "nnodes": 2, "master_addr": "10.0.0.1",

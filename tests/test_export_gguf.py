@@ -92,8 +92,10 @@ def test_export_tab_shows_tensor_progress_and_the_figures(code_run, module_saves
     check's prompts came from."""
     from webui.tabs.export import handlers as exporting
 
-    bar, note, job = exporting.start(str(code_run), "final", "tab-gguf", "2GB", False,
-                                            False, "gguf", "f16", "en")
+    # The tab picks runs of its own saves/ only (webui.guard.existing_run).
+    monkeypatch.setenv("PEFT_STUDIO_SAVES", str(code_run.parent))
+    bar, note, job = exporting.start(code_run.name, "final", "tab-gguf", "2GB", False,
+                                     False, "gguf", "f16", "en")
     assert note == exporting.T_STARTED("en") and Path(job).is_dir(), note
     deadline = time.time() + 600  # a wait for the job, not a timing check
     while ex.job_state(Path(job))["status"] == "running" and time.time() < deadline:
