@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from core.jobs import runner
 from core.jobs.events import read_events
 from core.jobs.plots import reward_accuracy_figure, reward_frame, rewards_figure
 from core.schema.config import RunConfig
@@ -162,6 +163,10 @@ def test_evaluate_tab_scores_pairs_base_vs_tuned_and_lists_them(runs, monkeypatc
     assert job and "Evaluation started" in note and wake.job_stamp(job) != wake.IDLE
     _wait_job(Path(job))
     _, note, metrics, listing, past = evaluating.on_tick(job, "run-dpo")
+    # Once its process has exited too, the stamp stays still: the page refreshes no more.
+    deadline = time.time() + 60  # a wait for the exit, not a timing check
+    while runner.process_alive(Path(job)) and time.time() < deadline:
+        time.sleep(0.2)
     ended = wake.job_stamp(job)
     assert note == "" and ended.endswith(":False") and wake.job_stamp(job) == ended
     assert "Preference accuracy" in metrics and "Implicit-reward accuracy" in metrics
