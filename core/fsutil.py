@@ -27,7 +27,7 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
     """Write `text` to `path` atomically; on any failure the old file (if any) is kept
     and no temporary file is left behind."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    tmp = _sibling(path)
     # os.open with 0o666 honours the umask, as a plain open() would (mkstemp gives 0600).
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
@@ -40,6 +40,11 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _sibling(path: Path) -> Path:
+    """A hidden temporary name beside `path`, unique to this process and call."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -59,7 +64,7 @@ def copy_whole(src: str | Path, target: str | Path) -> None:
     target; on any failure nothing is left behind (a full disk stays as full as it was),
     and a full disk is said as `disk_full`."""
     target = Path(target)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    tmp = _sibling(target)
     try:
         shutil.copyfile(src, tmp)
         os.replace(tmp, target)

@@ -130,9 +130,7 @@ def read_log(run_dir: str | Path, offset: int = 0, limit: int = 1 << 20) -> tupl
         with open(path, "rb") as f:
             f.seek(offset)
             data = f.read(limit)
-    except FileNotFoundError:
-        return "", offset
-    except OSError:  # a folder in its place, no permission: the run's status says so
+    except OSError:  # none yet, a folder in its place, no permission: its status says so
         return "", offset
     return data.decode("utf-8", errors="replace"), offset + len(data)
 

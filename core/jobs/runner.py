@@ -194,11 +194,11 @@ def process_alive(job_dir: Path) -> bool:
         return False
     # A folder from an older version (no create_time) cannot prove its process is ours:
     # taken as ended, like any run whose process is gone; so is a damaged file.
-    if not isinstance(info, dict) or not isinstance(info.get("pid"), int) \
-            or not isinstance(info.get("create_time"), int | float) \
-            or isinstance(info["pid"], bool) or info["pid"] <= 0 or not info["create_time"]:
+    pid = info.get("pid") if isinstance(info, dict) else None
+    created = info.get("create_time") if isinstance(info, dict) else None
+    if type(pid) is not int or pid <= 0 or not isinstance(created, int | float) or not created:
         return False
-    return _create_time(info["pid"]) == info["create_time"]
+    return _create_time(pid) == created
 
 
 # -- runs --------------------------------------------------------------------------------
@@ -219,12 +219,12 @@ class RunInfo:
     diverged: bool = False  # failed because training diverged (core.train.health)
 
 
-def run_status(run_dir: Path, events: list[dict[str, Any]] | None = None) -> tuple[str, dict]:
+def run_status(run_dir: Path, events: list[dict[str, Any]] | None = None,
+               damage: str | None = None) -> tuple[str, dict]:
     """(status, end event or {}) from the run's files and whether its process lives. A run
-    whose events or settings are damaged is DAMAGED, with what is wrong as the error (given
-    `events`, the caller has looked for damage itself), unless its trainer still runs: it
-    can still be followed and aborted."""
-    damage = None
+    whose events or settings are damaged is DAMAGED, with what is wrong as the error (a
+    caller giving `events` gives the damage it found with them), unless its trainer still
+    runs: it can still be followed and aborted."""
     if events is None:
         events, _, damage = scan_events(run_dir)
         damage = damage or _read_config(run_dir)[1]
@@ -246,15 +246,12 @@ def run_status(run_dir: Path, events: list[dict[str, Any]] | None = None) -> tup
 
 def run_info(run_dir: Path) -> RunInfo:
     events, _, damage = scan_events(run_dir)
-    status, end = run_status(run_dir, events)
     data, config_damage = _read_config(run_dir)
-    damage = damage or config_damage
+    status, end = run_status(run_dir, events, damage or config_damage)
     try:
         settings = RunConfig(**data).to_dict() if data else {}
     except Exception:  # a config from another version still lists, without details
         settings = {}
-    if damage and status != RUNNING:
-        status, end = DAMAGED, {"error": damage}
     steps = [e for e in events if e["type"] == "step"]
     start = next((e for e in events if e["type"] == "start"), {})
     return RunInfo(

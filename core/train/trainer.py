@@ -101,7 +101,8 @@ def _fit(trainer: Any, callback: Any, plan: Plan, has_eval: bool, cfg: RunConfig
     stop.save(plan.result(trainer.model), out_dir, cfg, tokenizer, events, final=True)
     steps = trainer.state.global_step
     return {
-        "completed": steps >= trainer.state.max_steps,
+        # Stopped early is as complete as the run was meant to be: not aborted.
+        "completed": steps >= trainer.state.max_steps or callback.early.stopped is not None,
         "output_dir": str(out_dir),
         "final_loss": callback.last_loss if callback.last_loss is not None
         else result.training_loss,
@@ -160,7 +161,7 @@ def _job(cfg: RunConfig, run_dir: Path, events: EventWriter) -> dict[str, Any]:
         print(f"loss.png not written: {exc}", flush=True)
         plot = None
     # An abort that arrives after the last step (during the final save) stopped nothing.
-    completed = result.pop("completed") or bool(result.get("stopped_early"))
+    completed = result.pop("completed")
     status = "aborted" if stop.requested and not completed else "done"
     if not (result["final_loss"] is None or math.isfinite(result["final_loss"])):
         status, error = "failed", "the loss became infinite or NaN; lower the learning rate"
