@@ -355,15 +355,19 @@ BROKEN_REGISTRY = [
      "line 1, column 60: not valid JSON"),
     (b'{"caf\xe9": {}}', "byte 5 is not UTF-8 text"),
     (b'[{"file": "identity.json"}]', "expected an object of name: entry, found list"),
+]
+BAD_ENTRIES = [
     (b'{"x": "x.json"}', "entry 'x' is not an object"),
     (b'{"x": {"format": "alpaca"}}', "entry 'x' has no 'file'"),
     (b'{"x": {"file": "x.json", "format": "yaml"}}', "entry 'x' has format 'yaml'"),
+    (b'{"x": {"file_name": "x.json", "formatting": "sharegpt"}}',
+     "entry 'x' is written the LLaMA-Factory way (file_name, formatting)"),
 ]
 
 
 @pytest.mark.parametrize(("content", "reason"), BROKEN_REGISTRY)
 def test_broken_registry_says_which_file_and_what_to_do(data, tmp_path, content, reason,
-                                                        capsys):
+                                                        saves, capsys):
     from core.cli.main import main
 
     (data / "dataset_info.json").write_bytes(content)
@@ -379,10 +383,34 @@ def test_broken_registry_says_which_file_and_what_to_do(data, tmp_path, content,
     src = write(tmp_path / "up.json", tricky_rows())
     assert message in upload.register_upload(src, "fresh", "alpaca", {
         "instruction": "instruction", "output": "output"}).message
+    assert (data / "dataset_info.json").read_bytes() == content  # never written over
     assert upload.inspect_upload(src).name == "up"
+    # A name cannot be found in it (said with why), a file path runs all the same.
     assert main(["train", "--dataset", "identity"]) == 2
-    err_lines = capsys.readouterr().err.splitlines()
-    assert err_lines == [f"error: {message}"]
+    assert message in capsys.readouterr().err
+    assert registry.dataset_problems([str(src)]) == []
+    assert not list(saves.iterdir())
+
+
+@pytest.mark.parametrize(("content", "reason"), BAD_ENTRIES)
+def test_a_bad_entry_is_a_problem_of_its_own(data, tmp_path, content, reason):
+    """An entry the studio cannot use (another tool's, or one missing its file) is said
+    beside the list; the other entries, new registrations and runs go on."""
+    good = json.loads((data / "dataset_info.json").read_text(encoding="utf-8"))
+    theirs = json.loads(content)
+    (data / "dataset_info.json").write_text(json.dumps({**good, **theirs}), encoding="utf-8")
+    assert set(registry.load_info()) == set(good)
+    [problem] = registry.registry_problems()
+    assert reason in problem and "skipped" in problem
+    listing = dataview.table()
+    assert problem in listing["description"].tolist() and "identity" in dataview.names()
+    assert registry.dataset_problems(["identity"]) == []
+    assert "cannot be used" in registry.dataset_problems(["x"])[0]
+    src = write(tmp_path / "up.json", tricky_rows())
+    assert upload.register_upload(src, "fresh", "alpaca", {
+        "instruction": "instruction", "output": "output"}).ok
+    kept = json.loads((data / "dataset_info.json").read_text(encoding="utf-8"))
+    assert kept["x"] == theirs["x"] and "fresh" in kept  # theirs is written back as it was
 
 
 def test_app_builds_and_lists_the_problem_with_a_broken_registry(data, monkeypatch):

@@ -24,7 +24,8 @@ def test_detects_pairwise_and_kto_before_alpaca():
     assert detect_format(["prompt", "chosen", "rejected"]).format == "pairwise"
     alike = detect_format(["instruction", "input", "chosen", "rejected"])
     assert alike.format == "pairwise" and alike.columns["prompt"] == "instruction"
-    assert not alike.confident
+    assert alike.confident  # LLaMA-Factory's alpaca pairs, as its data/README.md writes them
+    assert not detect_format(["question", "chosen", "rejected"]).confident
     kto = detect_format(["prompt", "completion", "label"])
     assert kto.format == "kto" and kto.confident
     assert detect_format(["prompt", "completion"]).format == "alpaca"
@@ -243,7 +244,8 @@ def test_upload_detects_maps_and_registers_pairs(tmp_path, monkeypatch):
     good.write_text("question,chosen,rejected\nHi?,Hello!,Go away.\nBye?,Goodbye!,Whatever.\n")
     seen = inspect_upload(good)
     assert seen.format == "pairwise" and seen.mapping["prompt"] == "question"
-    assert roles("pairwise") == {"prompt": True, "input": False, "system": False,
+    # No prompt column: chosen and rejected are whole conversations (TRL's implicit prompt).
+    assert roles("pairwise") == {"prompt": False, "input": False, "system": False,
                                  "history": False, "chosen": True, "rejected": True}
     mapping = default_mapping(seen.format, seen.columns, seen.mapping)
     assert register_upload(good, "prefs", "pairwise", mapping).ok

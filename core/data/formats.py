@@ -41,8 +41,11 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "messages": ("messages",),
     "sharegpt": ("conversations",),
     "text": ("text",),
-    "pairwise": ("prompt", "chosen", "rejected"),
-    "kto": ("prompt", "completion", "label"),
+    # Without a prompt column the replies are whole conversations sharing their start
+    # (TRL's implicit prompt); without a completion the prompt is a conversation whose
+    # last turn is the reply judged (LLaMA-Factory's KTO layout).
+    "pairwise": ("chosen", "rejected"),
+    "kto": ("prompt", "label"),
 }
 
 # Both list formats accept either key style, since real files mix them freely.
@@ -66,13 +69,22 @@ class Detection:
     # Columns the format would leave unused although their names say they carry meaning
     # (a KTO label, tool definitions, media): never dropped in silence.
     ignored: tuple[str, ...] = ()
+    # Every column the format would not read, meaningful or not: named wherever a
+    # detection is shown, and never "sure" while there is one.
+    unused: tuple[str, ...] = ()
 
 
 # Column names that carry meaning no format here reads beside the ones it uses: a file
 # with one left over is not trained as if it were absent.
 MEANINGFUL = {"label": "KTO labels (desirable or not)", "kto_tag": "KTO labels",
               "tools": "tool definitions", "images": "images", "image": "images",
-              "videos": "videos", "video": "videos", "audios": "audio", "audio": "audio"}
+              "videos": "videos", "video": "videos", "audios": "audio", "audio": "audio",
+              "chosen": "preferred replies", "rejected": "dispreferred replies",
+              "score": "scores", "reward": "scores"}
+# Media the studio cannot train on yet: refused with that reason, never stripped.
+MEDIA = {"images": "image", "image": "image", "videos": "video", "video": "video",
+         "audios": "audio", "audio": "audio"}
+_SUGGEST = {"label": "kto", "kto_tag": "kto", "chosen": "pairwise", "rejected": "pairwise"}
 
 
 # Look-alike column names, most likely first. Exact canonical names are confident.
@@ -87,18 +99,37 @@ _ALIASES = {
 
 def detect_format(columns: list[str]) -> Detection:
     found = _detect(columns)
-    used = set(found.columns.values())
-    ignored = tuple(c for c in columns if c.lower() in MEANINGFUL and c not in used)
-    if not ignored or found.format is None:
+    if found.format is None:
         return found
-    note = f"{found.note}; " if found.note else ""
-    return Detection(found.format, found.columns, False,
-                     note + left_unused(found.format, ignored), ignored)
+    used = set(found.columns.values())
+    unused = tuple(c for c in columns if c not in used)
+    ignored = tuple(c for c in unused if c.lower() in MEANINGFUL)
+    if not unused:
+        return found
+    notes = [found.note] if found.note else []
+    if ignored:
+        notes.append(left_unused(found.format, ignored))
+    if rest := [c for c in unused if c not in ignored]:
+        notes.append(f"column {', '.join(map(repr, rest))} would not be used")
+    return Detection(found.format, found.columns, False, "; ".join(notes), ignored, unused)
 
 
 def left_unused(fmt: str, ignored: tuple[str, ...]) -> str:
     what = ", ".join(f"{c!r} ({MEANINGFUL[c.lower()]})" for c in ignored)
-    return f"the {fmt} format would leave {what} unused"
+    fits = sorted({_SUGGEST[c.lower()] for c in ignored if c.lower() in _SUGGEST} - {fmt})
+    hint = f" (the {' or '.join(fits)} format reads them)" if fits else ""
+    return f"the {fmt} format would leave {what} unused{hint}"
+
+
+def media_problem(columns: tuple[str, ...] | list[str]) -> str | None:
+    """Why a file with media columns cannot be trained, or None."""
+    kinds = dict.fromkeys(MEDIA[c.lower()] for c in columns if c.lower() in MEDIA)
+    if not kinds:
+        return None
+    first = next(iter(kinds))
+    return (f"this dataset has {' and '.join(k + 's' for k in kinds)} (column "
+            f"{', '.join(repr(c) for c in columns if c.lower() in MEDIA)}); {first} "
+            "fine-tuning is not supported yet")
 
 
 def _detect(columns: list[str]) -> Detection:
@@ -147,21 +178,31 @@ def _detect(columns: list[str]) -> Detection:
 
 
 def _detect_preference(find: Any, extra: dict[str, str]) -> Detection | None:
-    """pairwise (chosen + rejected) and kto (completion + label) before the others: their
-    prompt and completion columns look like alpaca's instruction and answer."""
-    prompt = find("prompt", "instruction", "question", "query", "messages", "conversation")
+    """pairwise (chosen + rejected) and kto (a label) before the others: their prompt and
+    completion columns look like alpaca's instruction and answer, and their conversation
+    columns like chat data."""
+    prompt = find("prompt", "instruction", "messages", "conversations", "question", "query",
+                  "conversation")
+    exact = prompt is not None and prompt == find("prompt", "instruction", "messages",
+                                                  "conversations")
     more = {k: c for k in ("input", "history") if (c := find(*_ALIASES[k]))}
-    if (chosen := find("chosen")) and (rejected := find("rejected")):
+    guess = "" if exact else f"guessed {prompt!r} as the prompt"
+    chosen, rejected = find("chosen", "chosen_messages"), find("rejected", "rejected_messages")
+    if chosen and rejected:
+        pair = {"chosen": chosen, "rejected": rejected}
         if prompt is None:
-            return Detection("pairwise", {"chosen": chosen, "rejected": rejected}, False,
-                             "has chosen and rejected but no prompt column; map one")
-        cols = {"prompt": prompt, **more, **extra, "chosen": chosen, "rejected": rejected}
-        return Detection("pairwise", cols, prompt == find("prompt"),
-                         "" if prompt == find("prompt") else f"guessed {prompt!r} as the prompt")
-    if (label := find("label")) and (completion := find("completion")) and prompt:
-        cols = {"prompt": prompt, **more, **extra, "completion": completion, "label": label}
-        return Detection("kto", cols, prompt == find("prompt"),
-                         "" if prompt == find("prompt") else f"guessed {prompt!r} as the prompt")
+            return Detection("pairwise", pair, True, "")  # the replies hold the prompt
+        return Detection("pairwise", {"prompt": prompt, **more, **extra, **pair}, exact, guess)
+    label = find("label", "kto_tag")
+    if label and prompt:
+        cols = {"prompt": prompt, **more, **extra, "label": label}
+        if completion := find("completion"):
+            return Detection("kto", {**cols, "completion": completion}, exact, guess)
+        if answer := find("output", "response", "answer"):
+            return Detection("kto", {**cols, "completion": answer}, False,
+                             f"guessed {answer!r} as the reply that {label!r} judges")
+        if prompt == find("messages", "conversations"):  # the last turn is the reply
+            return Detection("kto", cols, True, "")
     return None
 
 
@@ -249,17 +290,76 @@ def _preference_example(
     row: Mapping[str, Any], fmt: str, cols: dict[str, str], fail: Any, text: Any,
     placeholders: Mapping[str, str] | None,
 ) -> dict[str, Any]:
-    prompt = _preference_prompt(row, cols, fail, text, placeholders)
     if fmt == "kto":
-        return {"prompt": prompt,
-                "completion": _reply(row.get(cols["completion"]), "completion", fail, placeholders),
-                "label": _label(row.get(cols["label"]), fail)}
-    chosen = _reply(row.get(cols["chosen"]), "chosen", fail, placeholders)
-    rejected = _reply(row.get(cols["rejected"]), "rejected", fail, placeholders)
+        label = _label(row.get(cols["label"]), fail)
+        if _absent(row.get(cols["completion"])):
+            prompt, completion = _last_reply(row, cols, fail, placeholders)
+        else:
+            prompt = _preference_prompt(row, cols, fail, text, placeholders)
+            completion = _reply(row.get(cols["completion"]), "completion", fail, placeholders)
+        return {"prompt": prompt, "completion": completion, "label": label}
+    chosen = _reply(row.get(cols["chosen"]), "chosen", fail, placeholders, whole=True)
+    rejected = _reply(row.get(cols["rejected"]), "rejected", fail, placeholders, whole=True)
+    if _absent(row.get(cols["prompt"])):
+        if len(chosen) == 1:
+            raise fail("prompt", "empty; every row needs a non-empty prompt (or chosen and "
+                       "rejected as whole conversations that hold it)")
+        prompt, chosen, rejected = _implicit_prompt(chosen, rejected, fail)
+    else:
+        prompt = _preference_prompt(row, cols, fail, text, placeholders)
+        for key, reply in (("chosen", chosen), ("rejected", rejected)):
+            if len(reply) != 1 or reply[0]["role"] != "assistant":
+                raise fail(key, "expected the reply as text or as one assistant message "
+                           "(the conversation before it goes in the prompt)")
     if chosen[0]["content"].strip() == rejected[0]["content"].strip():
         raise fail("rejected", "the same as the chosen reply; a pair must differ to teach a "
                    "preference")
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _absent(value: Any) -> bool:
+    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+
+
+def _last_reply(row: Mapping[str, Any], cols: dict[str, str], fail: Any,
+                placeholders: Mapping[str, str] | None) -> tuple[list[dict], list[dict]]:
+    """LLaMA-Factory's KTO rows: one conversation whose last turn is the reply judged."""
+    value = _json_cell(row.get(cols["prompt"]), "prompt", fail)
+    messages = _message_list(value, lambda r: fail("prompt", r), placeholders) \
+        if isinstance(value, list) else []
+    if not messages or messages[-1]["role"] != "assistant":
+        raise fail("completion", "no completion: give the reply the label judges in a "
+                   "completion column, or the prompt as a conversation ending with it")
+    prompt, reply = messages[:-1], messages[-1:]
+    problem = _turn_problem(messages)
+    if problem:
+        raise fail("prompt", problem)
+    return prompt, reply
+
+
+def _implicit_prompt(chosen: list[dict], rejected: list[dict],
+                     fail: Any) -> tuple[list[dict], list[dict], list[dict]]:
+    """TRL's implicit prompt: chosen and rejected are whole conversations that share
+    everything but their last (assistant) turn."""
+    for key, conv in (("chosen", chosen), ("rejected", rejected)):
+        if len(conv) < 2 or conv[-1]["role"] != "assistant":
+            raise fail(key, "with no prompt column, chosen and rejected must be whole "
+                       "conversations ending with the assistant reply (or add a prompt "
+                       "column)")
+        problem = _turn_problem(conv)
+        if problem:
+            raise fail(key, problem)
+    if chosen[:-1] != rejected[:-1]:
+        raise fail("rejected", "with no prompt column, chosen and rejected must be the same "
+                   "conversation up to their last reply")
+    return chosen[:-1], chosen[-1:], rejected[-1:]
+
+
+def _json_cell(value: Any, key: str, fail: Any) -> Any:
+    try:
+        return _maybe_json(value)
+    except ValueError as exc:
+        raise fail(key, str(exc)) from None
 
 
 def _preference_prompt(row: Mapping[str, Any], cols: dict[str, str], fail: Any, text: Any,
@@ -290,16 +390,17 @@ def _preference_prompt(row: Mapping[str, Any], cols: dict[str, str], fail: Any, 
     return messages
 
 
-def _reply(value: Any, key: str, fail: Any,
-           placeholders: Mapping[str, str] | None) -> list[dict]:
-    """A reply as a one-message list; given as text or as one assistant message."""
-    try:
-        value = _maybe_json(value)
-    except ValueError as exc:
-        raise fail(key, str(exc)) from None
+def _reply(value: Any, key: str, fail: Any, placeholders: Mapping[str, str] | None,
+           whole: bool = False) -> list[dict]:
+    """A reply as a message list: text, one message object (LLaMA-Factory's sharegpt
+    pairs) or a list of messages (TRL's conversational shape: one assistant message, or
+    with `whole` a conversation for an implicit prompt)."""
+    value = _json_cell(value, key, fail)
+    if isinstance(value, Mapping):
+        value = [value]
     if isinstance(value, list):
         msgs = _message_list(value, lambda r: fail(key, r), placeholders)
-        if len(msgs) != 1 or msgs[0]["role"] != "assistant":
+        if not whole and (len(msgs) != 1 or msgs[0]["role"] != "assistant"):
             raise fail(key, "expected the reply as text or as one assistant message")
         return msgs
     try:
@@ -401,15 +502,38 @@ def _message_list(value: Any, fail: Any, placeholders: Mapping[str, str] | None)
             role = ROLES[role.lower()]
         else:
             raise fail(f"message {i} has role {role!r}; expected user, assistant or system")
-        if isinstance(content, list):  # OpenAI-style parts: keep the text ones
-            content = "".join(
-                p.get("text", "") for p in content if isinstance(p, Mapping)
-                and p.get("type", "text") == "text"
-            )
+        if isinstance(content, list):
+            content = _parts_text(content, i, fail)
         if not isinstance(content, str) or not content.strip():
             raise fail(f"message {i} ({role}) has no text; every message needs content")
         out.append({"role": role, "content": _fill(content, placeholders)})
     return out
+
+
+# Part types that carry media (OpenAI's chat parts, LLaMA-Factory v1's, Anthropic's).
+_MEDIA_PARTS = {"image": "image", "image_url": "image", "input_image": "image",
+                "video": "video", "video_url": "video", "audio": "audio",
+                "input_audio": "audio", "audio_url": "audio", "file": "file"}
+
+
+def _parts_text(parts: list[Any], i: int, fail: Any) -> str:
+    """A content given as parts ({"type": "text", "text": ...} as OpenAI writes it,
+    {"type": "text", "value": ...} as LLaMA-Factory's v1 files do) as its joined text;
+    a media part is refused, never stripped."""
+    out = []
+    for j, part in enumerate(parts, 1):
+        kind = part.get("type", "text") if isinstance(part, Mapping) else None
+        if kind in _MEDIA_PARTS:
+            media = _MEDIA_PARTS[kind]
+            raise fail(f"message {i}, part {j} is {'an' if media[0] in 'aeiou' else 'a'} "
+                       f"{media}; this dataset has {media}s; {media} fine-tuning is not "
+                       "supported yet")
+        text = part.get("text", part.get("value")) if kind == "text" else None
+        if not isinstance(text, str):
+            raise fail(f"message {i}, part {j} is not a text part ({{\"type\": \"text\", "
+                       f"\"text\": ...}}): {_short(part)}")
+        out.append(text)
+    return "".join(out)
 
 
 def _turn_problem(messages: list[dict]) -> str | None:

@@ -18,12 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from core.data.errors import DataError, display_path
-from core.data.formats import FORMATS, detect_format, left_unused, validate_file
+from core.data.formats import (
+    FORMATS,
+    detect_format,
+    left_unused,
+    media_problem,
+    validate_file,
+)
 from core.data.reader import SUFFIXES, scan
 from core.fsutil import atomic_write_text, copy_whole, disk_full, is_disk_full
 from core.paths import data_dir
 
 INFO_FILE = "dataset_info.json"
+# Keys of LLaMA-Factory's dataset_info.json entries (its data/README.md).
+FOREIGN_KEYS = ("file_name", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url",
+                "cloud_file_name", "formatting", "columns", "tags", "ranking")
 # No dots or slashes: a name can then never be mistaken for a path, or escape data_dir().
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -44,63 +53,102 @@ def info_path() -> Path:
     return data_dir() / INFO_FILE
 
 
-def load_info() -> dict[str, dict[str, Any]]:
-    """The registry; a DataError saying what is wrong and what to do when the file is not
-    valid (bad JSON, not UTF-8, not an object of entries, an entry without file/format)."""
+@dataclass
+class Registry:
+    """What dataset_info.json holds. `entries` are the usable ones; every other entry
+    (another tool's, such as LLaMA-Factory's, or one missing its file or format) is kept
+    as written in `raw` and said in `problems`, so that one bad entry never hides the
+    rest nor stops a run given a file path. `broken` is why the file as a whole cannot
+    be read (then nothing may be written over it)."""
+
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)  # entry name -> why
+    broken: DataError | None = None
+
+
+def _broken(reason: str) -> DataError:
+    shown = display_path(info_path())
+    return DataError(f"{reason}. The dataset registry cannot be read: fix or delete "
+                     f"{shown} (deleting it forgets the registered names, not the files; "
+                     "`python data/make_bundled.py` registers the bundled ones again)",
+                     file=info_path())
+
+
+def read_registry() -> Registry:
+    """The registry, never raising: a file that cannot be read at all is `broken`, an
+    entry that is not the studio's is a problem of its own."""
     path = info_path()
     if not path.is_file():
-        return {}
-
-    def broken(reason: str) -> DataError:
-        shown = display_path(path)
-        return DataError(f"{reason}. The dataset registry cannot be read: fix or delete "
-                         f"{shown} (deleting it forgets the registered names, not the files; "
-                         "`python data/make_bundled.py` registers the bundled ones again)",
-                         file=path)
-
+        return Registry()
     try:
         info = json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise broken(f"byte {exc.start} is not UTF-8 text") from None
+        return Registry(broken=_broken(f"byte {exc.start} is not UTF-8 text"))
     except json.JSONDecodeError as exc:
-        raise broken(f"line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg})") \
-            from None
+        return Registry(broken=_broken(
+            f"line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg})"))
     except OSError as exc:
-        raise broken(f"cannot be read ({exc.strerror})") from None
+        return Registry(broken=_broken(f"cannot be read ({exc.strerror})"))
     if not isinstance(info, dict):
-        raise broken("expected an object of name: entry, found "
-                     f"{type(info).__name__.replace('dict', 'object')}")
+        found = type(info).__name__.replace("dict", "object")
+        return Registry(broken=_broken(f"expected an object of name: entry, found {found}"))
+    reg = Registry(raw=info)
     for name, entry in info.items():
-        if not isinstance(entry, dict):
-            raise broken(f"entry {name!r} is not an object")
-        if not isinstance(entry.get("file"), str) or not entry["file"]:
-            raise broken(f"entry {name!r} has no 'file'")
-        if entry.get("format") not in FORMATS:
-            raise broken(f"entry {name!r} has format {entry.get('format')!r}; expected one "
-                         f"of {', '.join(FORMATS)}")
-    return info
+        problem = entry_problem(name, entry)
+        if problem:
+            reg.problems[name] = problem
+        else:
+            reg.entries[name] = entry
+    return reg
+
+
+def entry_problem(name: str, entry: Any) -> str | None:
+    """Why one registry entry cannot be used, or None."""
+    where = display_path(info_path())
+    if not isinstance(entry, dict):
+        return f"{where}: entry {name!r} is not an object; it is skipped"
+    if "file" not in entry and any(k in entry for k in FOREIGN_KEYS):
+        return (f"{where}: entry {name!r} is written the LLaMA-Factory way "
+                f"({', '.join(k for k in FOREIGN_KEYS if k in entry)}); it is skipped. "
+                "`peft-studio data import FOLDER` (or the Data tab's LLaMA-Factory import) "
+                "registers such entries")
+    if not isinstance(entry.get("file"), str) or not entry["file"]:
+        return f"{where}: entry {name!r} has no 'file'; it is skipped"
+    if entry.get("format") not in FORMATS:
+        return (f"{where}: entry {name!r} has format {entry.get('format')!r}; expected one "
+                f"of {', '.join(FORMATS)}; it is skipped")
+    return None
+
+
+def load_info() -> dict[str, dict[str, Any]]:
+    """The usable entries; a DataError saying what is wrong and what to do when the file
+    as a whole cannot be read (bad JSON, not UTF-8, not an object of entries). Entries
+    that are not usable are left out here and said by `registry_problems`."""
+    reg = read_registry()
+    if reg.broken:
+        raise reg.broken
+    return reg.entries
+
+
+def registry_problems() -> list[str]:
+    """Everything wrong with the registry, one line each: shown beside the dataset list,
+    never stopping a run that does not use the entries concerned."""
+    reg = read_registry()
+    return [str(reg.broken)] if reg.broken else list(reg.problems.values())
 
 
 def info_problem() -> str | None:
-    """Why the registry cannot be read, or None: for lists shown when the app starts,
-    which must show this message instead of failing."""
-    try:
-        load_info()
-    except DataError as exc:
-        return str(exc)
-    return None
+    """The registry's problems as one text, or None."""
+    return "\n".join(registry_problems()) or None
 
 
 def test_sets() -> dict[str, str]:
     """Registered test splits: {test dataset name: the dataset it is the test split of}.
-    None while the registry is unreadable (the error is shown where a dataset is read)."""
-    try:
-        info = load_info()
-    except DataError:
-        return {}
+    None from entries that cannot be read (the Data tab lists why)."""
     return {
         name: entry.get("test_of", "")
-        for name, entry in info.items()
+        for name, entry in read_registry().entries.items()
         if entry.get("split") == "test"
     }
 
@@ -117,18 +165,24 @@ def name_problem(name: Any) -> str | None:
 
 
 def resolve(name_or_path: str) -> DatasetEntry:
-    """A registered name, or a path to a file whose format is detected from its columns."""
-    info = load_info()
-    if name_or_path in info:
-        return _entry(name_or_path, info[name_or_path])
+    """A registered name, or a path to a file whose format is detected from its columns.
+    The registry is read only for names: a file path works whatever state it is in."""
+    reg = read_registry()
+    if name_or_path in reg.entries:
+        return _entry(name_or_path, reg.entries[name_or_path])
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return _detected(path)
+    if name_or_path in reg.problems:
+        raise DataError(f"dataset {name_or_path!r} cannot be used: "
+                        f"{reg.problems[name_or_path]}")
     if path.suffix.lower() in SUFFIXES or "/" in name_or_path or os.sep in name_or_path:
         raise DataError("file not found", file=name_or_path)
+    if reg.broken:
+        raise reg.broken
     raise DataError(
         f"unknown dataset {name_or_path!r}; registered datasets: "
-        f"{', '.join(sorted(info)) or 'none'} (or give a path to a "
+        f"{', '.join(sorted(reg.entries)) or 'none'} (or give a path to a "
         f"{'/'.join(s[1:] for s in SUFFIXES)} file)"
     )
 
@@ -156,6 +210,9 @@ def _detected(path: Path) -> DatasetEntry:
     found = detect_format(scan(path, 0, 0).columns)
     if found.format is None:
         raise DataError(f"cannot tell the format from its columns: {found.note}", file=path)
+    media = media_problem(found.ignored)
+    if media:
+        raise DataError(media, file=path)
     if found.ignored:
         raise DataError(f"{left_unused(found.format, found.ignored)}, and nothing is trained "
                         "with part of its data dropped; remove those columns to train on the "
@@ -183,7 +240,11 @@ def register(
         raise DataError(problem)
     src = Path(file).expanduser().resolve()
     with _locked():
-        info = load_info()
+        reg = read_registry()
+        if reg.broken:
+            raise reg.broken
+        # Entries the studio cannot use (another tool's) are written back as they were.
+        info = {n: e for n, e in reg.raw.items() if isinstance(e, dict)}
         if name in info and not overwrite:
             raise DataError(f"a dataset named {name!r} already exists; choose another name")
         problems = validate_file(src, format, columns)
@@ -216,7 +277,7 @@ def register(
         if test_of:
             entry["test_of"] = test_of
         try:
-            _write_info({**info, name: entry})
+            _write_info({**reg.raw, name: entry})
         except OSError as exc:
             if copied and name not in info:
                 target.unlink(missing_ok=True)
@@ -250,22 +311,19 @@ def _locked() -> Iterator[None]:
 
 
 def dataset_problems(names: list[str]) -> list[str]:
-    """Datasets that are neither registered nor an existing file: said before a run
-    starts, rather than by the trainer a minute later."""
-    try:
-        known = load_info()
-    except DataError as exc:
-        return [f"dataset: {info_path()}: {exc}"]
+    """Datasets that are neither registered nor an existing file, or whose file cannot
+    be read: said before a run starts, rather than by the trainer a minute later. The
+    registry's own problems stop only the runs that name an entry concerned."""
+    reg = read_registry()
     problems = []
     for name in names:
         path = Path(name).expanduser()
-        if name in known:
-            continue
-        if not path.is_file():
+        if name not in reg.entries and name not in reg.problems and not path.is_file():
             what = "is a folder, not a file" if path.is_dir() else "no such file"
+            broken = f" ({reg.broken})" if reg.broken else ""
             problems.append(f"dataset: {name}: {what}, and no registered dataset has that "
                             "name; give a json/jsonl/csv/parquet/txt file or a name from "
-                            "data/dataset_info.json")
+                            f"data/dataset_info.json{broken}")
             continue
         try:  # reads the file once: its format is detected from its columns
             resolve(name)

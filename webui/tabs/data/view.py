@@ -11,7 +11,7 @@ import pandas as pd
 
 from core.data.formats import DataError
 from core.data.reader import scan
-from core.data.registry import load_info, resolve
+from core.data.registry import load_info, read_registry, resolve
 from core.jobs.plots import length_histogram
 from core.schema.config import SETTINGS
 from webui import probe
@@ -28,13 +28,14 @@ LISTING_COLUMNS = ["name", "format", "file", "split", "description"]
 def table() -> pd.DataFrame:
     """The registered datasets; while the registry is unreadable, one row saying why and
     what to do (the app still starts, see core.data.registry.load_info)."""
-    try:
-        info = load_info()
-    except DataError as exc:
-        return pd.DataFrame([["✗ registry unreadable", "", "", "", str(exc)]],
+    reg = read_registry()
+    if reg.broken:
+        return pd.DataFrame([["✗ registry unreadable", "", "", "", str(reg.broken)]],
                             columns=LISTING_COLUMNS)
     rows = [[name, e.get("format", ""), e.get("file", ""), e.get("split", "train"),
-             e.get("description", "")] for name, e in info.items()]
+             e.get("description", "")] for name, e in reg.entries.items()]
+    # Entries it cannot use (another tool's) are listed with why, not hidden.
+    rows += [[f"✗ {name}", "", "", "", why] for name, why in reg.problems.items()]
     return pd.DataFrame(rows, columns=LISTING_COLUMNS)
 
 

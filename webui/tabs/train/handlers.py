@@ -53,12 +53,13 @@ def start(values: dict[str, Any], lang: str = "en") -> Started:
         cfg = to_config(values)
     except ConfigError as exc:
         return Started(None, problems_markdown(exc, lang))
-    from core.data.registry import info_problem
+    from core.data.registry import dataset_problems
 
-    # Said here rather than by a trainer that starts and fails (as the CLI does).
-    problem = info_problem()
-    if problem:
-        return Started(None, BUSY(lang, error=problem))
+    # Said here rather than by a trainer that starts and fails (as the CLI does); the
+    # registry's own problems only where the run names an entry concerned.
+    missing = dataset_problems(cfg.dataset)
+    if missing:
+        return Started(None, problems_markdown(ConfigError(missing), lang))
     from core import distributed
 
     try:
