@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from core.chat import engine as chat
+from core.cli import data as data_cli
 from core.data.registry import dataset_problems
 from core.evaluate import job as evaluate
 from core.export import job as export
@@ -31,17 +32,14 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
-    from core.data.registry import info_problem
-
-    # Every dataset, even a path, is looked up in the registry first: say so now, in one
-    # line, rather than after a trainer has started and failed.
-    problem = info_problem()
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
     missing = dataset_problems(cfg.dataset)
     if missing:
         print(f"error: {ConfigError(missing)}", file=sys.stderr)
+        return 2
+    # Every row checked before a run folder exists: a bad file leaves no failed run.
+    bad = data_cli.check_before_training(cfg.dataset, cfg.stage)
+    if bad:
+        print("\n".join(["error: a dataset cannot train as it is", *bad]), file=sys.stderr)
         return 2
     try:
         run_dir = runner.start(cfg)
@@ -203,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for job in (chat, evaluate, export):  # their subcommands live beside the job
         job.add_command(sub)
+    data_cli.add_command(sub)
     return parser
 
 
