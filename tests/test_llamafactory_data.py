@@ -239,3 +239,18 @@ def test_data_check_lists_every_bad_row_and_train_leaves_no_failed_run(tmp_path,
     assert "row 26" not in err and "row 21" in err and not list(saves.iterdir())
     good = write(tmp_path / "good.json", rows[:1])
     assert main(["data", "check", str(good), "--stage", "sft"]) == 0
+
+
+def test_the_data_tab_imports_a_folder_under_data_only(data, tmp_path):
+    from webui.tabs.data import upload
+
+    shutil.copytree(FIXTURES, data / "llamafactory")
+    done = upload.import_folder("llamafactory")
+    assert done.ok and done.message.startswith("7 of 12 entries registered")
+    assert "- ✓ registered as kto_en_demo (kto, 4 rows)" in done.message
+    assert "- ✗ skipped mllm_demo: this dataset has images" in done.message
+    assert registry.resolve("kto_en_demo").format == "kto"
+    for outside in (str(FIXTURES), "../", str(tmp_path)):
+        refused = upload.import_folder(outside)
+        assert not refused.ok and "outside" in refused.message, outside
+    assert "no folder" in upload.import_folder("nope").message

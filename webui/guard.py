@@ -147,6 +147,22 @@ def browser_dataset_problem(name: str) -> str | None:
             "(peft-studio train --dataset PATH)")
 
 
+def browser_folder(folder: str) -> Path:
+    """A folder a browser names for an import: only data/ or a folder inside it (put
+    there by whoever runs the server); any other path would let a page read any file
+    the server can. Raises ValueError saying so."""
+    root = data_dir().resolve()
+    path = Path(str(folder or "").strip() or root).expanduser()
+    full = (path if path.is_absolute() else root / path).resolve()
+    if full != root and root not in full.parents:
+        raise ValueError(f"{str(folder)[:80]!r} is outside {root}; the browser imports only "
+                         "folders under data/ (copy the folder there, or use `peft-studio "
+                         "data import FOLDER` from a terminal)")
+    if not full.is_dir():
+        raise ValueError(f"no folder {full}")
+    return full
+
+
 def existing_run(name: str) -> Path:
     """The folder of a run a tab shows, always one in saves/ (the CLI may name any path,
     the browser only runs here); if it was deleted meanwhile, say so plainly."""

@@ -42,6 +42,7 @@ def build(shared: Shared) -> None:
                                    column_widths=["17%", "10%", "20%", "9%", "44%"])
         with gr.Column(scale=2):
             up = _uploader(shared)
+            _importer(shared)
     # Full width: rows of instruction data are long, and half a page hid all but the
     # first column.
     browse, page_no, caption, rows = _browser(shared)
@@ -216,6 +217,29 @@ def _role_updates(fmt: str | None, columns: list[str], detected: dict[str, str])
         out.append(gr.update(visible=True, choices=choices, value=value,
                              label=f"{role} column{label_note}"))
     return out
+
+
+def _importer(shared: Shared) -> None:
+    i18n = shared.i18n
+    title = "Import a LLaMA-Factory data folder"
+    with i18n.add(gr.Accordion(title, open=False), title, "导入 LLaMA-Factory 数据文件夹"):
+        hint = ("A folder under data/ holding LLaMA-Factory's dataset_info.json and its files "
+                "(empty: data/ itself). Every entry the studio can train is registered; the "
+                "others are listed with why.")
+        i18n.add(gr.Markdown(hint), hint, "data/ 下存放 LLaMA-Factory 的 dataset_info.json "
+                 "及其文件的文件夹（留空：data/ 本身）。可训练的条目都会注册，其余条目列出原因。")
+        with gr.Row():
+            folder = i18n.add(gr.Textbox(label="Folder under data/", scale=3,
+                                         elem_id="lf-import-folder"),
+                              "Folder under data/", "data/ 下的文件夹")
+            go = i18n.add(gr.Button("Import", scale=1), "Import", "导入")
+        result = gr.Markdown()
+
+    def on_import(path: str, version: int) -> list[Any]:
+        done = upload.import_folder(path)
+        return [done.message, version + 1 if done.ok else gr.skip()]
+
+    go.click(on_import, [folder, shared.datasets_changed], [result, shared.datasets_changed])
 
 
 # -- what the model sees -------------------------------------------------------------------

@@ -158,3 +158,20 @@ def cell_text(value: Any, limit: int = 300) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False,
                                                             default=str)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def import_folder(folder: str) -> Registration:
+    """The Data tab's LLaMA-Factory import: a folder under data/ holding their
+    dataset_info.json; one line per entry, as `peft-studio data import` prints them."""
+    from core.data.importer import import_llamafactory
+    from webui import guard
+
+    try:
+        outcomes = import_llamafactory(guard.browser_folder(folder))
+    except (ValueError, DataError) as exc:
+        return Registration(False, f"✗ Not imported: {exc}")
+    except DiskFull as exc:
+        return Registration(False, f"✗ Not imported: {exc}")
+    done = sum(o.name is not None for o in outcomes)
+    lines = "\n".join(f"- {'✓' if o.name else '✗'} {o.line}" for o in outcomes)
+    return Registration(done > 0, f"{done} of {len(outcomes)} entries registered:\n\n{lines}")
