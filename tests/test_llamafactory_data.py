@@ -254,3 +254,20 @@ def test_the_data_tab_imports_a_folder_under_data_only(data, tmp_path):
         refused = upload.import_folder(outside)
         assert not refused.ok and "outside" in refused.message, outside
     assert "no folder" in upload.import_folder("nope").message
+
+
+def test_registering_a_format_that_drops_a_meaningful_column_is_refused(data, tmp_path):
+    """Chosen by hand in the Data tab, a format that would read past the images or the
+    labels is refused too; an empty such column is no data and does not count."""
+    from webui.tabs.data import upload
+
+    done = upload.register_upload(FIXTURES / "mllm_demo.json", "pics", "messages",
+                                  {"messages": "messages"})
+    assert not done.ok and "image fine-tuning is not supported yet" in done.message
+    labelled = write(tmp_path / "l.json", [{"text": "a", "label": "spam"}])
+    with pytest.raises(DataError, match="'label' .* unused .*the kto format reads them"):
+        registry.register("labelled", labelled, "text")
+    assert "pics" not in registry.load_info() and "labelled" not in registry.load_info()
+    empty = write(tmp_path / "e.json", [{"messages": [U, A], "images": []}])
+    registry.register("no_pictures", empty, "messages")
+    assert registry.resolve("no_pictures").format == "messages"

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.data.errors import DataError
-from core.data.formats import column_map, detect_format, left_unused, media_problem, validate_file
+from core.data.formats import column_map, detect_format, validate_file
 from core.data.reader import scan
 from core.data.registry import read_registry, resolve
 from core.stages import format_problem
@@ -81,17 +81,11 @@ def check_dataset(dataset: str, stage: str | None = None) -> Report:
 
 
 def _detected(report: Report, path: Path) -> dict[str, str]:
-    """The detected format of an unregistered file; a column it would leave unused that
-    carries meaning (a label, media) is a problem, not something to drop."""
+    """The detected format of an unregistered file (a column it would leave unused that
+    carries meaning, a label or media, is a problem of validate_file's)."""
     found = detect_format(scan(path, 0, 0).columns)
     report.format, report.note, report.unused = found.format, found.note, list(found.unused)
     if found.format is None:
         report.problems.append(DataError(f"cannot tell the format from its columns: "
                                          f"{found.note}", file=path))
-    elif media := media_problem(found.ignored):
-        report.problems.append(DataError(media, file=path))
-    elif found.ignored:
-        report.problems.append(DataError(
-            f"{left_unused(found.format, found.ignored)}; register it with a column mapping "
-            "that uses them, or remove them", file=path))
     return found.columns

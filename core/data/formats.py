@@ -561,10 +561,13 @@ def validate_file(
         cols = column_map(fmt, columns)
         declared, rows = open_rows(path)
         present = dict.fromkeys(declared or [])
+        meaningful: set[str] = set()  # such columns with a value in some row
         count = 0
         for count, row in enumerate(rows, 1):
             if declared is None:
                 present.update(dict.fromkeys(row))
+            meaningful.update(c for c, v in row.items()
+                              if c.lower() in MEANINGFUL and v not in (None, "", [], {}))
             try:
                 to_example(row, fmt, cols, file=path, row_number=count)
             except DataError as exc:
@@ -575,4 +578,17 @@ def validate_file(
         check_columns(fmt, columns, list(present), path)
     except DataError as exc:
         return [exc]
-    return problems
+    dropped = tuple(c for c in present if c in meaningful and c not in cols.values())
+    return [*_dropped_problems(fmt, dropped, path), *problems]
+
+
+def _dropped_problems(fmt: str, dropped: tuple[str, ...], path: str | Path) -> list[DataError]:
+    """A column that carries meaning, filled in the file, which the format would not read:
+    the file is not trained as if it were absent."""
+    if not dropped:
+        return []
+    media = media_problem(dropped)
+    if media:
+        return [DataError(media, file=path)]
+    return [DataError(f"{left_unused(fmt, dropped)}; map it, choose the format that reads "
+                      "it, or remove it from the file", file=path)]
