@@ -271,3 +271,18 @@ def test_registering_a_format_that_drops_a_meaningful_column_is_refused(data, tm
     empty = write(tmp_path / "e.json", [{"messages": [U, A], "images": []}])
     registry.register("no_pictures", empty, "messages")
     assert registry.resolve("no_pictures").format == "messages"
+
+
+def test_a_txt_file_is_one_document_per_paragraph_or_per_line_as_chosen(data, tmp_path):
+    from webui.tabs.data import upload
+
+    txt = tmp_path / "notes.txt"
+    txt.write_text("first line\nsecond line\n\nthird\u2028same line\n", encoding="utf-8")
+    assert upload.inspect_upload(txt).rows == 2
+    seen = upload.inspect_upload(txt, "line")
+    assert (seen.format, seen.rows) == ("text", 3)
+    assert upload.register_upload(txt, "notes", "text", {"text": "text"}, "line").ok
+    assert [e["text"] for e in load_one("notes", None)] == [
+        "first line", "second line", "third\u2028same line"]
+    assert registry.load_info()["notes"]["text_split"] == "line"
+    assert check_dataset("notes", "pt").rows == 3

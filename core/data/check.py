@@ -61,12 +61,13 @@ def check_dataset(dataset: str, stage: str | None = None) -> Report:
         if dataset in reg.entries or not path.is_file():
             entry = resolve(dataset)  # a name: its registered format and columns
             report.file, report.format, mapping = entry.path, entry.format, entry.columns
+            split = entry.text_split
         else:
-            report.file = path
+            report.file, split = path, "paragraph"
             mapping = _detected(report, path)
             if report.format is None:
                 return report
-        found = scan(report.file, 0, 0)
+        found = scan(report.file, 0, 0, split)
     except DataError as exc:
         report.problems.append(exc)
         return report
@@ -74,7 +75,7 @@ def check_dataset(dataset: str, stage: str | None = None) -> Report:
     used = set(column_map(report.format, mapping).values())
     report.unused = report.unused or [c for c in found.columns if c not in used]
     if not report.problems:
-        report.problems = validate_file(report.file, report.format, mapping)
+        report.problems = validate_file(report.file, report.format, mapping, split)
     if stage:
         report.stage_problem = format_problem(stage, dataset, report.format)
     return report

@@ -552,14 +552,15 @@ def _turn_problem(messages: list[dict]) -> str | None:
 
 
 def validate_file(
-    path: str | Path, fmt: str, columns: Mapping[str, str] | None = None
+    path: str | Path, fmt: str, columns: Mapping[str, str] | None = None,
+    text_split: str = "paragraph",
 ) -> list[DataError]:
     """Every problem in a file, one DataError per bad row (empty list: the file is fine).
     Rows are checked as they are read, so a big file is never all in memory."""
     problems = []
     try:
         cols = column_map(fmt, columns)
-        declared, rows = open_rows(path)
+        declared, rows = open_rows(path, text_split)
         present = dict.fromkeys(declared or [])
         meaningful: set[str] = set()  # such columns with a value in some row
         count = 0

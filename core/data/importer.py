@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,14 +64,12 @@ def _import_one(folder: Path, name: str, entry: Any) -> Outcome:
         in_place = folder == data_dir().resolve()
         target = _free_name(name, in_place)
         overwrite = in_place and target in read_registry().problems
-        with tempfile.TemporaryDirectory() as tmp:
-            if src.suffix.lower() == ".txt":
-                src = _lines_as_jsonl(src, Path(tmp) / f"{target}.jsonl")
-            register(target, src, fmt, columns or None, overwrite=overwrite,
-                     description=f"Imported from LLaMA-Factory's {display_path(folder)}/"
-                                 f"{INFO_FILE} (entry {name!r}).",
-                     split="test" if entry.get("split") == "test" else None)
-        rows = scan(data_dir() / read_registry().entries[target]["file"], 0, 0).total
+        register(target, src, fmt, columns or None, overwrite=overwrite,
+                 description=f"Imported from LLaMA-Factory's {display_path(folder)}/"
+                             f"{INFO_FILE} (entry {name!r}).",
+                 split="test" if entry.get("split") == "test" else None,
+                 text_split="line")  # LLaMA-Factory reads a .txt one document per line
+        rows = scan(data_dir() / read_registry().entries[target]["file"], 0, 0, "line").total
     except DataError as exc:
         return Outcome(name, None, f"skipped {name}: {exc}")
     label = target if target == name else f"{name} as {target}"
@@ -169,15 +166,3 @@ def _free_name(name: str, in_place: bool) -> str:
         candidate, n = f"{stem}_{n}", n + 1
     return candidate
 
-
-def _lines_as_jsonl(src: Path, out: Path) -> Path:
-    """LLaMA-Factory reads a .txt file one document per line."""
-    try:
-        # Split on "\n" only: str.splitlines also splits at U+2028 inside a line.
-        lines = src.read_bytes().decode("utf-8-sig").split("\n")
-    except UnicodeDecodeError:
-        raise DataError("not UTF-8 text", file=src) from None
-    out.write_text("".join(json.dumps({"text": line}, ensure_ascii=False) + "\n"
-                           for line in (raw.rstrip("\r") for raw in lines) if line.strip()),
-                   encoding="utf-8")
-    return out

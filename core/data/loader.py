@@ -39,7 +39,7 @@ def load_for_stage(cfg: RunConfig) -> list[dict[str, Any]]:
 def load_one(name: str, cfg: RunConfig | Any, entry: Any = None) -> list[dict[str, Any]]:
     """One dataset's examples (`entry`: its registry entry, when already resolved)."""
     entry = entry or resolve(name)
-    rows, present = read_rows(entry.path)
+    rows, present = read_rows(entry.path, entry.text_split)
     if not rows:
         raise DataError("the file has no rows", file=entry.path)
     cols = check_columns(entry.format, entry.columns, present, entry.path)

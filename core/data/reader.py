@@ -15,7 +15,8 @@ file type:
 - parquet: the file's own column types. Strings stay exact; other types become text in
   core.data.formats (numbers as Python writes them, booleans "true"/"false", dates and
   times in ISO 8601, null "").
-- txt: one document per blank-line-separated paragraph.
+- txt: one document per blank-line-separated paragraph, or per line (`text_split="line"`,
+  LLaMA-Factory's rule); a registry entry says which.
 
 Text must be UTF-8 (a byte-order mark is allowed and dropped). Rows are produced lazily
 (`open_rows`, `scan`), so looking at a big file does not hold all of it in memory.
@@ -35,6 +36,7 @@ from core.data import jsontext
 from core.data.errors import DataError
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
+TEXT_SPLITS = ("paragraph", "line")  # how a .txt file is cut into documents
 UTF8_HINT = "save the file as UTF-8 (in a spreadsheet: \"CSV UTF-8\"; in an editor: " \
             "\"Save with encoding UTF-8\")"
 
@@ -49,9 +51,10 @@ def loads(text: str) -> Any:
     return _DECODER.decode(text)
 
 
-def read_rows(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+def read_rows(path: str | Path,
+              text_split: str = "paragraph") -> tuple[list[dict[str, Any]], list[str]]:
     """(rows, column names). Row i of the result is "row i+1" in error messages."""
-    declared, rows = open_rows(path)
+    declared, rows = open_rows(path, text_split)
     rows = list(rows)
     return rows, declared if declared is not None else _columns(rows)
 
@@ -63,10 +66,11 @@ class Scan:
     rows: list[dict[str, Any]]  # rows start+1 .. start+count
 
 
-def scan(path: str | Path, start: int = 0, count: int = 5) -> Scan:
+def scan(path: str | Path, start: int = 0, count: int = 5,
+         text_split: str = "paragraph") -> Scan:
     """Columns, row count and a few rows, reading the file once and keeping only those
     rows: what inspecting an upload or showing one page needs."""
-    declared, rows = open_rows(path)
+    declared, rows = open_rows(path, text_split)
     if Path(path).suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
 
@@ -92,7 +96,8 @@ def _slice(rows: Iterator[dict[str, Any]], start: int, count: int) -> list[dict[
     return out
 
 
-def open_rows(path: str | Path) -> tuple[list[str] | None, Iterator[dict[str, Any]]]:
+def open_rows(path: str | Path, text_split: str = "paragraph",
+              ) -> tuple[list[str] | None, Iterator[dict[str, Any]]]:
     """(columns the file declares, or None for json where rows may differ; the rows, read
     as they are consumed). Problems are DataErrors, raised here or while iterating."""
     path = Path(path)
@@ -114,8 +119,15 @@ def open_rows(path: str | Path) -> tuple[list[str] | None, Iterator[dict[str, An
         return _csv(path)
     if suffix == ".parquet":
         return _parquet(path)
-    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", _text(path))]
-    return ["text"], iter([{"text": p} for p in paragraphs if p])
+    if text_split not in TEXT_SPLITS:
+        raise DataError(f"text_split {text_split!r}: use one of {', '.join(TEXT_SPLITS)}",
+                        file=path)
+    text = _text(path)
+    if text_split == "line":  # each line as written (cut at "\n" only, not at U+2028)
+        docs = [line.removesuffix("\r") for line in text.split("\n")]
+        return ["text"], iter([{"text": d} for d in docs if d.strip()])
+    docs = [p.strip() for p in re.split(r"\n\s*\n", text)]
+    return ["text"], iter([{"text": p} for p in docs if p])
 
 
 def _text(path: Path) -> str:

@@ -47,6 +47,7 @@ class DatasetEntry:
     split: str | None = None  # "test" marks a held-out split, offered by the Evaluate tab
     test_of: str | None = None  # the training dataset a test split belongs to
     registered: bool = True
+    text_split: str = "paragraph"  # a .txt file's documents: paragraphs or lines
 
 
 def info_path() -> Path:
@@ -202,7 +203,7 @@ def _entry(name: str, entry: Mapping[str, Any]) -> DatasetEntry:
     return DatasetEntry(
         name=name, path=path, format=fmt, columns=dict(entry.get("columns") or {}),
         description=entry.get("description", ""), split=entry.get("split"),
-        test_of=entry.get("test_of"),
+        test_of=entry.get("test_of"), text_split=entry.get("text_split", "paragraph"),
     )
 
 
@@ -232,6 +233,7 @@ def register(
     split: str | None = None,
     test_of: str | None = None,
     overwrite: bool = False,
+    text_split: str = "paragraph",
 ) -> None:
     """Validate `file`, copy it into data_dir() (unless it is there already) and add it to
     dataset_info.json. Nothing is changed when any check fails."""
@@ -247,7 +249,7 @@ def register(
         info = {n: e for n, e in reg.raw.items() if isinstance(e, dict)}
         if name in info and not overwrite:
             raise DataError(f"a dataset named {name!r} already exists; choose another name")
-        problems = validate_file(src, format, columns)
+        problems = validate_file(src, format, columns, text_split)
         if problems:
             more = f" (and {len(problems) - 1} more bad rows)" if len(problems) > 1 else ""
             first = problems[0]
@@ -276,6 +278,8 @@ def register(
             entry["split"] = split
         if test_of:
             entry["test_of"] = test_of
+        if text_split != "paragraph" and src.suffix.lower() == ".txt":
+            entry["text_split"] = text_split
         try:
             _write_info({**reg.raw, name: entry})
         except OSError as exc:

@@ -30,6 +30,7 @@ class _Upload:
     register: gr.Button
     result: gr.Markdown
     problems: gr.Dataframe
+    text_split: gr.Radio
 
 
 def build(shared: Shared) -> None:
@@ -112,15 +113,19 @@ def _uploader(shared: Shared) -> _Upload:
     i18n = shared.i18n
     i18n.add(gr.Markdown("### Add a dataset"), "### Add a dataset", "### 添加数据集")
     limit = upload.max_upload_mb()
-    label = f"A json, jsonl, csv or parquet file (up to {limit} MB)"
+    label = f"A json, jsonl, csv, parquet or txt file (up to {limit} MB)"
     file = i18n.add(gr.File(file_types=upload.UPLOAD_TYPES, label=label, height=120,
                             elem_id="upload-file"),
-                    label, f"json、jsonl、csv 或 parquet 文件（不超过 {limit} MB）")
+                    label, f"json、jsonl、csv、parquet 或 txt 文件（不超过 {limit} MB）")
     detected = gr.Markdown()
     # Format, name and column roles mean nothing before there is a file.
     with gr.Column(visible=False) as options:
         sample = i18n.add(gr.Dataframe(interactive=False, wrap=True, max_height=200,
                                        label="First rows"), "First rows", "前几行")
+        # A .txt file: LLaMA-Factory takes each line as a document, the studio by default
+        # each blank-line paragraph; the count above follows the choice.
+        split = i18n.add(gr.Radio(["paragraph", "line"], value="paragraph", visible=False,
+                                  label="One document per"), "One document per", "每个文档为一")
         with gr.Row():
             fmt = i18n.add(gr.Dropdown(list(FORMATS), value=None, label="Format",
                                        interactive=True), "Format", "格式")
@@ -140,7 +145,7 @@ def _uploader(shared: Shared) -> _Upload:
                                      column_widths=["12%", "28%", "60%"]),
                         "Problems by row", "逐行问题")
     return _Upload(file, options, detected, sample, fmt, name, role_boxes, register, result,
-                   problems)
+                   problems, split)
 
 
 NONE = "(none)"
@@ -150,14 +155,16 @@ def _wire_upload(shared: Shared, up: _Upload, listing: gr.Dataframe,
                  browse: gr.Dropdown) -> None:
     role_list = list(up.roles.values())
 
-    def on_file(path: str | None) -> list[Any]:
+    def on_file(path: str | None, split: str) -> list[Any]:
+        txt = gr.update(visible=bool(path) and str(path).lower().endswith(".txt"))
         if not path:
-            return ["", gr.update(visible=False), gr.skip(), gr.skip(), gr.skip()] \
+            return ["", gr.update(visible=False), gr.skip(), gr.skip(), gr.skip(), txt] \
                 + _roles_hidden(up)
         try:
-            found = upload.inspect_upload(path)
+            found = upload.inspect_upload(path, split or "paragraph")
         except DataError as exc:
-            return [f"✗ {exc}", gr.update(visible=False), None, None, ""] + _roles_hidden(up)
+            return [f"✗ {exc}", gr.update(visible=False), None, None, "", txt] \
+                + _roles_hidden(up)
         if found.format is None:
             note = f"⚠ Format not recognised: {found.note}. Choose the format and the columns."
         elif found.confident:
@@ -166,11 +173,14 @@ def _wire_upload(shared: Shared, up: _Upload, listing: gr.Dataframe,
         else:
             note = (f"⚠ Probably **{found.format}** ({found.note}) · {found.rows} rows. "
                     "Check the column for each role below.")
-        return ([note, gr.update(visible=True), found.sample, found.format, found.name]
+        if str(path).lower().endswith(".txt"):
+            note += f" · one document per {split or 'paragraph'} (LLaMA-Factory: per line)"
+        return ([note, gr.update(visible=True), found.sample, found.format, found.name, txt]
                 + _role_updates(found.format, found.columns, found.mapping))
 
-    up.file.change(on_file, up.file,
-                   [up.detected, up.options, up.sample, up.format, up.name, *role_list])
+    shown = [up.detected, up.options, up.sample, up.format, up.name, up.text_split, *role_list]
+    up.file.change(on_file, [up.file, up.text_split], shown)
+    up.text_split.input(on_file, [up.file, up.text_split], shown)
 
     def on_format(fmt: str | None, path: str | None) -> list[Any]:
         columns: list[str] = []
@@ -186,16 +196,17 @@ def _wire_upload(shared: Shared, up: _Upload, listing: gr.Dataframe,
 
     up.format.input(on_format, [up.format, up.file], role_list)
 
-    def on_register(path: str | None, name: str, fmt: str | None, version: int,
+    def on_register(path: str | None, name: str, fmt: str | None, version: int, split: str,
                     *columns: str) -> list[Any]:
         mapping = {r: ("" if c in (None, NONE) else c)
                    for r, c in zip(up.roles, columns, strict=True)}
-        result = upload.register_upload(path, name, fmt, mapping)
+        result = upload.register_upload(path, name, fmt, mapping, split or "paragraph")
         problems = gr.update(value=result.problems, visible=not result.problems.empty)
         return [result.message, problems, version + 1 if result.ok else gr.skip()]
 
     up.register.click(on_register,
-                      [up.file, up.name, up.format, shared.datasets_changed, *role_list],
+                      [up.file, up.name, up.format, shared.datasets_changed, up.text_split,
+                       *role_list],
                       [up.result, up.problems, shared.datasets_changed])
 
 

@@ -17,7 +17,7 @@ from core.data.reader import scan
 from core.data.registry import load_info, name_problem, register
 from core.fsutil import DiskFull
 
-UPLOAD_TYPES = [".json", ".jsonl", ".csv", ".parquet"]
+UPLOAD_TYPES = [".json", ".jsonl", ".csv", ".parquet", ".txt"]
 # Gradio refuses bigger uploads before they reach us (Blocks.launch(max_file_size=...)).
 DEFAULT_MAX_UPLOAD_MB = 1024
 # Every role any format reads, in the order the mapping dropdowns are laid out.
@@ -75,13 +75,13 @@ def suggested_name(path: str | Path) -> str:
     return name
 
 
-def inspect_upload(path: str | Path) -> Inspection:
+def inspect_upload(path: str | Path, text_split: str = "paragraph") -> Inspection:
     """Guess the file's format from its columns, with a count and the first rows (read in
     one pass that keeps only those); raises DataError naming the uploaded file."""
     if Path(path).suffix.lower() not in UPLOAD_TYPES:
         raise DataError(f"upload a {', '.join(UPLOAD_TYPES)} file", file=Path(path).name)
     try:
-        found_rows = scan(path, 0, 5)
+        found_rows = scan(path, 0, 5, text_split)
     except DataError as exc:
         raise shown_as_uploaded(exc, path) from None
     columns = found_rows.columns
@@ -105,7 +105,7 @@ def default_mapping(fmt: str | None, columns: list[str], detected: dict[str, str
 
 
 def register_upload(path: str | Path | None, name: str, fmt: str | None,
-                    mapping: dict[str, str]) -> Registration:
+                    mapping: dict[str, str], text_split: str = "paragraph") -> Registration:
     """Validate every row, then register. A bad file registers nothing; its problems are
     returned one per row."""
     if not path:
@@ -129,7 +129,8 @@ def register_upload(path: str | Path | None, name: str, fmt: str | None,
         return Registration(False, "Choose the column for: " + ", ".join(missing) + ".")
     # Only the roles whose column differs from the role's own name need recording.
     columns = {r: c for r, c in mapping.items() if r in wanted and c and c != r}
-    problems = [shown_as_uploaded(p, path) for p in validate_file(path, fmt, columns)]
+    problems = [shown_as_uploaded(p, path) for p in validate_file(path, fmt, columns,
+                                                                 text_split)]
     if problems:
         table = pd.DataFrame(
             [[p.row if p.row is not None else "", p.field or "", p.reason]
@@ -140,7 +141,7 @@ def register_upload(path: str | Path | None, name: str, fmt: str | None,
         return Registration(False, f"✗ Not registered: {what}.{first} Fix the file and upload "
                                    "it again; nothing was changed.", table)
     try:
-        register(name, path, fmt, columns or None)
+        register(name, path, fmt, columns or None, text_split=text_split)
     except DataError as exc:
         return Registration(False, f"✗ Not registered: {shown_as_uploaded(exc, path)}")
     except DiskFull as exc:

@@ -64,11 +64,11 @@ def page(name: str, number: int = 1, size: int = PAGE_SIZE) -> Page:
     entry = resolve(name)
     number = max(1, int(number or 1))
     # One pass keeps only the page's rows; a page past the end costs a second one.
-    found = scan(entry.path, (number - 1) * size, size)
+    found = scan(entry.path, (number - 1) * size, size, entry.text_split)
     pages = max(1, math.ceil(found.total / size))
     if number > pages:
         number = pages
-        found = scan(entry.path, (number - 1) * size, size)
+        found = scan(entry.path, (number - 1) * size, size, entry.text_split)
     columns = found.columns
     frame = pd.DataFrame([[(number - 1) * size + i + 1, *(cell_text(r.get(c)) for c in columns)]
                           for i, r in enumerate(found.rows)], columns=["#", *columns])
