@@ -286,3 +286,53 @@ def test_a_txt_file_is_one_document_per_paragraph_or_per_line_as_chosen(data, tm
         "first line", "second line", "third\u2028same line"]
     assert registry.load_info()["notes"]["text_split"] == "line"
     assert check_dataset("notes", "pt").rows == 3
+
+
+# -- folders: save_to_disk, and shards as a hub snapshot leaves them -------------------------
+def test_a_saved_dataset_folder_trains_from_its_train_split(data, tmp_path, saves, capsys):
+    import datasets
+
+    rows = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(5)]
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows),
+                          "test": datasets.Dataset.from_list(rows[:2])}).save_to_disk(saved)
+    report = check_dataset(str(saved), "sft")
+    assert (report.format, report.rows, report.ok) == ("alpaca", 5, True), report.lines()
+    assert load_one(str(saved), None)[4]["messages"][-1]["content"] == "a4"
+    registry.register("saved", saved, "alpaca")
+    assert (data / "saved").is_dir() and check_dataset("saved").rows == 5
+    assert main(["data", "check", str(saved / "test")]) == 0  # one split, named
+
+
+def test_a_folder_of_shards_reads_its_train_shards_in_order(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    snap = tmp_path / "snapshot" / "data"
+    snap.mkdir(parents=True)
+    for i in range(2):
+        pq.write_table(pa.Table.from_pylist([{"text": f"train {i}-{j}"} for j in range(3)]),
+                       snap / f"train-0000{i}-of-00002.parquet")
+    pq.write_table(pa.Table.from_pylist([{"text": "held out"}]),
+                   snap / "test-00000-of-00001.parquet")
+    (snap.parent / "README.md").write_text("a dataset card")
+    texts = [e["text"] for e in load_one(str(snap.parent), None)]
+    assert texts == [f"train {i}-{j}" for i in range(2) for j in range(3)]
+    (snap / "train-extra.jsonl").write_text('{"text": "x"}\n')
+    with pytest.raises(DataError, match="several kinds"):
+        load_one(str(snap.parent), None)
+
+
+def test_import_takes_a_folder_entry_as_one_dataset(data, tmp_path):
+    theirs = tmp_path / "theirs"
+    (theirs / "c4").mkdir(parents=True)
+    for i in range(2):
+        (theirs / "c4" / f"part{i}.jsonl").write_text(f'{{"text": "doc {i}"}}\n')
+    (theirs / "dataset_info.json").write_text(json.dumps(
+        {"c4_parts": {"file_name": "c4", "columns": {"prompt": "text"}},
+         "escape": {"file_name": "../theirs/../../etc"}}))
+    lines = [o.line for o in import_llamafactory(theirs)]
+    assert lines[0] == "registered as c4_parts (text, 2 rows)"
+    assert lines[1].startswith("skipped escape: file_name '../theirs/../../etc' points outside")
+    assert [e["text"] for e in load_one("c4_parts", None)] == ["doc 0", "doc 1"]
+    assert (data / "c4_parts" / "part1.jsonl").is_file()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.data.errors import DataError
+from core.data.folders import is_dataset_folder
 from core.data.formats import column_map, detect_format, validate_file
 from core.data.reader import scan
 from core.data.registry import read_registry, resolve
@@ -58,7 +59,7 @@ def check_dataset(dataset: str, stage: str | None = None) -> Report:
     reg = read_registry()
     path = Path(dataset).expanduser()
     try:
-        if dataset in reg.entries or not path.is_file():
+        if dataset in reg.entries or not (path.is_file() or is_dataset_folder(path)):
             entry = resolve(dataset)  # a name: its registered format and columns
             report.file, report.format, mapping = entry.path, entry.format, entry.columns
             split = entry.text_split

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from core.data.errors import DataError, display_path
+from core.data.folders import shards
 from core.data.formats import FIELDS, MEDIA, media_problem
 from core.data.reader import SUFFIXES, scan
 from core.data.registry import INFO_FILE, entry_problem, name_problem, read_registry, register
@@ -96,11 +97,10 @@ def plan_entry(folder: Path, entry: Any) -> tuple[Path, str, dict[str, str]]:
     if not src.is_relative_to(folder):
         raise DataError(f"file_name {file_name!r} points outside {display_path(folder)}")
     if src.is_dir():
-        raise DataError(f"{file_name} is a folder of files; importing folders is not "
-                        "supported yet: join its files into one and add that")
-    if not src.is_file():
+        shards(src)  # a DataError saying what the folder lacks
+    elif not src.is_file():
         raise DataError(f"{file_name} not found in {display_path(folder)}")
-    if src.suffix.lower() not in SUFFIXES:
+    elif src.suffix.lower() not in SUFFIXES:
         raise DataError(f"{file_name}: the studio reads {', '.join(SUFFIXES)} files")
     columns = entry.get("columns") or {}
     if not isinstance(columns, dict):

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.data import jsontext
+from core.data import folders, jsontext
 from core.data.errors import DataError
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
@@ -71,7 +71,7 @@ def scan(path: str | Path, start: int = 0, count: int = 5,
     """Columns, row count and a few rows, reading the file once and keeping only those
     rows: what inspecting an upload or showing one page needs."""
     declared, rows = open_rows(path, text_split)
-    if Path(path).suffix.lower() == ".parquet":
+    if Path(path).suffix.lower() == ".parquet" and Path(path).is_file():
         import pyarrow.parquet as pq
 
         total = pq.ParquetFile(path).metadata.num_rows
@@ -101,6 +101,8 @@ def open_rows(path: str | Path, text_split: str = "paragraph",
     """(columns the file declares, or None for json where rows may differ; the rows, read
     as they are consumed). Problems are DataErrors, raised here or while iterating."""
     path = Path(path)
+    if path.is_dir():
+        return _folder(path, text_split)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(
@@ -128,6 +130,26 @@ def open_rows(path: str | Path, text_split: str = "paragraph",
         return ["text"], iter([{"text": d} for d in docs if d.strip()])
     docs = [p.strip() for p in re.split(r"\n\s*\n", text)]
     return ["text"], iter([{"text": p} for p in docs if p])
+
+
+def _folder(path: Path, text_split: str) -> tuple[list[str] | None, Iterator[dict[str, Any]]]:
+    """A dataset folder (core.data.folders): its shards one after another."""
+    files = folders.shards(path)
+    if files[0].suffix.lower() == ".arrow":
+        return folders.arrow_columns(files[0]), _chain(
+            folders.arrow_rows(f) for f in files)
+    declared, first = open_rows(files[0], text_split)
+
+    def rest() -> Iterator[Iterator[dict[str, Any]]]:
+        yield first
+        for f in files[1:]:
+            yield open_rows(f, text_split)[1]
+    return declared, _chain(rest())
+
+
+def _chain(parts: Iterator[Iterator[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+    for part in parts:
+        yield from part
 
 
 def _text(path: Path) -> str:

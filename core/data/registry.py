@@ -12,12 +12,14 @@ import contextlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.data.errors import DataError, display_path
+from core.data.folders import is_dataset_folder
 from core.data.formats import (
     FORMATS,
     detect_format,
@@ -172,7 +174,7 @@ def resolve(name_or_path: str) -> DatasetEntry:
     if name_or_path in reg.entries:
         return _entry(name_or_path, reg.entries[name_or_path])
     path = Path(name_or_path).expanduser()
-    if path.is_file():
+    if path.is_file() or is_dataset_folder(path):
         return _detected(path)
     if name_or_path in reg.problems:
         raise DataError(f"dataset {name_or_path!r} cannot be used: "
@@ -261,14 +263,15 @@ def register(
         if src.parent == root:
             target, copied = src, False
         else:
-            target, copied = root / f"{name}{src.suffix.lower()}", True
+            target = root / (name if src.is_dir() else f"{name}{src.suffix.lower()}")
+            copied = True
             owner = next((n for n, e in info.items() if e.get("file") == target.name), None)
             if owner not in (None, name):
                 raise DataError(f"{target.name} already belongs to dataset {owner!r}")
             if owner is None and target.exists():
                 raise DataError(f"{display_path(target)} already exists and is not a "
                                 "registered dataset; choose another name")
-            copy_whole(src, target)
+            _copy(src, target)
         entry: dict[str, Any] = {"file": target.name, "format": format}
         if columns:
             entry["columns"] = dict(columns)
@@ -284,10 +287,29 @@ def register(
             _write_info({**reg.raw, name: entry})
         except OSError as exc:
             if copied and name not in info:
-                target.unlink(missing_ok=True)
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
             if is_disk_full(exc):
                 raise disk_full(info_path(), "and add the file again") from None
             raise
+
+
+def _copy(src: Path, target: Path) -> None:
+    """A file, or a dataset folder, copied whole or not at all."""
+    if not src.is_dir():
+        copy_whole(src, target)
+        return
+    tmp = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(src, tmp)
+        if target.exists():  # an overwrite of the same dataset's folder
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc):
+            raise disk_full(target, "and add the folder again") from None
+        raise
 
 
 def _write_info(info: dict[str, Any]) -> None:
@@ -322,11 +344,13 @@ def dataset_problems(names: list[str]) -> list[str]:
     problems = []
     for name in names:
         path = Path(name).expanduser()
-        if name not in reg.entries and name not in reg.problems and not path.is_file():
+        if name not in reg.entries and name not in reg.problems and not (
+                path.is_file() or is_dataset_folder(path)):
             what = "is a folder, not a file" if path.is_dir() else "no such file"
             broken = f" ({reg.broken})" if reg.broken else ""
             problems.append(f"dataset: {name}: {what}, and no registered dataset has that "
-                            "name; give a json/jsonl/csv/parquet/txt file or a name from "
+                            "name; give a json/jsonl/csv/parquet/txt file (or a dataset "
+                            "folder: save_to_disk's, or of shards) or a name from "
                             f"data/dataset_info.json{broken}")
             continue
         try:  # reads the file once: its format is detected from its columns
