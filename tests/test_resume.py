@@ -15,6 +15,8 @@ from support import events_of, run_cli, tiny
 
 from core.jobs import runner
 from core.jobs.resume import resume, resume_points
+from webui.tabs.train import handlers as training
+from webui.tabs.train import history
 
 STEPS, EVERY = 24, 4
 
@@ -59,15 +61,20 @@ def test_a_resumed_run_may_change_only_how_long_it_runs_and_how_it_reports(runs)
     assert (cut / "events.jsonl").read_bytes() == before  # nothing written
 
 
-def test_a_killed_run_resumes_where_it_stopped_and_trains_the_same_steps(runs, capsys):
+def test_a_killed_run_resumes_where_it_stopped_and_trains_the_same_steps(runs):
     whole, cut = runs
     assert runner.run_status(cut)[0] == runner.FAILED  # killed: ended without reporting
     assert not resume_points(whole), "a finished run keeps no optimizer state"
     point = max(resume_points(cut))
     assert point % EVERY == 0 and point < STEPS
 
-    code, out = run_cli(["train", "--resume", str(cut), "--detach"], capsys)
-    assert code == 0 and f"resumed from step {point}" in out, out
+    # As the Train tab does it: the run picked in the history, whose status says it can.
+    info = next(r for r in runner.list_runs() if r.name == "cut")
+    assert history.shown_status(info) == f"failed · resumable from step {point}"
+    assert "Pick one stopped run" in training.resume([]).message
+    assert "no longer exists" in training.resume(["../cut"]).message
+    started = training.resume(["cut"])
+    assert started.run_dir == cut and f"from step {point}" in started.message
     assert runner.wait(cut, timeout=300) == "done", (cut / "log.txt").read_text()[-2000:]
 
     expected, got = _losses(whole), _losses(cut)
