@@ -24,6 +24,8 @@ from core.schema.config import ConfigError, add_arguments, config_from_args
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.resume:
+        return _resume(args)
     try:
         cfg = config_from_args(args)
     except ConfigError as exc:
@@ -50,6 +52,28 @@ def _train(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"run: {run_dir}", flush=True)
+    if args.detach:
+        return 0
+    return _follow(run_dir, show_log=args.verbose)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from core.jobs.resume import resume
+    from core.schema.config import SETTINGS
+
+    changes = {k: v for k, v in vars(args).items() if k in SETTINGS}
+    try:
+        run_dir = resolve_run(args.resume)
+        event = resume(run_dir, changes)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except runner.BusyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in event["changed"].items())
+    print(f"run: {run_dir} (resumed from step {event['step']}"
+          f"{'; changed: ' + changed if changed else ''})", flush=True)
     if args.detach:
         return 0
     return _follow(run_dir, show_log=args.verbose)
@@ -85,6 +109,8 @@ def _describe(e: dict) -> str:
         return f"eval at step {e['step']}: loss {e['eval_loss']:.4f}"
     if kind == "checkpoint":
         return f"checkpoint: {e['path']}"
+    if kind == "resume":
+        return f"resume: from step {e['step']} ({e.get('checkpoint')})"
     if kind == "end":
         detail = e.get("output_dir") or e.get("error") or e.get("note") or ""
         return f"end: {e['status']} {detail}".rstrip()
@@ -165,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.add_argument("--detach", action="store_true", help="start and return at once")
     p.add_argument("--verbose", action="store_true", help="also print the trainer's log")
+    p.add_argument("--resume", metavar="RUN",
+                   help="go on with a stopped run (its folder under saves/, or a path) from "
+                   "its newest checkpoint; flags may change only how long it runs and how it "
+                   "reports")
     p.add_argument("--print-config", action="store_true",
                    help="print the resulting YAML and exit without training")
     p.set_defaults(func=_train)

@@ -15,6 +15,8 @@ Event types (all carry "type" and "time"):
   waiting     holder                     (another job has the device; see core.jobs.runner)
   diverged    step, reason               (then end: failed, diverged: true; core.train.health)
   progress    done, total, message       (evaluation and export jobs)
+  resume      step, checkpoint, changed   (the run goes on from the resume point of `step`:
+                                         see `one_stream`; core.jobs.resume)
   end         status ("done" | "aborted" | "failed"), error, final_loss, output_dir
               (+ failed_rank when a rank of a distributed run died, note on machines
               other than 0; see core.distributed.launch)
@@ -65,6 +67,7 @@ _NUMBERS = ("time", "step", "total_steps", "epoch", "loss", "learning_rate", "gr
             "total_params", "train_samples", "eval_samples", "truncated_samples")
 _TEXTS = ("status", "error", "message", "output_dir", "path", "holder", "reason")
 _NEEDS = {"step": ("step",), "eval": ("step", "eval_loss"), "end": ("status",),
+          "resume": ("step",),
           "progress": ("done", "total")}
 
 
@@ -93,7 +96,9 @@ def scan_events(run_dir: str | Path,
                 offset: int = 0) -> tuple[list[dict[str, Any]], int, str | None]:
     """(events since byte `offset`, the offset to pass next time, what is damaged or None).
     A trailing line without its newline is left for the next call (a writer may be midway);
-    a complete line that is not an event is skipped and named as damage."""
+    a complete line that is not an event is skipped and named as damage. A resumed run's
+    events are its one stream (`one_stream`); who reads on from an offset applies that to
+    all it has read."""
     path = Path(run_dir) / EVENTS
     try:
         with open(path, "rb") as f:
@@ -113,7 +118,7 @@ def scan_events(run_dir: str | Path,
             else:
                 events.append(event)
     damage = f"{EVENTS}: {bad} line(s) are not events (a damaged file)" if bad else None
-    return events, offset + end, damage
+    return one_stream(events), offset + end, damage
 
 
 def read_events(run_dir: str | Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
@@ -121,6 +126,27 @@ def read_events(run_dir: str | Path, offset: int = 0) -> tuple[list[dict[str, An
     are not events are skipped (see scan_events)."""
     events, offset, _ = scan_events(run_dir, offset)
     return events, offset
+
+
+# What a resume takes back from the part of a run it continues: how that part ended, and
+# what it logged after the resume point (those steps are trained again).
+_ENDING = ("end", "saving", "diverged", "early_stop", "waiting")
+_AT_STEP = ("step", "eval", "checkpoint")
+
+
+def one_stream(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A resumed run's events as one run: each `resume` event (step N) drops the earlier
+    parts' end and their steps, evaluations and checkpoints after step N, so a curve has
+    each step once and the status is the running part's. The file keeps everything."""
+    if not any(e["type"] == "resume" for e in events):
+        return events
+    kept: list[dict[str, Any]] = []
+    for event in events:
+        if event["type"] == "resume":
+            kept = [e for e in kept if e["type"] not in _ENDING
+                    and not (e["type"] in _AT_STEP and (e.get("step") or 0) > event["step"])]
+        kept.append(event)
+    return kept
 
 
 def read_log(run_dir: str | Path, offset: int = 0, limit: int = 1 << 20) -> tuple[str, int]:

@@ -395,26 +395,45 @@ def start(cfg: RunConfig, saves: Path | None = None) -> Path:
         raise ConfigError(missing)
     saves = saves or saves_dir()
     with _locked(saves / START_LOCK):
-        busy = active_run(saves)
-        if busy is not None:
-            raise BusyError(
-                f"run {busy.name!r} is still training; wait for it or abort it before "
-                "starting another"
-            )
-        holder = _free_or_holder(saves)
-        if holder is not None:
-            raise BusyError(f"{holder} is using the device; wait for it to finish or stop "
-                            "it before starting a run")
+        _check_free(saves)
         run_dir = new_run_dir(cfg, saves)
         cfg.save(run_dir / CONFIG)
-        if distributed.launched(cfg):
-            # torchrun under core.distributed.launch, which reports a rank that dies (see there)
-            distributed.write_deepspeed_config(cfg, run_dir)
-            spawn(run_dir, ["-m", "core.distributed.launch", str(run_dir / CONFIG)],
-                  distributed.environment(cfg))
-        else:
-            spawn(run_dir, ["-m", "core.train", str(run_dir / CONFIG)])
+        _launch(cfg, run_dir)
     return run_dir
+
+
+def relaunch(cfg: RunConfig, run_dir: Path, before: Callable[[], None]) -> None:
+    """Start the trainer again in an existing run folder (core.jobs.resume), `before` it
+    (writing what the new part must find) under the same lock and checks as `start`."""
+    with _locked(run_dir.parent / START_LOCK):
+        _check_free(run_dir.parent)
+        before()
+        _launch(cfg, run_dir)
+
+
+def _check_free(saves: Path) -> None:
+    busy = active_run(saves)
+    if busy is not None:
+        raise BusyError(
+            f"run {busy.name!r} is still training; wait for it or abort it before "
+            "starting another"
+        )
+    holder = _free_or_holder(saves)
+    if holder is not None:
+        raise BusyError(f"{holder} is using the device; wait for it to finish or stop "
+                        "it before starting a run")
+
+
+def _launch(cfg: RunConfig, run_dir: Path) -> None:
+    from core import distributed
+
+    if distributed.launched(cfg):
+        # torchrun under core.distributed.launch, which reports a rank that dies (see there)
+        distributed.write_deepspeed_config(cfg, run_dir)
+        spawn(run_dir, ["-m", "core.distributed.launch", str(run_dir / CONFIG)],
+              distributed.environment(cfg))
+    else:
+        spawn(run_dir, ["-m", "core.train", str(run_dir / CONFIG)])
 
 
 # A save in progress is waited for this long past the abort deadline: killing it would

@@ -204,9 +204,16 @@ COMMON: tuple[Setting, ...] = (
       "best so far to count as an improvement.", "logging",
       label="Early stopping threshold", label_zh="早停阈值", minimum=0.0, maximum=100.0,
       advanced=True, help_zh="验证损失需比此前最好值低多少才算改善。"),
-    S("save_steps", 0, "Save a checkpoint every N steps (0 = only the final result).",
+    S("save_steps", 200, "Save a checkpoint every N steps (0 = only the final result): a "
+      "result Chat and Export can open, and a point the run can be resumed from if it stops "
+      "(the optimizer's state too, removed once the run is done).",
       "logging", label_zh="保存间隔", minimum=0, maximum=STEPS_MAX,
-      help_zh="每 N 步保存一个检查点（0 = 只保存最终结果）。"),
+      help_zh="每 N 步保存一个检查点（0 = 只保存最终结果）：可在对话和导出中打开的结果，"
+              "也是运行中断后可以继续训练的断点（含优化器状态，运行完成后删除）。"),
+    S("save_total_limit", 2, "Keep only the newest N checkpoints (0 = keep all); the final "
+      "result is always kept.", "logging", label="Checkpoints kept", label_zh="保留检查点数",
+      minimum=0, maximum=10000, advanced=True,
+      help_zh="只保留最新的 N 个检查点（0 = 全部保留）；最终结果总会保留。"),
     # -- output --------------------------------------------------------------------------
     S("run_name", "", "Name of the run folder under saves/ (empty = method and time). "
       "An existing run is never overwritten: a suffix is added.", "output",

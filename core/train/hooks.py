@@ -161,19 +161,35 @@ def event_callback(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: Sto
             return control
 
         def on_step_end(self, args, state, control, model=None, **kw):
-            if cfg.save_steps and state.global_step % cfg.save_steps == 0 \
-                    and state.global_step < state.max_steps:
-                # Our own checkpoints rather than Trainer's: each is a loadable result
-                # (adapter + tokenizer + manifest) that Chat and Export can open, without
-                # gigabytes of optimizer state.
-                path = run_dir / "checkpoints" / f"step-{state.global_step}"
-                stop.save(model, path, cfg, tokenizer, events)
-                events.emit("checkpoint", step=state.global_step, path=str(path))
+            step = state.global_step
+            if cfg.save_steps and step % cfg.save_steps == 0 and step < state.max_steps:
+                _checkpoint(step, model, cfg, run_dir, tokenizer, events, stop)
             if distributed.agree_to_stop(stop.requested):
                 control.should_training_stop = True
+                # An aborted run can be resumed from the step it stopped at.
+                control.should_save = bool(cfg.save_steps) and distributed.world_size() == 1
+            elif step >= state.max_steps:
+                # A finished run's resume point would be deleted at once (core.jobs.resume).
+                control.should_save = False
             return control
 
     return EventCallback()
+
+
+def _checkpoint(step: int, model: Any, cfg: RunConfig, run_dir: Path, tokenizer: Any,
+                events: EventWriter, stop: StopRequest) -> None:
+    """A loadable result (adapter + tokenizer + manifest) that Chat and Export can open;
+    only the newest save_total_limit are kept. The Trainer writes its own checkpoint (the
+    resume point, with the optimizer: core.jobs.resume) right after this, on the same steps."""
+    import shutil
+
+    path = run_dir / "checkpoints" / f"step-{step}"
+    stop.save(model, path, cfg, tokenizer, events)
+    events.emit("checkpoint", step=step, path=str(path))
+    steps = sorted((p for p in path.parent.glob("step-*") if p.name[5:].isdigit()),
+                   key=lambda p: int(p.name[5:]))
+    for old in steps[:-cfg.save_total_limit] if cfg.save_total_limit else ():
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def peak_memory_mb() -> float:

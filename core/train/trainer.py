@@ -92,8 +92,22 @@ def _fit(trainer: Any, callback: Any, plan: Plan, has_eval: bool, cfg: RunConfig
          tokenizer: Any, events: EventWriter, stop: StopRequest,
          out_dir: Path) -> dict[str, Any]:
     """Train, evaluate once more, save the result whole; the end event's figures."""
+    from core.jobs.resume import requested_point
+
+    point = requested_point(out_dir.parent)
+    if point is not None:
+        print(f"resuming from {point}", flush=True)
     t0 = time.time()
-    result = trainer.train()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(point) if point else None)
+    except Exception as exc:
+        from core.jobs.resume import cut_short
+
+        # The Trainer writes its checkpoints (the resume points) in place: on a full disk
+        # the one it was writing is removed, and named.
+        if (full := cut_short(out_dir.parent, exc)) is None:
+            raise
+        raise full from exc
     runtime = time.time() - t0
     final_eval = None
     if has_eval and not stop.requested:
@@ -150,6 +164,9 @@ def _job(cfg: RunConfig, run_dir: Path, events: EventWriter) -> dict[str, Any]:
         # picker takes for results (nobody knows from which step on they were going bad).
         if (run_dir / "checkpoints").is_dir():
             os.replace(run_dir / "checkpoints", run_dir / "checkpoints-before-divergence")
+        from core.jobs.resume import finished
+
+        finished(run_dir)  # resuming would diverge again: its optimizer state goes
         events.emit("diverged", step=exc.step, reason=exc.reason)
         return {"status": "failed", "error": str(exc), "diverged": True, "step": exc.step,
                 "final_loss": None, "output_dir": None}
@@ -163,6 +180,10 @@ def _job(cfg: RunConfig, run_dir: Path, events: EventWriter) -> dict[str, Any]:
     # An abort that arrives after the last step (during the final save) stopped nothing.
     completed = result.pop("completed")
     status = "aborted" if stop.requested and not completed else "done"
+    if status == "done":
+        from core.jobs.resume import finished
+
+        finished(run_dir)
     if not (result["final_loss"] is None or math.isfinite(result["final_loss"])):
         status, error = "failed", "the loss became infinite or NaN; lower the learning rate"
     else:

@@ -44,8 +44,13 @@ def shared_kwargs(cfg: RunConfig, run_dir: Path, device: str, precision: str,
         logging_first_step=True,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=cfg.eval_steps,
-        # Our own checkpoints (core.train.trainer's callback), not Trainer's optimizer-state dumps.
-        save_strategy="no",
+        # Trainer's own checkpoints are the resume points (core.jobs.resume); the results
+        # Chat and Export open are the studio's, saved beside them (core.train.hooks).
+        # Not for runs over several processes: resuming them is not supported, and their
+        # optimizer state is sharded (DeepSpeed, FSDP).
+        save_strategy="steps" if cfg.save_steps and distributed.world_size() == 1 else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=cfg.save_total_limit or None,
         disable_tqdm=True,
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",  # the tokens/s of every step event

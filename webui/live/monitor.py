@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.jobs import runner
-from core.jobs.events import EVENTS, LOG, read_events, tail_log
+from core.jobs.events import EVENTS, LOG, one_stream, read_events, tail_log
 from webui.live.progress import clock, progress_html
 
 # Looking for a run started elsewhere (CLI, another browser) scans saves/: not every tick.
@@ -70,7 +70,7 @@ def read(watch: Watch) -> tuple[Watch, Changes]:
     changes = Changes()
     new, watch.offset = read_events(run_dir, watch.offset)
     if new:
-        watch.events = watch.events + new
+        watch.events = one_stream(watch.events + new)
         changes.events = True
     status, end = runner.run_status(run_dir, watch.events)
     if status != watch.status:

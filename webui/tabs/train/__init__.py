@@ -75,6 +75,7 @@ class _History:
     rewards: gr.Plot
     reward_accuracy: gr.Plot
     details: gr.Markdown
+    resume: gr.Button
 
 
 def build(shared: Shared) -> None:
@@ -99,6 +100,7 @@ def build(shared: Shared) -> None:
     _wire_run(form, shared, panel)
     _wire_io(form, shared, io)
     _wire_history(shared, hist)
+    _wire_resume(shared, hist, panel)
     _wire_preview_sync(form, shared)
 
 
@@ -378,6 +380,8 @@ def _history(i18n: I18n) -> _History:
                                 "也可以点击表格中的行。")
             refresh = i18n.add(gr.Button("↻ Refresh", size="sm", scale=0, min_width=100),
                                "↻ Refresh", "↻ 刷新")
+            resume = i18n.add(gr.Button("⟳ Resume", size="sm", scale=0, min_width=110,
+                                        elem_id="history-resume"), "⟳ Resume", "⟳ 继续训练")
         table = gr.Dataframe(interactive=False, wrap=True, max_height=300,
                              elem_id="history-table")
         with gr.Row():
@@ -388,7 +392,7 @@ def _history(i18n: I18n) -> _History:
         with gr.Row():
             rewards, accuracy = _reward_plots(i18n, "history")
         details = gr.Markdown(elem_id="history-details")
-    return _History(table, refresh, selected, loss, lr, rewards, accuracy, details)
+    return _History(table, refresh, selected, loss, lr, rewards, accuracy, details, resume)
 
 
 def _wire_history(shared: Shared, hist: _History) -> None:
@@ -420,3 +424,17 @@ def _wire_history(shared: Shared, hist: _History) -> None:
         return chosen
 
     hist.table.select(toggle, hist.selected, hist.selected)
+
+
+def _wire_resume(shared: Shared, hist: _History, panel: _Panel) -> None:
+    def resume(selected: list[str] | None, lang: str, runs: int) -> list[Any]:
+        started = training.resume(selected or [], lang)
+        if started.run_dir is None:
+            return [gr.skip(), started.message, *[gr.skip()] * 4]
+        wake.forget_live_run()  # the page's next ask shows the resumed run
+        watch, _ = monitor.poll(monitor.Watch(run=str(started.run_dir)))
+        return [watch, started.message, runs + 1, live.render(watch, lang), *_buttons(watch)]
+
+    hist.resume.click(resume, [hist.selected, shared.lang, shared.runs_changed],
+                      [panel.watch, panel.message, shared.runs_changed, panel.live,
+                       panel.start, panel.abort])

@@ -32,6 +32,9 @@ OTHER_MACHINES = Text("Now start each other machine with the same settings: copy
                       "现在用相同设置启动其他每台机器：把这个 config.yaml 复制到那台机器的相同路径"
                       "（模型和数据集也要在），然后运行：")
 NOTHING_TO_ABORT = Text("No run is training.", "当前没有正在训练的运行。")
+PICK_ONE = Text("Pick one stopped run in **Show runs** to resume it.",
+                "请在 **查看运行** 中选一个已停止的运行以继续训练。")
+RESUMED = Text("Resumed run **{name}** from step {step}.", "已从第 {step} 步继续运行 **{name}**。")
 
 
 @dataclass
@@ -83,6 +86,21 @@ def abort(run_dir: str | Path | None, lang: str = "en") -> str:
         return NOTHING_TO_ABORT(lang)
     threading.Thread(target=runner.abort, args=(Path(run_dir),), daemon=True).start()
     return ABORTING(lang, name=Path(run_dir).name)
+
+
+def resume(selected: list[str], lang: str = "en") -> Started:
+    """Resume the one picked run from its newest resume point (core.jobs.resume), with its
+    settings as they were: only a run in saves/."""
+    from core.jobs.resume import resume as resume_run
+
+    if len(selected) != 1:
+        return Started(None, PICK_ONE(lang))
+    try:
+        run_dir = guard.existing_run(selected[0])
+        event = resume_run(run_dir)
+    except (ValueError, runner.BusyError) as exc:
+        return Started(None, BUSY(lang, error=exc))
+    return Started(run_dir, RESUMED(lang, name=run_dir.name, step=event["step"]))
 
 
 # -- parameters ---------------------------------------------------------------------------

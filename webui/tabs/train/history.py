@@ -10,6 +10,7 @@ import pandas as pd
 from core.jobs import runner
 from core.jobs.events import tail_log
 from core.jobs.plots import lr_frame, overlay_frame, reward_frame
+from core.jobs.resume import resume_points
 from core.paths import saves_dir
 from webui.live.monitor import events_of
 
@@ -36,7 +37,11 @@ def shown_status(info: runner.RunInfo) -> str:
     # "failed" alone reads like a crash to fix; a diverged run needs other settings.
     if info.status == runner.DAMAGED:
         return f"damaged: {info.error}"
-    return f"{info.status} (diverged)" if info.diverged else info.status
+    if info.diverged:
+        return f"{info.status} (diverged)"
+    if info.status in (runner.ABORTED, runner.FAILED) and (points := resume_points(info.path)):
+        return f"{info.status} · resumable from step {max(points)}"
+    return info.status
 
 
 def run_names() -> list[str]:
