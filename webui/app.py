@@ -9,6 +9,7 @@ page is up in a few seconds and closing it never touches a run.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import gradio as gr
 from starlette.middleware import Middleware
@@ -89,7 +90,8 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False,
            logins: list[tuple[str, str]] | None = None,
            allow_remote_code: bool = False, allow_multi_node: bool = False,
            allowed_hosts: tuple[str, ...] = (),
-           allowed_origins: tuple[str, ...] = ()) -> None:
+           allowed_origins: tuple[str, ...] = (),
+           models_dirs: tuple[Path, ...] = ()) -> None:
     """Serve the app. With `logins`, Gradio's login guards every page and API route
     (a client without the session cookie gets 401); without, only loopback is allowed.
     Requests for other Host names or from other pages' origins are refused (webui.trust)."""
@@ -97,6 +99,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False,
     guard.check_serving("a public share link" if share else host, logins)
     guard.POLICY.allow_remote_code = allow_remote_code
     guard.POLICY.allow_multi_node = allow_multi_node
+    guard.POLICY.models_dirs = tuple(models_dirs)
     demo = build_app()
     demo.queue(default_concurrency_limit=4)
     idle.poll_gently(demo)

@@ -141,7 +141,8 @@ def _webui(args: argparse.Namespace) -> int:
     launch(host=args.host, port=args.port, share=False, logins=logins,
            allow_remote_code=args.allow_remote_code, allow_multi_node=args.allow_multi_node,
            allowed_hosts=tuple(args.allowed_host or ()),
-           allowed_origins=tuple(args.allowed_origin or ()))
+           allowed_origins=tuple(args.allowed_origin or ()),
+           models_dirs=tuple(Path(d) for d in args.models_dir or ()))
     return 0
 
 
@@ -193,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-multi-node", action="store_true",
                    help="let the browser start runs over several machines (the server then "
                    "connects to the machine-0 address a page gives)")
+    p.add_argument("--models-dir", action="append", metavar="DIR",
+                   help="let the browser use model folders (and .gguf files) under DIR; "
+                   "repeatable. Without it a page may name only 'embedded' or a hub id")
     p.add_argument("--allowed-host", action="append", metavar="NAME",
                    help="also answer requests for this host name (e.g. the machine's name "
                    "on the network); loopback names and IP addresses are always answered")

@@ -14,7 +14,7 @@ from core.data.reader import scan
 from core.data.registry import load_info, resolve
 from core.jobs.plots import length_histogram
 from core.schema.config import SETTINGS
-from webui import probe
+from webui import guard, probe
 from webui.tabs.data.upload import cell_text
 
 PAGE_SIZE = 10
@@ -110,6 +110,7 @@ def model_view(model: str | None, dataset: str, sample: int, cutoff_len: int,
     cutoff_len, problem = SETTINGS["cutoff_len"].check(cutoff_len)
     if problem:
         raise ValueError(f"cutoff_len: {problem}")
+    guard.check_browser_model(model)
     payload = {
         "model": model or SETTINGS["model"].default,
         "dataset": dataset,
