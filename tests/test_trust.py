@@ -4,6 +4,7 @@ export, and the upload quota."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,67 @@ def test_models_dir_folders_are_the_pages_and_the_cli_names_any(saves, data, tmp
     assert guard.browser_model_problem(str(tmp_path / "models")) is not None  # the dir itself
     assert main(["train", "--model", "/etc", "--print-config"]) == 0
     assert "model: /etc" in capsys.readouterr().out
+
+
+# -- 4. the data preview of a huge row ----------------------------------------------------
+def test_preview_of_a_ten_million_character_row_tokenizes_only_what_the_cut_off_shows(
+        tiny_model_dir, tokenizer, data):
+    """"What the model sees" on a row of 10 million characters with cut-off 1024: it says
+    the row was cut, and shows at most 1024 tokens (it used to tokenize all 5 million)."""
+    import time
+
+    from webui.tabs.data import view
+
+    rows = [{"instruction": "word " * 2_000_000, "output": "short"},
+            {"instruction": "What is 2 + 2?", "output": "4"}]
+    (data / "huge.json").write_text(json.dumps(rows))
+    t0 = time.time()
+    seen = view.model_view(str(tiny_model_dir), str(data / "huge.json"), 1, 1024, False)
+    seconds = time.time() - t0
+    assert "✂ this sample was cut: only its first 32,768 characters" in seen.summary
+    assert "**1** cut at 1024" in seen.summary
+    shown = "".join(text for text, _ in seen.segments)
+    assert len(tokenizer(shown, add_special_tokens=False)["input_ids"]) <= 1024
+    assert shown.startswith("<|im_start|>") and len(shown) < 32_768
+    other = view.model_view(str(tiny_model_dir), str(data / "huge.json"), 2, 1024, False)
+    assert "1 sample(s) longer than 32,768 characters were cut" in other.summary
+    assert "4" in "".join(t for t, label in other.segments if label == view.TRAINED)
+    print(f"preview of a 10-million-character row: {seconds:.1f} s")  # was 81 s
+
+
+# -- 6. the upload quota ------------------------------------------------------------------
+def _upload(url: str, name: str, content: bytes) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    body = (f"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + content + b"\r\n--b--\r\n"
+    request = urllib.request.Request(url + "gradio_api/upload", data=body, headers={
+        "Content-Type": "multipart/form-data; boundary=b"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_uploads_stop_at_the_quota_with_a_message(tmp_path):
+    """A 1 MB quota: the first upload is stored, the one that would pass the quota is
+    refused with what to do, and nothing of it is written."""
+    cache = tmp_path / "upload-cache"
+    env = {"GRADIO_TEMP_DIR": str(cache), "PEFT_STUDIO_UPLOAD_QUOTA_MB": "1"}
+    with serve_app(tmp_path, env=env) as app:
+        status, body = _upload(app.url, "a.json", b"[" + b" " * 600_000 + b"]")
+        assert status == 200, body
+        from webui.quota import folder_bytes
+
+        stored = folder_bytes(cache)
+        assert stored >= 600_000
+        status, body = _upload(app.url, "b.json", b"[" + b" " * 600_000 + b"]")
+        assert status == 413
+        error = json.loads(body)["error"]
+        assert "the upload space is full" in error and "PEFT_STUDIO_UPLOAD_QUOTA_MB" in error
+        assert "deleted once added as a dataset" in error
+        assert folder_bytes(cache) == stored
+        assert _upload(app.url, "c.json", b"[" + b" " * 100_000 + b"]")[0] == 200  # it fits
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
