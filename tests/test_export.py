@@ -5,6 +5,7 @@ and resharding of whole-model runs. Every run is a real tiny run through the run
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -150,6 +151,32 @@ def test_cli_exports_anywhere_and_an_occupied_folder_needs_overwrite(lora_run, m
     assert ex.target_of_out("mine") == ("mine", "")  # a bare name: saves/exports/mine
     with pytest.raises(ex.ExportError):
         ex.parse_size("lots")
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 1 MB tmpfs: room for a README, not for the tiny model (12 MB of embeddings)."""
+    disk = tmp_path / "small"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up ({mounted.stderr.strip()})")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "gguf"])
+def test_disk_full_while_exporting_says_so_and_leaves_nothing(lora_run, small_disk, capsys,
+                                                              fmt):
+    from core.cli.main import main
+
+    out = small_disk / "merged"
+    assert main(["export", str(lora_run), "--out", str(out), "--format", fmt]) == 1
+    err = capsys.readouterr().err
+    assert f"failed: disk full writing {out} (" in err and " MB free): free some space" in err
+    assert "and export again" in err and "Errno" not in err
+    assert list(small_disk.iterdir()) == []  # no half model keeps the disk full
 
 
 def test_existing_export_is_never_overwritten_without_the_flag(lora_run, module_saves,

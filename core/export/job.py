@@ -35,6 +35,7 @@ import yaml
 
 from core.export.common import ExportError, parse_size
 from core.export.formats import FORMATS
+from core.fsutil import disk_full, is_disk_full
 from core.jobs.events import EventWriter
 from core.jobs.job import describe_progress, follow, run_job
 from core.jobs.runs import resolve_run, run_target
@@ -237,6 +238,11 @@ def export(spec: ExportSpec, events: EventWriter) -> dict[str, Any]:
         card = fmt.card(out.name, run_dir, trained, info, spec)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         _swap_into_place(tmp, out, spec.overwrite)
+    except Exception as exc:
+        if is_disk_full(exc):  # the partial folder goes first: the free space is then true
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise disk_full(out, "and export again") from exc
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
