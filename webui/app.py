@@ -12,9 +12,10 @@ import importlib
 from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 from starlette.middleware import Middleware
 
-from webui import guard, idle, topbar, trust
+from webui import guard, idle, quota, topbar, trust
 from webui.i18n import I18n
 from webui.tabs.data import upload
 
@@ -113,4 +114,6 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False,
                     Middleware(trust.TrustMiddleware, trust=trust.Trust(
                         host, tuple(allowed_hosts), tuple(allowed_origins), share,
                         login=bool(logins))),
+                    Middleware(quota.UploadQuota, folder=get_upload_folder(),
+                               quota=quota.quota_mb() * 2**20),
                     Middleware(idle.early_script_middleware)]})
