@@ -58,8 +58,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _follow(run_dir: Path, show_log: bool = False) -> int:
-    """Print the run's events as they come; Ctrl-C aborts it (it still saves)."""
+    """Print the run's events as they come; Ctrl-C aborts it (it still saves). Returns
+    once every process of the run has exited, not at its end event: a script that runs
+    the next command at once must find the device free."""
     follow(run_dir, _describe, show_log)
+    if not runner.wait_for_exit(run_dir):
+        print(f"warning: processes of {run_dir.name} still run; see "
+              f"{run_dir / 'log.txt'}", file=sys.stderr)
     status, end = runner.run_status(run_dir)
     if status == runner.FAILED:
         print(f"failed: {end.get('error')}\n(full log: {run_dir / 'log.txt'})", file=sys.stderr)
