@@ -57,12 +57,23 @@ def tiny_model_dir(tmp_path_factory, embedded_dir) -> Path:
     out = tmp_path_factory.mktemp("models") / "tiny-llama"
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
-    # Tests drive the browser's handlers with this model, as a page may on a server
-    # started with --models-dir on its folder.
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _tiny_model_offered(request):
+    """Tests drive the browser's handlers with the tiny model, as a page may on a server
+    started with --models-dir on its folder. Set per test: a test that builds the app
+    with launch() resets the policy as a server start does."""
+    if "tiny_model_dir" not in request.fixturenames:
+        yield
+        return
     from webui import guard
 
-    guard.POLICY.models_dirs = (*guard.POLICY.models_dirs, out.parent)
-    return out
+    folder = request.getfixturevalue("tiny_model_dir").parent
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(guard.POLICY, "models_dirs", (*guard.POLICY.models_dirs, folder))
+        yield
 
 
 @pytest.fixture()

@@ -163,12 +163,15 @@ def browser_model_problem(model: str | None) -> str | None:
     name = str(model or "").strip()
     if not name or name == EMBEDDED:
         return None
-    if _HUB_ID.fullmatch(name) and ".." not in name and not name.endswith(".gguf") \
-            and not (ROOT / name).exists() and not Path(name).exists():
-        return None
-    path = Path(name).expanduser()
-    full = (path if path.is_absolute() else ROOT / path).resolve()
-    for folder in POLICY.models_dirs:
+    try:
+        if _HUB_ID.fullmatch(name) and ".." not in name and not name.endswith(".gguf") \
+                and not (ROOT / name).exists() and not Path(name).exists():
+            return None
+        path = Path(name).expanduser()
+        full = (path if path.is_absolute() else ROOT / path).resolve()
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, ~nosuchuser, too long
+        full = None
+    for folder in POLICY.models_dirs if full is not None else ():
         root = Path(folder).expanduser().resolve()
         if root in full.parents:
             return None
