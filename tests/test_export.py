@@ -149,6 +149,7 @@ def test_cli_exports_anywhere_and_an_occupied_folder_needs_overwrite(lora_run, m
     (tmp_path / "empty").mkdir()
     ex.check(ex.ExportSpec(str(lora_run), "empty", out=str(tmp_path / "empty")))
     assert ex.target_of_out("mine") == ("mine", "")  # a bare name: saves/exports/mine
+    assert ex.target_of_out(str(ex.exports_dir() / "mine")) == ("mine", "")
     with pytest.raises(ex.ExportError):
         ex.parse_size("lots")
 

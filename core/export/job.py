@@ -284,12 +284,15 @@ def add_command(subparsers: Any) -> None:
 
 
 def target_of_out(out: str) -> tuple[str, str]:
-    """(name, out path) for `--out`: a bare name is an export in saves/exports (no path),
-    anything with a separator (or ~) is a folder wherever it points."""
+    """(name, out path) for `--out`: a bare name, or a path straight inside saves/exports,
+    is an export there (no path); anything else with a separator (or ~) is a folder
+    wherever it points."""
     path = Path(out).expanduser()
     if len(path.parts) == 1 and not path.is_absolute() and not out.startswith("~"):
         return out, ""
     full = path.resolve()
+    if full.parent == exports_dir().resolve():
+        return full.name, ""
     return full.name, str(full)
 
 
