@@ -199,3 +199,12 @@ def test_stop_ends_the_prefill_and_a_reply_stops_at_the_contexts_end(code_run):
                                              add_generation_prompt=True))["input_ids"])
     assert 0 < reply.tokens <= 512 - prompt < 100, (reply.tokens, prompt)
     assert room_for_reply(500, 512, 100) == 12 and room_for_reply(5, None, 100) == 100
+
+
+def test_cli_chat_refuses_a_prompt_longer_than_the_context(code_run, capsys):
+    from core.cli.main import main
+
+    assert main(["chat", str(code_run), "--prompt", "hello " * 600]) == 2
+    err = capsys.readouterr().err
+    assert "error: the conversation is" in err and "context is 512" in err
+    assert "Traceback" not in err

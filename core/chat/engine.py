@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from core.chat.limits import PromptTooLong, Stopped, context_length, room_for_reply, stoppable
 from core.jobs.runs import Target, base_target, resolve_run, run_target
 from core.paths import ROOT, cache_dir, child_env
 from core.schema.jobs import GENERATION
@@ -175,7 +176,6 @@ class Engine:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-        from core.chat.limits import Stopped, context_length, room_for_reply, stoppable
         from core.data.encode import chat_template
         from core.methods.common import generate_extras
 
@@ -474,6 +474,13 @@ def _main(args: argparse.Namespace) -> int:
                 print(piece, end="", flush=True)
         except KeyboardInterrupt:  # Ctrl-C ends this reply, not the session
             stop.set()
+        except PromptTooLong as exc:
+            print(f"\nerror: {exc}" + (" (/reset clears it)" if interactive else ""),
+                  file=sys.stderr)
+            history.pop()
+            if not interactive:
+                return 2
+            continue
         print(flush=True)
         history.append({"role": "assistant", "content": "".join(pieces)})
         if not interactive:
