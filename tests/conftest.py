@@ -54,10 +54,26 @@ def tiny_model_dir(tmp_path_factory, embedded_dir) -> Path:
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
-    out = tmp_path_factory.mktemp("tiny-llama")
+    out = tmp_path_factory.mktemp("models") / "tiny-llama"
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     return out
+
+
+@pytest.fixture(autouse=True)
+def _tiny_model_offered(request):
+    """Tests drive the browser's handlers with the tiny model, as a page may on a server
+    started with --models-dir on its folder. Set per test: a test that builds the app
+    with launch() resets the policy as a server start does."""
+    if "tiny_model_dir" not in request.fixturenames:
+        yield
+        return
+    from webui import guard
+
+    folder = request.getfixturevalue("tiny_model_dir").parent
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(guard.POLICY, "models_dirs", (*guard.POLICY.models_dirs, folder))
+        yield
 
 
 @pytest.fixture()
@@ -107,15 +123,16 @@ def module_saves(tmp_path_factory) -> Path:
 
 
 @pytest.fixture()
-def app(tmp_path):
+def app(tmp_path, tiny_model_dir):
     """The app served with its own data/ and saves/ for a browser test (skipped without
-    Chromium). A run still going afterwards is aborted: a failed test must not leave one
-    training beside the next, and a passing test's runs must have ended on their own."""
+    Chromium), with the tiny model's folder as a --models-dir. A run still going
+    afterwards is aborted: a failed test must not leave one training beside the next, and
+    a passing test's runs must have ended on their own."""
     from browser_support import CHROMIUM, serve_app
 
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed (make browser installs it)")
-    with serve_app(tmp_path) as served:
+    with serve_app(tmp_path, args=("--models-dir", str(tiny_model_dir.parent))) as served:
         yield served
     from core.jobs import runner
 

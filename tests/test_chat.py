@@ -153,3 +153,58 @@ def test_lora_answers_merged_and_switches_cleanly_to_the_base(code_run):
     assert answer(tuned) == ANSWER and _merged(engine.entry(tuned).model)
     assert answer(base) != ANSWER and not _merged(engine.entry(tuned).model)
     assert answer(tuned) == ANSWER
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_generating(code_run, client):
+    """The tiny model's context is 512 tokens: a longer message is refused with both
+    counts, nothing generated, and the worker answers the next message."""
+    from core.chat.engine import ChatError
+
+    base = base_target(run_target(code_run).model)
+    events = []
+    with pytest.raises(ChatError, match=r"conversation is [\d,]+ tokens and this model's "
+                                        r"context is 512: nothing was generated"):
+        for event in client.events(base, user("hello " * 600), GREEDY):
+            events.append(event)
+    assert not [e for e in events if e["type"] == "chunk"]
+    assert "".join(client.stream(run_target(code_run), user(PROMPT), GREEDY)) == ANSWER
+
+
+def test_stop_ends_the_prefill_and_a_reply_stops_at_the_contexts_end(code_run):
+    """A Stop already pressed when a long prompt starts its prefill ends it at the first
+    layer (generate's own stopping criteria run only after a token); a prompt near the
+    end of the context gets only the room left, not a crash past it."""
+    import threading
+
+    from core.chat.engine import Engine, Reply
+    from core.chat.limits import room_for_reply
+
+    engine = Engine()
+    base = base_target(run_target(code_run).model)
+    model = engine.entry(base).model
+    ran = []
+    hooks = [layer.register_forward_hook(lambda *a: ran.append(1))
+             for layer in model.model.layers]
+    stop, reply = threading.Event(), Reply()
+    stop.set()
+    long = GenerationSettings(max_new_tokens=100, do_sample=False)
+    assert list(engine.stream(base, user("hello " * 480), long, stop, reply)) == []
+    assert ran == [] and reply.stopped and reply.tokens == 0
+    for hook in hooks:
+        hook.remove()
+    reply = Reply()
+    list(engine.stream(base, user("hello " * 480), long, threading.Event(), reply))
+    tok = engine.entry(base).tokenizer
+    prompt = len(tok(tok.apply_chat_template(user("hello " * 480), tokenize=False,
+                                             add_generation_prompt=True))["input_ids"])
+    assert 0 < reply.tokens <= 512 - prompt < 100, (reply.tokens, prompt)
+    assert room_for_reply(500, 512, 100) == 12 and room_for_reply(5, None, 100) == 100
+
+
+def test_cli_chat_refuses_a_prompt_longer_than_the_context(code_run, capsys):
+    from core.cli.main import main
+
+    assert main(["chat", str(code_run), "--prompt", "hello " * 600]) == 2
+    err = capsys.readouterr().err
+    assert "error: the conversation is" in err and "context is 512" in err
+    assert "Traceback" not in err

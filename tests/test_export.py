@@ -5,6 +5,7 @@ and resharding of whole-model runs. Every run is a real tiny run through the run
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -118,14 +119,65 @@ def test_names_that_leave_the_exports_folder_are_refused(lora_run, module_saves,
     assert not (module_saves / "x").exists() and not Path("/abs").exists()
 
 
-def test_cli_refuses_an_out_path_outside_exports(lora_run, capsys):
+def test_cli_exports_anywhere_and_an_occupied_folder_needs_overwrite(lora_run, module_saves,
+                                                                     tmp_path, capsys):
+    """The person at the terminal owns the disk: `--out PATH` may be any folder (a page
+    can still only name an export in saves/exports, see the test above). A folder with
+    files in it is replaced only with --overwrite, and only if it is a model folder."""
     from core.cli.main import main
 
-    assert main(["export", str(lora_run), "--out", "../elsewhere"]) == 2
-    assert "exports are written in" in capsys.readouterr().err
-    assert ex.name_from_out(str(ex.exports_dir() / "ok")) == "ok"
+    out = tmp_path / "anywhere" / "merged"
+    assert main(["export", str(lora_run), "--out", str(out), "--adapter-only"]) == 0, \
+        capsys.readouterr().err
+    assert (out / "adapter_config.json").is_file() and (out / "README.md").is_file()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp left
+    before = sorted(p.name for p in out.iterdir())
+    assert main(["export", str(lora_run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "exists and is not empty; pass --overwrite" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == before
+    ex.check(ex.ExportSpec(str(lora_run), out.name, overwrite=True, out=str(out)))
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    assert main(["export", str(lora_run), "--out", str(notes), "--overwrite"]) == 2
+    assert "is not a model folder" in capsys.readouterr().err
+    assert (notes / "todo.txt").read_text() == "mine"
+    for holder in (lora_run, lora_run.parent):  # replacing it would delete the run
+        assert main(["export", str(lora_run), "--out", str(holder), "--overwrite"]) == 2
+        assert "choose a folder of its own" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    ex.check(ex.ExportSpec(str(lora_run), "empty", out=str(tmp_path / "empty")))
+    assert ex.target_of_out("mine") == ("mine", "")  # a bare name: saves/exports/mine
+    assert ex.target_of_out(str(ex.exports_dir() / "mine")) == ("mine", "")
     with pytest.raises(ex.ExportError):
         ex.parse_size("lots")
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 1 MB tmpfs: room for a README, not for the tiny model (12 MB of embeddings)."""
+    disk = tmp_path / "small"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up ({mounted.stderr.strip()})")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "gguf"])
+def test_disk_full_while_exporting_says_so_and_leaves_nothing(lora_run, small_disk, capsys,
+                                                              fmt):
+    from core.cli.main import main
+
+    out = small_disk / "merged"
+    assert main(["export", str(lora_run), "--out", str(out), "--format", fmt]) == 1
+    err = capsys.readouterr().err
+    assert f"failed: disk full writing {out} (" in err and " MB free): free some space" in err
+    assert "and export again" in err and "Errno" not in err
+    assert list(small_disk.iterdir()) == []  # no half model keeps the disk full
 
 
 def test_existing_export_is_never_overwritten_without_the_flag(lora_run, module_saves,

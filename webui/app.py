@@ -9,11 +9,13 @@ page is up in a few seconds and closing it never touches a run.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 from starlette.middleware import Middleware
 
-from webui import guard, idle, topbar, trust
+from webui import guard, idle, quota, topbar, trust
 from webui.i18n import I18n
 from webui.tabs.data import upload
 
@@ -89,7 +91,8 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False,
            logins: list[tuple[str, str]] | None = None,
            allow_remote_code: bool = False, allow_multi_node: bool = False,
            allowed_hosts: tuple[str, ...] = (),
-           allowed_origins: tuple[str, ...] = ()) -> None:
+           allowed_origins: tuple[str, ...] = (),
+           models_dirs: tuple[Path, ...] = ()) -> None:
     """Serve the app. With `logins`, Gradio's login guards every page and API route
     (a client without the session cookie gets 401); without, only loopback is allowed.
     Requests for other Host names or from other pages' origins are refused (webui.trust)."""
@@ -97,6 +100,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False,
     guard.check_serving("a public share link" if share else host, logins)
     guard.POLICY.allow_remote_code = allow_remote_code
     guard.POLICY.allow_multi_node = allow_multi_node
+    guard.POLICY.models_dirs = tuple(models_dirs)
     demo = build_app()
     demo.queue(default_concurrency_limit=4)
     idle.poll_gently(demo)
@@ -110,4 +114,6 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False,
                     Middleware(trust.TrustMiddleware, trust=trust.Trust(
                         host, tuple(allowed_hosts), tuple(allowed_origins), share,
                         login=bool(logins))),
+                    Middleware(quota.UploadQuota, folder=get_upload_folder(),
+                               quota=quota.quota_mb() * 2**20),
                     Middleware(idle.early_script_middleware)]})

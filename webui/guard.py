@@ -7,20 +7,22 @@ here before anything is built, so a refused start binds no port and takes no tim
   `--auth-file FILE` (one `user:password` a line). Whenever a login is set, Gradio's
   `auth=` guards every page and API route, loopback included.
 - What a browser may do is narrower than what the CLI may do: remote code only when the
-  server was started with `--allow-remote-code`, and datasets only by registered name or
-  as files under data/ (the person at the browser may not be the person at the server).
+  server was started with `--allow-remote-code`, datasets only by registered name or
+  as files under data/, and models only the embedded one, a hub id or a folder under a
+  `--models-dir` (the person at the browser may not be the person at the server).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.paths import data_dir
+from core.paths import ROOT, data_dir
 
 AUTH_ENV = "PEFT_STUDIO_AUTH"
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
@@ -36,6 +38,7 @@ class Policy:
 
     allow_remote_code: bool = False
     allow_multi_node: bool = False
+    models_dirs: tuple[Path, ...] = ()  # --models-dir: folders whose models a page may use
 
 
 POLICY = Policy()
@@ -163,6 +166,60 @@ def browser_folder(folder: str) -> Path:
     return full
 
 
+# The shape of a hub id (org/name): what the hub itself accepts, and never a path.
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def browser_model_problem(model: str | None) -> str | None:
+    """Why a model typed in the browser is refused, or None: the embedded model, a hub id,
+    or a folder (or .gguf) under a `--models-dir`. Decided from the name alone, before
+    anything is looked at on disk, so that a refusal says nothing of what exists there."""
+    from core.models import EMBEDDED
+
+    name = str(model or "").strip()
+    if not name or name == EMBEDDED:
+        return None
+    try:
+        if _HUB_ID.fullmatch(name) and ".." not in name and not name.endswith(".gguf") \
+                and not (ROOT / name).exists() and not Path(name).exists():
+            return None
+        path = Path(name).expanduser()
+        full = (path if path.is_absolute() else ROOT / path).resolve()
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, ~nosuchuser, too long
+        full = None
+    for folder in POLICY.models_dirs if full is not None else ():
+        root = Path(folder).expanduser().resolve()
+        if root in full.parents:
+            return None
+    shown = name[:80] + ("..." if len(name) > 80 else "")
+    offered = ", ".join(str(d) for d in POLICY.models_dirs) or "none was given"
+    return (f"{shown!r} is not a model the browser may use: it can use 'embedded', a hub "
+            "id such as Qwen/Qwen2.5-0.5B-Instruct, or a folder under a models directory "
+            f"of the server ({offered}). To offer a folder, restart the server with "
+            "--models-dir DIR (or use `peft-studio train --model PATH`).")
+
+
+def offered_models(limit: int = 200) -> list[str]:
+    """The model folders (with a config.json) and .gguf files directly under each
+    --models-dir, for the model box's suggestions."""
+    found: list[str] = []
+    for folder in POLICY.models_dirs:
+        try:
+            entries = sorted(Path(folder).expanduser().resolve().iterdir())
+        except OSError:
+            continue
+        found += [str(p) for p in entries
+                  if (p / "config.json").is_file() or (p.suffix == ".gguf" and p.is_file())]
+    return found[:limit]
+
+
+def check_browser_model(model: str | None) -> None:
+    """Raise ValueError with `browser_model_problem`'s words when a page's model is refused."""
+    why = browser_model_problem(model)
+    if why:
+        raise ValueError(f"model: {why}")
+
+
 def existing_run(name: str) -> Path:
     """The folder of a run a tab shows, always one in saves/ (the CLI may name any path,
     the browser only runs here); if it was deleted meanwhile, say so plainly."""
@@ -179,6 +236,9 @@ def existing_run(name: str) -> Path:
 def browser_problems(values: dict[str, Any]) -> list[str]:
     """What the browser may not ask for in a run's settings, as ConfigError lines."""
     problems = []
+    why = browser_model_problem(values.get("model"))
+    if why:
+        problems.append(f"model: {why}")
     if values.get("trust_remote_code") and not POLICY.allow_remote_code:
         problems.append("trust_remote_code: " + REMOTE_CODE_NOTE)
     datasets = values.get("dataset") or []

@@ -15,6 +15,8 @@ Commands:
            placeholders. Every sample's token length, and for the first PREVIEW_LIMIT
            samples the rendered text as (segment, trained) pieces; for pairwise and kto
            data the rendered prompt and each reply's pieces (see _preference_preview).
+           Only what the cut-off can show is tokenized: the first cutoff_len *
+           CHARS_PER_TOKEN characters of each sample ("partial" says which were cut).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from core.paths import ROOT, child_env
 
 MARK = "@@probe@@ "  # libraries may print to stdout too; our answer is the marked line
 PREVIEW_LIMIT = 500
+# No tokenizer's tokens average anywhere near this many characters, so the first
+# cutoff_len * CHARS_PER_TOKEN characters hold every token the cut-off keeps.
+CHARS_PER_TOKEN = 32
 TIMEOUT = 600
 CACHE_SIZE = 32  # answers about previews hold every sample's text: keep only the recent
 
@@ -125,7 +130,7 @@ def preview_data(payload: dict[str, Any]) -> dict[str, Any]:
     from types import SimpleNamespace
 
     from core import models
-    from core.data.encode import preview, token_lengths
+    from core.data.encode import bounded_lengths, preview
     from core.data.loader import load_examples
 
     tokenizer = models.load_tokenizer(payload["model"], payload.get("trust_remote_code", False))
@@ -133,42 +138,47 @@ def preview_data(payload: dict[str, Any]) -> dict[str, Any]:
                            identity_author=payload.get("identity_author", ""))
     examples = load_examples([payload["dataset"]], opts)
     cutoff = int(payload["cutoff_len"])
+    bound = cutoff * CHARS_PER_TOKEN
     if examples and "prompt" in examples[0]:
         return _preference_preview(tokenizer, examples, cutoff)
-    lengths = token_lengths(examples, tokenizer)
+    lengths, partial = bounded_lengths(examples, tokenizer, bound)
     samples = []
     for ex in examples[:PREVIEW_LIMIT]:
         if "messages" in ex:
             samples.append(preview(tokenizer, ex["messages"], cutoff,
-                                   bool(payload.get("train_on_prompt"))))
+                                   bool(payload.get("train_on_prompt")), bound))
         else:
-            samples.append(_text_preview(tokenizer, ex["text"], cutoff))
+            samples.append(_text_preview(tokenizer, ex["text"][:bound], cutoff))
     return {"lengths": lengths, "samples": samples, "count": len(examples),
+            "partial": partial, "measured_chars": bound,
             "kind": "messages" if examples and "messages" in examples[0] else "text"}
 
 
 def _preference_preview(tokenizer: Any, examples: list[dict], cutoff: int) -> dict[str, Any]:
     """Pairs (or KTO's labelled replies): the prompt rendered once, each reply with its
     trained tokens, as the SFT preview marks them; lengths count prompt and reply."""
-    from core.data.encode import preview, prompt_text, token_lengths
+    from core.data.encode import bounded_lengths, preview, prompt_text
 
     kto = "completion" in examples[0]
     replies = ("completion",) if kto else ("chosen", "rejected")
-    lengths = {r: token_lengths([{"messages": ex["prompt"] + ex[r]} for ex in examples],
-                                tokenizer) for r in replies}
+    bound = cutoff * CHARS_PER_TOKEN
+    measured = {r: bounded_lengths([{"messages": ex["prompt"] + ex[r]} for ex in examples],
+                                   tokenizer, bound) for r in replies}
+    lengths = {r: m[0] for r, m in measured.items()}
     samples = []
     for ex in examples[:PREVIEW_LIMIT]:
         prompt = prompt_text(tokenizer, ex["prompt"])
-        sample: dict[str, Any] = {"prompt": prompt}
+        sample: dict[str, Any] = {"prompt": prompt[:bound]}
         for r in replies:
             # Prompt tokens are never trained in these stages (TRL masks them).
-            segments = preview(tokenizer, ex["prompt"] + ex[r], cutoff, False)
+            segments = preview(tokenizer, ex["prompt"] + ex[r], cutoff, False, bound)
             sample[r] = _after(segments, len(prompt))
         if kto:
             sample["label"] = ex["label"]
         samples.append(sample)
     first = lengths[replies[0]]
     return {"lengths": first, "samples": samples, "count": len(examples),
+            "partial": measured[replies[0]][1], "measured_chars": bound,
             "kind": "kto" if kto else "pairwise",
             **({} if kto else {"rejected_lengths": lengths["rejected"]})}
 

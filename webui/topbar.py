@@ -10,6 +10,7 @@ import gradio as gr
 from core import models
 from core.methods import METHODS
 from core.schema.config import SETTINGS
+from webui.guard import browser_model_problem, offered_models
 from webui.i18n import I18n, Text
 from webui.shared import Shared
 from webui.widgets import make, method_choices
@@ -25,7 +26,12 @@ KINDS = {
 
 
 def describe_model(model: str | None, lang: str = "en") -> str:
-    """What the model box names, without loading any weights."""
+    """What the model box names, without loading any weights. A model the browser may not
+    use is refused before the disk is looked at: the answer must not tell a page which
+    of the server's folders exist."""
+    refused = browser_model_problem(model)
+    if refused:
+        return f"✗ {refused}"
     try:
         source = models.resolve(model or SETTINGS["model"].default)
     except models.ModelSourceError as exc:
@@ -64,7 +70,8 @@ def build(i18n: I18n, blocks: gr.Blocks) -> Shared:
     default_method = SETTINGS["method"].default
     with gr.Row(equal_height=False, elem_classes="ps-topbar"):
         with gr.Column(scale=4, min_width=320):
-            model = make(SETTINGS["model"], i18n)
+            model = make(SETTINGS["model"], i18n,
+                         choices=[*SETTINGS["model"].choices, *offered_models()])
             model_status = gr.Markdown(describe_model(None), elem_classes="ps-note")
         with gr.Column(scale=4, min_width=320):
             method = make(SETTINGS["method"], i18n, choices=method_choices(), info=None)

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from core.chat.limits import PromptTooLong, Stopped, context_length, room_for_reply, stoppable
 from core.jobs.runs import Target, base_target, resolve_run, run_target
 from core.paths import ROOT, cache_dir, child_env
 from core.schema.jobs import GENERATION
@@ -184,26 +185,34 @@ class Engine:
                                        chat_template=chat_template(tok))
         # The template already has its special tokens; training encoded it the same way.
         inputs = tok(text, return_tensors="pt", add_special_tokens=False).to(model.device)
+        room = room_for_reply(int(inputs["input_ids"].shape[1]), context_length(model, tok),
+                              int(settings.max_new_tokens))  # raises PromptTooLong
         # Not cleared here: the worker clears it when the request arrives, so a stop sent
         # while the model was still loading is not lost.
         stop = stop or threading.Event()
+        decoding = threading.Event()  # set at the first token: the prefill is over
 
         class _Stop(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+                decoding.set()
                 return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool,
                                   device=input_ids.device)
 
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
         counted: dict[str, Any] = {}
-        kwargs = {**inputs, **settings.generate_kwargs(), "streamer": streamer,
+        kwargs = {**inputs, **settings.generate_kwargs(), "max_new_tokens": room,
+                  "streamer": streamer,
                   "stopping_criteria": StoppingCriteriaList([_Stop()]),
                   "pad_token_id": tok.pad_token_id or tok.eos_token_id}
 
         def run() -> None:
             try:
-                with entry.active() as module, torch.inference_mode():
+                with entry.active() as module, torch.inference_mode(), stoppable(
+                        module, lambda: stop.is_set() and not decoding.is_set()):
                     out = module.generate(**kwargs, **generate_extras(module))
                 counted["tokens"] = int(out.shape[1] - inputs["input_ids"].shape[1])
+            except Stopped:  # during the prefill: no token yet
+                streamer.on_finalized_text("", stream_end=True)
             except Exception as exc:  # reaches the caller, not a silent thread death
                 counted["error"] = exc
                 streamer.on_finalized_text("", stream_end=True)
@@ -465,6 +474,13 @@ def _main(args: argparse.Namespace) -> int:
                 print(piece, end="", flush=True)
         except KeyboardInterrupt:  # Ctrl-C ends this reply, not the session
             stop.set()
+        except PromptTooLong as exc:
+            print(f"\nerror: {exc}" + (" (/reset clears it)" if interactive else ""),
+                  file=sys.stderr)
+            history.pop()
+            if not interactive:
+                return 2
+            continue
         print(flush=True)
         history.append({"role": "assistant", "content": "".join(pieces)})
         if not interactive:

@@ -80,8 +80,13 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _follow(run_dir: Path, show_log: bool = False) -> int:
-    """Print the run's events as they come; Ctrl-C aborts it (it still saves)."""
+    """Print the run's events as they come; Ctrl-C aborts it (it still saves). Returns
+    once every process of the run has exited, not at its end event: a script that runs
+    the next command at once must find the device free."""
     follow(run_dir, _describe, show_log)
+    if not runner.wait_for_exit(run_dir):
+        print(f"warning: processes of {run_dir.name} still run; see "
+              f"{run_dir / 'log.txt'}", file=sys.stderr)
     status, end = runner.run_status(run_dir)
     if status == runner.FAILED:
         print(f"failed: {end.get('error')}\n(full log: {run_dir / 'log.txt'})", file=sys.stderr)
@@ -165,7 +170,8 @@ def _webui(args: argparse.Namespace) -> int:
     launch(host=args.host, port=args.port, share=False, logins=logins,
            allow_remote_code=args.allow_remote_code, allow_multi_node=args.allow_multi_node,
            allowed_hosts=tuple(args.allowed_host or ()),
-           allowed_origins=tuple(args.allowed_origin or ()))
+           allowed_origins=tuple(args.allowed_origin or ()),
+           models_dirs=tuple(Path(d) for d in args.models_dir or ()))
     return 0
 
 
@@ -221,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-multi-node", action="store_true",
                    help="let the browser start runs over several machines (the server then "
                    "connects to the machine-0 address a page gives)")
+    p.add_argument("--models-dir", action="append", metavar="DIR",
+                   help="let the browser use model folders (and .gguf files) under DIR; "
+                   "repeatable. Without it a page may name only 'embedded' or a hub id")
     p.add_argument("--allowed-host", action="append", metavar="NAME",
                    help="also answer requests for this host name (e.g. the machine's name "
                    "on the network); loopback names and IP addresses are always answered")

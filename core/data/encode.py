@@ -126,11 +126,16 @@ def prompt_text(tokenizer: Any, messages: list[dict]) -> str:
 
 
 def preview(
-    tokenizer: Any, messages: list[dict], cutoff_len: int, train_on_prompt: bool = False
+    tokenizer: Any, messages: list[dict], cutoff_len: int, train_on_prompt: bool = False,
+    max_chars: int | None = None,
 ) -> list[tuple[str, bool]]:
     """The text the model sees, as consecutive (segment, trained) pieces, cut where
-    cutoff_len cuts the tokens."""
+    cutoff_len cuts the tokens. With `max_chars`, only that many characters of the
+    rendered text are tokenized (see `bounded_lengths`)."""
     text, spans = render(tokenizer, messages)
+    if max_chars is not None and len(text) > max_chars:
+        text = text[:max_chars]
+        spans = [(min(a, max_chars), min(b, max_chars)) for a, b in spans]
     _, flags, offsets = _tokenize(tokenizer, text, spans)
     segments: list[tuple[str, bool]] = []
     pos = 0
@@ -196,15 +201,28 @@ def _packed_row(group: list[Encoded], cutoff_len: int) -> Encoded:
 
 def token_lengths(examples: list[dict], tokenizer: Any) -> list[int]:
     """Tokens per example as encoded (before cutting), for the Data tab's histogram."""
+    return bounded_lengths(examples, tokenizer, None)[0]
+
+
+def bounded_lengths(examples: list[dict], tokenizer: Any,
+                    max_chars: int | None) -> tuple[list[int], list[bool]]:
+    """(tokens per example, whether it was measured on its first `max_chars` characters
+    only). A preview bounds what it tokenizes by what its cut-off can show: a row of ten
+    million characters would otherwise take a minute of tokenizing to show 1024 tokens."""
     texts = [
         _apply(tokenizer, ex["messages"], False) if "messages" in ex else ex["text"]
         for ex in examples
     ]
     if not texts:
-        return []
+        return [], []
+    partial = [max_chars is not None and len(t) > max_chars for t in texts]
+    if any(partial):
+        texts = [t[:max_chars] for t in texts]
     eos = 1 if tokenizer.eos_token_id is not None else 0
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return [len(i) + (0 if "messages" in ex else eos) for i, ex in zip(ids, examples, strict=True)]
+    lengths = [len(i) + (0 if "messages" in ex else eos)
+               for i, ex in zip(ids, examples, strict=True)]
+    return lengths, partial
 
 
 def build_datasets(

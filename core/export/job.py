@@ -35,6 +35,7 @@ import yaml
 
 from core.export.common import ExportError, parse_size
 from core.export.formats import FORMATS
+from core.fsutil import disk_full, is_disk_full
 from core.jobs.events import EventWriter
 from core.jobs.job import describe_progress, follow, run_job
 from core.jobs.runs import resolve_run, run_target
@@ -59,6 +60,9 @@ class ExportSpec:
     overwrite: bool = False
     format: str = "safetensors"
     gguf_type: str = EXPORT["gguf_type"].default
+    # A folder anywhere, from the CLI only (`--out PATH`): the person at the terminal owns
+    # the disk. Empty: saves/exports/<name>, the only place a page can export to.
+    out: str = ""
 
     @classmethod
     def load(cls, path: Path) -> ExportSpec:
@@ -83,6 +87,39 @@ def export_path(name: str) -> Path:
     return root / name
 
 
+# What a folder --overwrite may replace holds one of these: an export, never a folder of
+# anything else that an --out typed one level too high would name.
+MODEL_FILES = ("config.json", "adapter_config.json", "*.gguf", "*.safetensors")
+
+
+def output_folder(spec: ExportSpec) -> Path:
+    """Where `spec` writes: its --out path, else saves/exports/<name>."""
+    if spec.out:
+        return Path(spec.out).expanduser().resolve()
+    return export_path(spec.name)
+
+
+def _check_cli_out(out: Path, spec: ExportSpec) -> None:
+    """An --out path may be anywhere, but not a file, not a folder holding the run or
+    saves/ (replacing it would delete them), and not a non-empty folder unless asked
+    (--overwrite) and that folder is a model folder."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out}: is a file; give a folder (new or empty)")
+    for inside in (Path(spec.run_dir).resolve(), saves_dir().resolve()):
+        if out == inside or out in inside.parents:
+            raise ExportError(f"--out {out}: holds {inside}, which replacing it would "
+                              "delete; choose a folder of its own")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not spec.overwrite:
+        raise ExportError(f"--out {out}: exists and is not empty; pass --overwrite to "
+                          "replace it, or choose a new or empty folder")
+    if not any(any(out.glob(pattern)) for pattern in MODEL_FILES):
+        raise ExportError(f"--out {out}: is not a model folder (no config.json, "
+                          "adapter_config.json, .safetensors or .gguf), so --overwrite will "
+                          "not replace it; choose a new or empty folder")
+
+
 def plan(method: str, adapter_only: bool) -> tuple[str, str]:
     """(plan, why) for a run trained with `method`; see the module docstring."""
     from core.methods import METHODS
@@ -105,7 +142,9 @@ def plan(method: str, adapter_only: bool) -> tuple[str, str]:
 
 def check(spec: ExportSpec) -> tuple[Path, str, str]:
     """(output folder, plan, why), or ExportError before anything is written."""
-    out = export_path(spec.name)
+    out = output_folder(spec)
+    if spec.out:
+        _check_cli_out(out, spec)
     parse_size(spec.max_shard_size)
     try:
         target = run_target(Path(spec.run_dir), spec.checkpoint)
@@ -117,7 +156,7 @@ def check(spec: ExportSpec) -> tuple[Path, str, str]:
         raise ExportError(f"format {spec.format!r}: choose one of {', '.join(FORMATS)}")
     FORMATS[spec.format].refusal(spec, Path(target.trained), manifest.get("model", ""), how,
                                  why)
-    if out.exists() and not spec.overwrite:
+    if out.exists() and not spec.overwrite and not spec.out:
         raise ExportError(f"{out} already exists; choose another name, or tick overwrite "
                           "to replace it")
     return out, how, why
@@ -152,6 +191,8 @@ def past_exports(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _swap_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # an empty folder given as --out: the export takes its place
     if not out.exists():
         tmp.rename(out)
         return
@@ -197,6 +238,11 @@ def export(spec: ExportSpec, events: EventWriter) -> dict[str, Any]:
         card = fmt.card(out.name, run_dir, trained, info, spec)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         _swap_into_place(tmp, out, spec.overwrite)
+    except Exception as exc:
+        if is_disk_full(exc):  # the partial folder goes first: the free space is then true
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise disk_full(out, "and export again") from exc
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -217,14 +263,16 @@ def main(argv: list[str] | None = None) -> int:
 # -- `peft-studio export` ----------------------------------------------------------------
 def add_command(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "export", help="write a run as a standalone model folder under saves/exports/",
+        "export", help="write a run as a standalone model folder (in saves/exports/, or "
+        "wherever --out points)",
         description="Merge a LoRA-family adapter into its base (or reshard a full run, or "
         "copy an adapter that cannot merge) and write safetensors shards, tokenizer, chat "
         "template, generation config and a README. The export is checked against the "
         "trained model before it is reported done.")
     p.add_argument("run", help="run name (folder under saves/) or path")
     p.add_argument("--out", required=True,
-                   help="export name, or saves/exports/<name>; it must stay in that folder")
+                   help="a name (a folder in saves/exports/), or a folder path anywhere "
+                   "(./x, /data/x); an existing non-empty folder needs --overwrite")
     p.add_argument("--checkpoint", default="final", help="'final' or step-N")
     p.add_argument("--adapter-only", action="store_true",
                    help="write the adapter alone instead of a merged model")
@@ -235,23 +283,25 @@ def add_command(subparsers: Any) -> None:
     p.set_defaults(func=_main)
 
 
-def name_from_out(out: str) -> str:
-    """The export name in --out: a bare name, or a path whose folder is saves/exports."""
+def target_of_out(out: str) -> tuple[str, str]:
+    """(name, out path) for `--out`: a bare name, or a path straight inside saves/exports,
+    is an export there (no path); anything else with a separator (or ~) is a folder
+    wherever it points."""
     path = Path(out).expanduser()
-    if len(path.parts) == 1 and not path.is_absolute():
-        return out
-    if path.parent.resolve() != exports_dir().resolve():
-        raise ExportError(f"--out {out!r}: exports are written in {exports_dir()}; give a "
-                          "name, or a path directly inside that folder")
-    return path.name
+    if len(path.parts) == 1 and not path.is_absolute() and not out.startswith("~"):
+        return out, ""
+    full = path.resolve()
+    if full.parent == exports_dir().resolve():
+        return full.name, ""
+    return full.name, str(full)
 
 
 def _main(args: argparse.Namespace) -> int:
     try:
         run_dir = resolve_run(args.run)
-        spec = ExportSpec(str(run_dir), name_from_out(args.out), args.checkpoint,
-                          args.max_shard_size, args.adapter_only, args.overwrite,
-                          args.format, args.gguf_type)
+        name, out = target_of_out(args.out)
+        spec = ExportSpec(str(run_dir), name, args.checkpoint, args.max_shard_size,
+                          args.adapter_only, args.overwrite, args.format, args.gguf_type, out)
         _, how, why = check(spec)
         print(f"export plan: {how} ({why})", flush=True)
         job = start(spec)

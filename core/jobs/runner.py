@@ -493,6 +493,32 @@ def _process_info(job_dir: Path) -> dict | None:
         return None
 
 
+def wait_for_exit(job_dir: Path, timeout: float = 120.0, poll: float = 0.2) -> bool:
+    """Wait until the job's process and every process under it have exited: a run's end
+    event is written by rank 0 while torchrun and the other ranks are still shutting
+    down. True once all are gone; False after `timeout`."""
+    info = _process_info(job_dir)
+    if not info or not process_alive(job_dir):
+        return True
+    try:
+        root = psutil.Process(info["pid"])
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return True
+    deadline = time.time() + timeout
+
+    def running(p: psutil.Process) -> bool:
+        try:
+            return p.is_running() and p.status() not in (psutil.STATUS_ZOMBIE,
+                                                         psutil.STATUS_DEAD)
+        except psutil.NoSuchProcess:
+            return False
+
+    while (procs := [p for p in procs if running(p)]) and time.time() < deadline:
+        time.sleep(poll)
+    return not procs
+
+
 def wait(run_dir: Path, timeout: float | None = None, poll: float = 0.5) -> str:
     """Block until the run ends; return its status."""
     deadline = None if timeout is None else time.time() + timeout

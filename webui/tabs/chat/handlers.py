@@ -23,6 +23,7 @@ from core.jobs.runs import (
     resolve_run,
     run_target,
 )
+from webui.guard import check_browser_model
 from webui.i18n import Text
 
 CLIENT = ChatClient()
@@ -67,6 +68,7 @@ def targets(model: str | None, run: str, checkpoint: str, compare: bool,
         if compare:
             panes[0] = base_target(tuned.model)
     else:
+        check_browser_model(model)  # the box is free text: a page could name any folder
         panes[0] = base_target(model or "embedded")
     if second and second != NONE:
         panes[2] = run_target(resolve_run(second), "final")

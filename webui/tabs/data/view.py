@@ -14,7 +14,7 @@ from core.data.reader import scan
 from core.data.registry import load_info, read_registry, resolve
 from core.jobs.plots import length_histogram
 from core.schema.config import SETTINGS
-from webui import probe
+from webui import guard, probe
 from webui.tabs.data.upload import cell_text
 
 PAGE_SIZE = 10
@@ -111,6 +111,7 @@ def model_view(model: str | None, dataset: str, sample: int, cutoff_len: int,
     cutoff_len, problem = SETTINGS["cutoff_len"].check(cutoff_len)
     if problem:
         raise ValueError(f"cutoff_len: {problem}")
+    guard.check_browser_model(model)
     payload = {
         "model": model or SETTINGS["model"].default,
         "dataset": dataset,
@@ -136,8 +137,26 @@ def model_view(model: str | None, dataset: str, sample: int, cutoff_len: int,
                f"**{cut}** cut at {cutoff_len}")
     if answer.get("kind") == "text":
         summary += " · raw text: every token is trained (stage pt)"
+    summary += partial_note(answer, index)
     return ModelView(segments, length_histogram(lengths, int(cutoff_len), title), summary,
                      index, count)
+
+
+def partial_note(answer: dict[str, Any], index: int) -> str:
+    """What the summary adds when samples were too long to tokenize whole: only what the
+    cut-off can show was, so their lengths are lower bounds."""
+    partial = answer.get("partial") or []
+    if not any(partial):
+        return ""
+    chars = answer.get("measured_chars", 0)
+    note = (f" · ✂ {sum(partial)} sample(s) longer than {chars:,} characters were cut: "
+            "only that much of each was tokenized (all the cut-off can show), so their "
+            "lengths are at least the counts shown")
+    if index - 1 < len(partial) and partial[index - 1]:
+        note = (f" · ✂ this sample was cut: only its first {chars:,} characters were "
+                "tokenized (all the cut-off can show), so it has at least the tokens shown"
+                + (f"; {sum(partial) - 1} other sample(s) too" if sum(partial) > 1 else ""))
+    return note
 
 
 def _preference_view(answer: dict[str, Any], index: int, cutoff_len: int) -> ModelView:
@@ -154,12 +173,13 @@ def _preference_view(answer: dict[str, Any], index: int, cutoff_len: int) -> Mod
         summary = (f"Pair **{index}** of {count}: prompt + chosen "
                    f"{lengths[index - 1] if lengths else 0} tokens, prompt + rejected "
                    f"{rejected[index - 1] if rejected else 0} tokens · **{cut}** cut at "
-                   f"{cutoff_len} · green tokens are the replies' trained tokens")
+                   f"{cutoff_len} · green tokens are the replies' trained tokens"
+                   + partial_note(answer, index))
         return ModelView([], figure, summary, index, count, kind, one["prompt"],
                          _marked(one.get("chosen", [])), _marked(one.get("rejected", [])))
     label = "✔ desirable" if one.get("label") else "✘ undesirable"
     summary = (f"Sample **{index}** of {count}: **{label}** reply · "
                f"{lengths[index - 1] if lengths else 0} tokens with the prompt · **{cut}** "
-               f"cut at {cutoff_len}")
+               f"cut at {cutoff_len}" + partial_note(answer, index))
     return ModelView(_marked(one.get("completion", [])), figure, summary, index, count, kind,
                      one["prompt"])

@@ -113,6 +113,9 @@ def inspect_payload(values: dict[str, Any]) -> dict[str, Any]:
     RunConfig(**payload)  # raises ConfigError listing every problem
     if payload.get("trust_remote_code") and not guard.POLICY.allow_remote_code:
         raise ConfigError(["trust_remote_code: " + guard.REMOTE_CODE_NOTE])
+    refused = guard.browser_model_problem(payload.get("model"))
+    if refused:
+        raise ConfigError([f"model: {refused}"])
     return payload
 
 
