@@ -25,7 +25,7 @@ openai = pytest.importorskip("openai")
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key-0123456789"
-PROMPTS = [PROMPT, "Hello, who are you?", "Name a colour."]
+PROMPTS = [PROMPT, "Name a colour."]
 
 
 def _copy_run(run: Path, saves: Path, name: str) -> Path:
@@ -73,6 +73,8 @@ def server(saves):
         assert time.time() < deadline, (job / "log.txt").read_text()[-3000:]
         assert runner.run_status(job)[0] == runner.RUNNING, (job / "log.txt").read_text()
         time.sleep(0.2)
+    # Both runs and the base answer from one copy of the base's weights.
+    assert ready["copies"] == 1, ready
     yield job, f"http://127.0.0.1:{ready['port']}/v1"
     if runner.process_alive(job):
         runner.abort(job, timeout=10)
@@ -211,6 +213,27 @@ def test_serving_beyond_loopback_needs_a_key(capsys, monkeypatch, saves):
     assert code == 2 and "without an API key" in text
     code, text = run_cli(["serve", "nope"], capsys)
     assert code == 2 and "no run named 'nope'" in text
+
+
+def test_the_serve_panel_shows_the_server_and_its_python_snippet_works(server, saves,
+                                                                       monkeypatch, capsys):
+    """The Chat tab's Serve panel, following the module's server as a page does: where it
+    answers, the request log, and a Python snippet that, pasted as shown, gets an answer."""
+    from webui.tabs.chat import serve as panel
+
+    monkeypatch.setenv("PEFT_STUDIO_SAVES", str(saves))
+    assert panel.attached() == str(server[0])
+    status, curl, python, log = panel.on_tick(str(server[0]), KEY)
+    assert server[1] in status and "code-word" in status and "API key required" in status
+    assert f"Bearer {KEY}" in curl and server[1] in curl
+    assert "| code-word | 200 |" in log
+    capsys.readouterr()
+    exec(compile(python, "snippet", "exec"), {})  # sampled, as Chat's defaults are
+    assert capsys.readouterr().out.strip()
+    # Refused before anything starts: beyond loopback without a key, and no model at all.
+    assert "without an API key" in panel.on_start(["code-word"], False, None, "0.0.0.0",
+                                                  8000, "")[1]
+    assert panel.on_start([], False, None, "127.0.0.1", 8000, "") == ["", panel.T_NO_RUNS("en")]
 
 
 def test_stop_from_the_cli_leaves_no_process(server, saves, capsys, monkeypatch):

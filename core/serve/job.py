@@ -220,8 +220,10 @@ def work(spec: ServeSpec, job: Path, events: EventWriter) -> dict[str, Any]:
     # second one, so the job still writes its end event.
     signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
     port = sock.getsockname()[1]
+    # How many copies of weights the models hold: runs of one base share one.
+    copies = len({id(entry.model) for entry in engine.loaded.values()})
     events.emit("ready", url=_url(spec.host, port), port=port, engine=spec.engine,
-                models=list(models), key=bool(key))
+                models=list(models), key=bool(key), copies=copies)
     print(f"serving {', '.join(models)} at {_url(spec.host, port)} (engine: {spec.engine})",
           flush=True)
     try:
