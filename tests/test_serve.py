@@ -26,6 +26,14 @@ openai = pytest.importorskip("openai")
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key-0123456789"
 PROMPTS = [PROMPT, "Name a colour."]
+# A chat template that takes tool definitions (as Qwen's and Llama 3's do).
+TOOLS_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nYou may call: {{ tools | tojson }}<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 
 
 def _copy_run(run: Path, saves: Path, name: str) -> Path:
@@ -51,6 +59,8 @@ def saves(code_run, tmp_path_factory) -> Path:
     saves.mkdir()
     _copy_run(code_run, saves, "code-word")
     _zero_lora_update(_copy_run(code_run, saves, "zeroed"))
+    tooled = _copy_run(code_run, saves, "tooled")
+    (tooled / "adapter" / "chat_template.jinja").write_text(TOOLS_TEMPLATE)
     return saves
 
 
@@ -63,21 +73,23 @@ def server(saves):
     env = {**os.environ, "PEFT_STUDIO_SAVES": str(saves),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run(
-        [sys.executable, "-m", "core.cli", "serve", "code-word", "zeroed", "--base",
+        [sys.executable, "-m", "core.cli", "serve", "code-word", "zeroed", "tooled", "--base",
          "--port", "0", "--api-key", KEY, "--queue-size", "8", "--detach"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     job = Path(out.stdout.split("serving job:")[1].split()[0])
-    deadline = time.time() + 120
-    while (ready := ready_event(job)) is None:
-        assert time.time() < deadline, (job / "log.txt").read_text()[-3000:]
-        assert runner.run_status(job)[0] == runner.RUNNING, (job / "log.txt").read_text()
-        time.sleep(0.2)
-    # Both runs and the base answer from one copy of the base's weights.
-    assert ready["copies"] == 1, ready
-    yield job, f"http://127.0.0.1:{ready['port']}/v1"
-    if runner.process_alive(job):
-        runner.abort(job, timeout=10)
+    try:
+        deadline = time.time() + 120
+        while (ready := ready_event(job)) is None:
+            assert time.time() < deadline, (job / "log.txt").read_text()[-3000:]
+            assert runner.run_status(job)[0] == runner.RUNNING, (job / "log.txt").read_text()
+            time.sleep(0.2)
+        # Both runs and the base answer from one copy of the base's weights.
+        assert ready["copies"] == 1, ready
+        yield job, f"http://127.0.0.1:{ready['port']}/v1"
+    finally:  # a failed start or test never leaves a server behind
+        if runner.process_alive(job):
+            runner.abort(job, timeout=10)
 
 
 def client(server, key: str = KEY):
@@ -96,7 +108,16 @@ def ask(server, model: str, text: str, **kw) -> str:
 
 def test_models_are_listed_under_their_run_names_and_the_base(server):
     ids = {m.id for m in client(server).models.list().data}
-    assert {"code-word", "zeroed", "base"} <= ids and len(ids) == 4  # + the base's name
+    assert {"code-word", "zeroed", "tooled", "base"} <= ids and len(ids) == 5  # + its name
+
+
+def test_tool_definitions_reach_a_template_that_takes_them(server):
+    c = client(server)
+    plain, tooled = (c.chat.completions.create(
+        model="tooled", messages=user("What is the weather in Paris?"), temperature=0,
+        max_tokens=4, **kw) for kw in ({}, {"tools": [WEATHER]}))
+    # Rendered into the prompt: the definitions' tokens are counted in it.
+    assert tooled.usage.prompt_tokens > plain.usage.prompt_tokens + 20
 
 
 def test_chat_completion_answers_as_trained_with_usage(server):
@@ -206,13 +227,15 @@ def test_foreign_host_and_origin_are_refused(server):
     assert httpx.get(url, headers={**auth, "Origin": "https://evil.example"}).status_code == 403
 
 
-def test_serving_beyond_loopback_needs_a_key(capsys, monkeypatch, saves):
+def test_refused_starts_say_why_before_anything_starts(capsys, monkeypatch, saves):
     monkeypatch.setenv("PEFT_STUDIO_SAVES", str(saves))
     monkeypatch.delenv("PEFT_STUDIO_API_KEY", raising=False)
     code, text = run_cli(["serve", "code-word", "--host", "0.0.0.0"], capsys)
     assert code == 2 and "without an API key" in text
     code, text = run_cli(["serve", "nope"], capsys)
     assert code == 2 and "no run named 'nope'" in text
+    code, text = run_cli(["serve", "code-word", "--engine", "vllm"], capsys)
+    assert code == 2 and "vLLM is not installed" in text
 
 
 def test_the_serve_panel_shows_the_server_and_its_python_snippet_works(server, saves,

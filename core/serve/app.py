@@ -54,7 +54,10 @@ class Work:
     queued: float = field(default_factory=time.time)
 
     def post(self, kind: str, **fields: Any) -> None:
-        self.loop.call_soon_threadsafe(self.out.put_nowait, (kind, fields))
+        try:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, (kind, fields))
+        except RuntimeError:  # the server has stopped: nobody is left to tell
+            self.cancel.set()
 
 
 def context_length(engine: Engine, target: Target) -> int | None:
@@ -123,7 +126,12 @@ class Scheduler:
     def _prompt(self, work: Work) -> str:
         request = work.request
         if request.messages is None:
-            return request.prompt
+            # As the tokenizer would encode it by itself (vLLM does the same): a BOS first
+            # for a model that wants one; the text is otherwise taken as written.
+            tok = self.engine.entry(work.target).tokenizer
+            bos = tok.bos_token if tok.bos_token and \
+                tok("x")["input_ids"][:1] == [tok.bos_token_id] else ""
+            return bos + request.prompt
         if request.tools and "tools" not in protocol_template(self.engine, work.target):
             raise ApiError(400, f"tools: the chat template of {request.model} does not take "
                            "tool definitions; leave tools out", "tools")
