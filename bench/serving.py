@@ -5,7 +5,8 @@ saves/ folder of its own, and measures greedy generation of N tokens: plain `gen
 this process (the floor), one client at a time through the OpenAI client (what a
 request's HTTP and streaming cost), and 8 clients at once (total tokens/s: the endpoint
 answers one request at a time, so this shows the queue, not batching). Median of a few
-prompts. Usage: `python bench/serving.py [--tokens N] [--run RUN_DIR]`.
+prompts; plain `generate` is measured before and after the served ones (A B B A), so the
+drift of a busy machine shows. Usage: `python bench/serving.py [--tokens N] [--run RUN_DIR]`.
 """
 
 from __future__ import annotations
@@ -25,14 +26,16 @@ PROMPTS = ["Write a short poem about the sea.", "Explain what a neural network i
            "List three uses of copper and say why."]
 
 
-def plain_rate(tokens: int) -> float:
+def plain_rate(tokens: int, loaded: dict) -> float:
     import torch
 
     from core import models
     from core.chat.engine import GenerationSettings
 
-    tok = models.load_tokenizer("embedded")
-    model = models.load_model("embedded").eval()
+    if not loaded:
+        loaded.update(tok=models.load_tokenizer("embedded"),
+                      model=models.load_model("embedded").eval())
+    tok, model = loaded["tok"], loaded["model"]
     settings = GenerationSettings(max_new_tokens=tokens, do_sample=False)
     rates = []
     for prompt in PROMPTS:
@@ -69,7 +72,9 @@ def main() -> int:
 
     from core.serve import job as serving
 
-    results = {"plain generate": plain_rate(args.tokens)}
+    loaded: dict = {}
+    before = plain_rate(args.tokens, loaded)
+    results = {}
     job, url, model = serve(args.run)
     try:
         client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
@@ -89,6 +94,9 @@ def main() -> int:
         results["served, 8 clients (total)"] = sum(n for n, _ in counts) / (time.time() - t0)
     finally:
         serving.stop(job)
+    # Before and after the served ones (A B B A): a busy machine's drift shows as their gap.
+    after = plain_rate(args.tokens, loaded)
+    results = {"plain generate, before": before, **results, "plain generate, after": after}
     for label, rate in results.items():
         print(f"{label:28} {rate:8.1f} tokens/s")
     return 0

@@ -1,9 +1,9 @@
 """Serving: the real server (`peft-studio serve`, a job process) driven by the official
 `openai` client, and its answers checked against the Chat tab's engine.
 
-One server for the module, serving two runs of one base side by side (the code-word run,
-and a copy of it whose LoRA update is zeroed, so it must answer as the base does) and
-the base itself, with an API key and a queue of 8.
+One server for the module, serving three runs of one base side by side (the code-word
+run; a copy of it whose LoRA update is zeroed, so it must answer as the base does; a copy
+whose chat template takes tools) and the base itself, with an API key and a queue of 8.
 """
 
 from __future__ import annotations
