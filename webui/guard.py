@@ -14,7 +14,6 @@ here before anything is built, so a refused start binds no port and takes no tim
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Iterable
@@ -23,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from core.paths import ROOT, data_dir
+from core.serve.hosts import is_loopback
 
 AUTH_ENV = "PEFT_STUDIO_AUTH"
-LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
 
 
 class AccessError(ValueError):
@@ -42,17 +41,6 @@ class Policy:
 
 
 POLICY = Policy()
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and localhost: addresses no other machine can reach."""
-    host = (host or "").strip().strip("[]").lower()
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_logins(lines: Iterable[str], source: str) -> list[tuple[str, str]]:

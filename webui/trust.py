@@ -29,7 +29,6 @@ middleware reflects localhost origins only, and nothing checks the Host).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import sys
@@ -37,13 +36,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
-from webui.guard import is_loopback
+from core.serve import hosts
 
 FREE_FAILURES = 3
 MAX_WAIT = 60.0
-WILDCARDS = ("0.0.0.0", "::", "")
 
 
 @dataclass
@@ -59,25 +56,10 @@ class Trust:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def host_allowed(self, header: str) -> bool:
-        name = _name_of(header)
-        if not name:
-            return False
-        if is_loopback(name) or _is_address(name):
-            return True
-        if name == self.host.lower() and self.host not in WILDCARDS:
-            return True
-        if self.share and name.endswith(".gradio.live"):
-            return True
-        return name in {h.lower() for h in self.allowed_hosts}
+        return hosts.host_allowed(header, self.host, self.allowed_hosts, self.share)
 
     def origin_allowed(self, origin: str, host_header: str) -> bool:
-        parts = urlsplit(origin.strip())
-        if not parts.scheme or not parts.netloc:
-            return False  # "null" (a sandboxed frame, a file) or garbage
-        if parts.netloc.lower() == host_header.strip().lower():
-            return True  # the app's own pages
-        wanted = origin.strip().rstrip("/").lower()
-        return wanted in {o.rstrip("/").lower() for o in self.allowed_origins}
+        return hosts.origin_allowed(origin, host_header, self.allowed_origins)
 
     # -- failed logins, per client address ------------------------------------------------
     def wait_for(self, client: str, now: float) -> float:
@@ -97,26 +79,6 @@ class Trust:
     def login_succeeded(self, client: str) -> None:
         with self._lock:
             self._failures.pop(client, None)
-
-
-def _name_of(host_header: str) -> str:
-    """The host name in a Host header, without its port; "" when it is not one."""
-    text = (host_header or "").strip().lower()
-    if text.startswith("["):  # [::1]:7860
-        end = text.find("]")
-        return text[1:end] if end > 0 else ""
-    name, _, port = text.partition(":")
-    if port and not port.isdigit():
-        return ""
-    return name
-
-
-def _is_address(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-        return True
-    except ValueError:
-        return False
 
 
 class TrustMiddleware:

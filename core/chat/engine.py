@@ -83,6 +83,11 @@ class _Loaded:
     # A LoRA-family adapter on an unquantized base answers with its update merged into
     # the base weights: one matmul per layer instead of three.
     merge: bool = False
+    # Several LoRA runs of one base share its weights as named adapters of one peft model
+    # (switched per reply, never merged: merging and unmerging in turn would drift the
+    # base weights by rounding). "" for a model of its own.
+    adapter: str = ""
+    shareable: bool = False
 
     @contextmanager
     def active(self) -> Iterator[Any]:
@@ -94,6 +99,8 @@ class _Loaded:
             with self.model.disable_adapter():
                 yield self.model.get_base_model()
         else:
+            if self.adapter and self.model.active_adapter != self.adapter:
+                self.model.set_adapter(self.adapter)
             if self.merge and not _merged(self.model):
                 self.model.merge_adapter()
             yield self.model
@@ -114,10 +121,22 @@ def _mergeable(trained: str | Path) -> bool:
     return bool(spec and spec.mergeable and settings.get("quantization", "none") == "none")
 
 
+def _shareable(trained: str | Path) -> bool:
+    """Whether this run's adapter can sit beside other LoRA adapters on one base: a plain
+    LoRA on an unquantized base (PiSSA-style starts rewrite the base weights themselves)."""
+    try:
+        config = json.loads((Path(trained) / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (_mergeable(trained) and config.get("peft_type") == "LORA"
+            and config.get("init_lora_weights") in (True, False, "gaussian"))
+
+
 @dataclass
 class Reply:
     text: str = ""
     tokens: int = 0
+    prompt_tokens: int = 0
     seconds: float = 0.0
     stopped: bool = False
 
@@ -154,13 +173,16 @@ class Engine:
 
         t0 = time.time()
         if target.trained:
+            shared = self._beside(target)
+            if shared is not None:
+                return shared
             # Quantized as in training: a QLoRA adapter answers as it was trained, in the
             # memory it was trained in.
             model, tokenizer = load_trained(target.trained, quantized=True)
             model = _to_gpu(model).eval()
             merge = hasattr(model, "merge_adapter") and _mergeable(target.trained)
             return _Loaded(model, tokenizer, seconds=time.time() - t0, base=target.model,
-                           merge=merge)
+                           merge=merge, shareable=_shareable(target.trained))
         for other in self.loaded.values():
             if other.base == target.model and not other.adapter_off \
                     and hasattr(other.model, "disable_adapter"):
@@ -169,20 +191,60 @@ class Engine:
         return _Loaded(model, models.load_tokenizer(target.model), seconds=time.time() - t0,
                        base=target.model)
 
-    def stream(self, target: Target, messages: list[dict[str, str]],
+    def _beside(self, target: Target) -> _Loaded | None:
+        """This run's adapter added to a loaded peft model of the same base, when both
+        can share it; None to load it on a base of its own."""
+        from core.methods.common import trained_tokenizer
+
+        if not _shareable(target.trained):
+            return None
+        host = next((e for e in self.loaded.values() if e.shareable and not e.adapter_off
+                     and e.base == target.model), None)
+        if host is None:
+            return None
+        t0 = time.time()
+        if not host.adapter:  # the first run on this base becomes one adapter of several
+            if _merged(host.model):
+                host.model.unmerge_adapter()
+            for entry in self.loaded.values():
+                if entry.model is host.model and not entry.adapter_off:
+                    entry.merge, entry.adapter = False, host.model.active_adapter
+        name = f"run{len(host.model.peft_config)}"
+        host.model.load_adapter(target.trained, adapter_name=name)
+        host.model.eval()
+        return _Loaded(host.model, trained_tokenizer(target.trained),
+                       seconds=time.time() - t0, base=target.model, adapter=name,
+                       shareable=True)
+
+    def render(self, target: Target, messages: list[dict[str, Any]],
+               tools: list[dict[str, Any]] | None = None) -> str:
+        """The prompt text a chat becomes: the model's own template, as in training."""
+        from core.data.encode import chat_template
+
+        tok = self.entry(target).tokenizer
+        extra = {"tools": tools} if tools else {}
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                       chat_template=chat_template(tok), **extra)
+
+    def stream(self, target: Target, messages: list[dict[str, Any]],
                settings: GenerationSettings, stop: threading.Event | None = None,
-               reply: Reply | None = None) -> Iterator[str]:
+               reply: Reply | None = None,
+               tools: list[dict[str, Any]] | None = None) -> Iterator[str]:
         """Yield the reply as it is generated; `reply` (if given) gets the totals."""
+        text = self.render(target, messages, tools)
+        yield from self.stream_text(target, text, settings, stop, reply)
+
+    def stream_text(self, target: Target, text: str, settings: GenerationSettings,
+                    stop: threading.Event | None = None,
+                    reply: Reply | None = None) -> Iterator[str]:
+        """`stream` for a prompt already rendered (or a plain completion's text)."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-        from core.data.encode import chat_template
         from core.methods.common import generate_extras
 
         entry = self.entry(target)
         tok, model = entry.tokenizer, entry.model
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                       chat_template=chat_template(tok))
         # The template already has its special tokens; training encoded it the same way.
         inputs = tok(text, return_tensors="pt", add_special_tokens=False).to(model.device)
         room = room_for_reply(int(inputs["input_ids"].shape[1]), context_length(model, tok),
@@ -230,6 +292,7 @@ class Engine:
             raise counted["error"]
         if reply is not None:
             reply.text, reply.tokens = "".join(pieces), counted.get("tokens", 0)
+            reply.prompt_tokens = int(inputs["input_ids"].shape[1])
             reply.seconds, reply.stopped = time.time() - t0, stop.is_set()
 
 

@@ -21,6 +21,7 @@ from core.jobs.job import follow
 from core.jobs.runs import resolve_run
 from core.paths import saves_dir
 from core.schema.config import ConfigError, add_arguments, config_from_args
+from core.serve import cli as serve
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -238,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "https://proxy.example:8443 (a reverse proxy with its own name)")
     p.set_defaults(func=_webui)
 
-    for job in (chat, evaluate, export):  # their subcommands live beside the job
+    for job in (chat, evaluate, export, serve):  # their subcommands live beside the job
         job.add_command(sub)
     data_cli.add_command(sub)
     return parser

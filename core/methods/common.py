@@ -268,6 +268,13 @@ def _load_quantized(cfg: Any) -> Any:
     )
 
 
+def trained_tokenizer(out_dir: str | Path) -> Any:
+    """The tokenizer (and chat template) a result was saved with, without its weights."""
+    from core.schema.config import RunConfig
+
+    return _load_tokenizer(Path(out_dir), RunConfig(**read_manifest(out_dir)["settings"]))
+
+
 def _load_tokenizer(out: Path, cfg: Any) -> Any:
     from transformers import AutoTokenizer
 

@@ -57,3 +57,15 @@ EXPORT: dict[str, Setting] = by_name(
               "（按类型设定容差校验）。Q4_K_M 等 k-quant 类型：导出 f16 后用 llama.cpp 的 "
               "llama-quantize 转换"),
 )
+
+# Serving (core/serve/): the OpenAI-compatible endpoint's bounds. Generation defaults are
+# GENERATION's, so a served model answers as the Chat tab does.
+SERVING: dict[str, Setting] = by_name(
+    S("queue_size", 16, "Requests that may wait while one is answered; more get 429 (busy, "
+      "retry later).", "serving", label="Queue size", label_zh="队列长度", minimum=0,
+      maximum=1024,
+      help_zh="正在回答一个请求时最多等待的请求数；超出的返回 429（繁忙，请稍后重试）。"),
+    S("max_request_mb", 4.0, "Largest request body, in MB; larger ones get 413.", "serving",
+      label="Max request size (MB)", label_zh="最大请求大小（MB）", minimum=0.01,
+      maximum=1024.0, help_zh="请求体的最大大小（MB）；超出的返回 413。"),
+)

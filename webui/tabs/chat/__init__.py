@@ -9,8 +9,10 @@ import gradio as gr
 
 from core.schema.jobs import GENERATION
 from webui import widgets
+from webui.live import wake
 from webui.shared import Shared
 from webui.tabs.chat import handlers as chatting
+from webui.tabs.chat import serve as serving
 from webui.tabs.chat.handlers import BASE_ONLY, NONE
 
 
@@ -35,6 +37,52 @@ def _generation_controls(i18n: Any) -> list[Any]:
             top_p, top_k, repetition_penalty = (
                 make(n) for n in ("top_p", "top_k", "repetition_penalty"))
     return [max_new_tokens, greedy, temperature, top_p, top_k, repetition_penalty]
+
+
+def _serve_panel(shared: Shared, runs: list[str]) -> None:
+    """Serve: the chosen runs over an OpenAI-compatible API (webui/tabs/chat/serve.py)."""
+    i18n = shared.i18n
+    with i18n.add(gr.Accordion("Serve to other programs (OpenAI-compatible API)", open=False,
+                               elem_id="serve-panel"),
+                  "Serve to other programs (OpenAI-compatible API)",
+                  "提供给其他程序（OpenAI 兼容接口）"):
+        with gr.Row(equal_height=True):
+            served = i18n.add(gr.Dropdown(runs, value=runs[:1], multiselect=True, scale=3,
+                                          label="Runs to serve", elem_id="serve-runs"),
+                              "Runs to serve", "要提供服务的训练结果",
+                              "Runs of one base share its weights",
+                              "同一基础模型的训练结果共享其权重")
+            base = i18n.add(gr.Checkbox(True, label="Also the base model", scale=1),
+                            "Also the base model", "同时提供基础模型")
+            host = i18n.add(gr.Textbox("127.0.0.1", label="Host", scale=1), "Host", "地址",
+                            "Beyond 127.0.0.1 an API key is required",
+                            "非 127.0.0.1 时必须设置 API 密钥")
+            port = i18n.add(gr.Number(8000, label="Port", precision=0, scale=1), "Port", "端口")
+        with gr.Row(equal_height=True):
+            key = i18n.add(gr.Textbox("", label="API key", scale=3, elem_id="serve-key"),
+                           "API key", "API 密钥", "Empty: none (loopback only)",
+                           "留空表示不需要（仅限本机）")
+            make_key = i18n.add(gr.Button("New key", scale=0, min_width=100), "New key",
+                                "生成密钥")
+            start = i18n.add(gr.Button("Start serving", variant="primary", scale=0,
+                                       min_width=140, elem_id="serve-start"),
+                             "Start serving", "开始服务")
+            stop = i18n.add(gr.Button("Stop", scale=0, min_width=80, elem_id="serve-stop"),
+                            "Stop", "停止")
+        status = gr.Markdown(serving.T_IDLE("en"), elem_id="serve-status")
+        with gr.Row():
+            curl = gr.Code("", language="shell", label="curl", elem_id="serve-curl")
+            python = gr.Code("", language="python", label="Python", elem_id="serve-python")
+        log = gr.Markdown("", elem_id="serve-log")
+    job = gr.Textbox(serving.attached, visible="hidden", elem_id="serve-job")
+    news = wake.waker("serve-wake", wake.job_stamp, source="serve-job")
+    make_key.click(serving.new_key, None, key)
+    start.click(serving.on_start, [served, base, shared.model, host, port, key, shared.lang],
+                [job, status])
+    stop.click(serving.on_stop, job, None)
+    news.change(serving.on_tick, [job, key, shared.lang], [status, curl, python, log],
+                show_progress="hidden", concurrency_limit=None, trigger_mode="always_last")
+    shared.runs_changed.change(lambda: gr.update(choices=chatting.run_choices()), None, served)
 
 
 def build(shared: Shared) -> None:
@@ -100,3 +148,4 @@ def build(shared: Shared) -> None:
     stop.click(chatting.CLIENT.stop, None, None)
     clear.click(lambda: [[] for _ in bots], None, bots)
     shared.lang.change(chatting.show_panes, [*selection, shared.lang], pane_outputs)
+    _serve_panel(shared, runs)
