@@ -137,10 +137,12 @@ def test_bad_train_flags(capsys, flag, value, words):
 
 @pytest.mark.parametrize("dataset, words", [
     ("/nope.json", "dataset: /nope.json: no such file, and no registered dataset"),
-    ("/tmp", "dataset: /tmp: is a folder, not a file"),
+    ("{empty}", "dataset: {empty}: is a folder, not a file"),  # a folder without data
     ("no_such_name", "dataset: no_such_name: no such file"),
 ])
-def test_train_missing_dataset(saves, capsys, dataset, words):
+def test_train_missing_dataset(saves, tmp_path, capsys, dataset, words):
+    (tmp_path / "empty").mkdir()
+    dataset, words = (t.format(empty=tmp_path / "empty") for t in (dataset, words))
     code, out = run_cli(["train", "--dataset", dataset], capsys)
     assert code == 2 and words in out
     assert not any(saves.iterdir())  # nothing started

@@ -173,7 +173,7 @@ def test_loading_a_missing_file_names_it(tmp_path):
 @pytest.mark.parametrize("columns, left", [
     (["text", "label"], "'label' (KTO labels (desirable or not)) unused (the kto format reads"),
     (["messages", "images"], "'images' (images)"),
-    (["conversations", "tools"], "'tools' (tool definitions)"),
+    (["text", "tools"], "'tools' (tool definitions)"),
     (["text", "kto_tag"], "'kto_tag' (KTO labels)"),
 ])
 def test_a_column_that_carries_meaning_is_never_dropped_in_silence(tmp_path, columns, left):

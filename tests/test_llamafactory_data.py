@@ -38,6 +38,7 @@ def write(path: Path, rows: list[dict]) -> Path:
     ("kto_en_demo.json", "kto"),  # messages + label
     ("v1_sft_demo.jsonl", "messages"),  # content as [{"type": "text", "value": ...}]
     ("c4_demo.jsonl", "text"),
+    ("glaive_toolcall_en_demo.json", "sharegpt"),
 ])
 def test_their_demo_files_are_detected_sure_and_pass_every_row(file, fmt):
     report = check_dataset(str(FIXTURES / file))
@@ -48,9 +49,8 @@ def test_their_demo_files_are_detected_sure_and_pass_every_row(file, fmt):
 @pytest.mark.parametrize(("file", "why"), [
     ("mllm_demo.json", "this dataset has images (column 'images'); image fine-tuning is "
                        "not supported yet"),
-    ("glaive_toolcall_en_demo.json", "'tools' (tool definitions) unused"),
 ])
-def test_media_and_tool_files_are_refused_not_stripped(file, why, saves, capsys):
+def test_media_files_are_refused_not_stripped(file, why, saves, capsys):
     report = check_dataset(str(FIXTURES / file))
     assert not report.ok and why in str(report.problems[0])
     assert main(["data", "check", str(FIXTURES / file)]) == 1
@@ -174,7 +174,7 @@ def test_import_registers_every_entry_it_can_and_says_why_for_the_rest(beside_a_
     assert lines == [
         "registered identity as identity_2 (alpaca, 3 rows)",  # the studio has one
         "registered as alpaca_en_demo (alpaca, 2 rows)",
-        "skipped glaive_toolcall_en_demo: tool calls (a tools column) are not supported yet",
+        "registered as glaive_toolcall_en_demo (sharegpt, 1 rows)",
         "skipped mllm_demo: this dataset has images (column 'images'); image fine-tuning is "
         "not supported yet",
         "registered as dpo_en_demo (pairwise, 3 rows)",
@@ -187,7 +187,7 @@ def test_import_registers_every_entry_it_can_and_says_why_for_the_rest(beside_a_
         "add the file (a file_name entry, or the Data tab's upload)",
         "registered as v1_sft_demo (messages, 2 rows)",
         "skipped missing_file: not_here.json not found in tests/fixtures/llamafactory",
-        "7 of 12 entries registered",
+        "8 of 12 entries registered",
     ]
     info = json.loads((beside_a_bad_entry / "dataset_info.json").read_text())
     assert info["theirs"] == {"file_name": "theirs.json", "columns": {"prompt": "q"}}
@@ -211,10 +211,10 @@ def test_their_registry_as_the_studios_own_is_imported_in_place(tmp_path, monkey
     assert "cannot be used" in registry.dataset_problems(["identity"])[0]
     outcomes = import_llamafactory(data)
     assert [o.name for o in outcomes if o.name] == [
-        "identity", "alpaca_en_demo", "dpo_en_demo", "kto_en_demo", "wiki_demo", "c4_demo",
-        "v1_sft_demo"]
+        "identity", "alpaca_en_demo", "glaive_toolcall_en_demo", "dpo_en_demo", "kto_en_demo",
+        "wiki_demo", "c4_demo", "v1_sft_demo"]
     assert registry.resolve("identity").path == data / "identity.json"  # not copied
-    assert len(registry.registry_problems()) == 5  # what it skipped, still named
+    assert len(registry.registry_problems()) == 4  # what it skipped, still named
 
 
 def test_a_broken_registry_in_their_folder_is_one_error(tmp_path, data, capsys):
@@ -246,7 +246,7 @@ def test_the_data_tab_imports_a_folder_under_data_only(data, tmp_path):
 
     shutil.copytree(FIXTURES, data / "llamafactory")
     done = upload.import_folder("llamafactory")
-    assert done.ok and done.message.startswith("7 of 12 entries registered")
+    assert done.ok and done.message.startswith("8 of 12 entries registered")
     assert "- ✓ registered as kto_en_demo (kto, 4 rows)" in done.message
     assert "- ✗ skipped mllm_demo: this dataset has images" in done.message
     assert registry.resolve("kto_en_demo").format == "kto"

@@ -212,9 +212,11 @@ def test_oversized_and_unsupported_requests_are_refused(server):
     assert big.value.status_code == 413
     with pytest.raises(openai.BadRequestError, match="n=2"):
         c.chat.completions.create(model="base", messages=user(PROMPT), n=2)
-    with pytest.raises(openai.BadRequestError, match="does not take tool definitions"):
-        c.chat.completions.create(model="base", messages=user(PROMPT), tools=[{
-            "type": "function", "function": {"name": "f", "parameters": {}}}])
+    # A template without tools gets them folded in as in training (core.data.tools).
+    plain, folded = (c.chat.completions.create(
+        model="base", messages=user(PROMPT), max_tokens=1, **kw) for kw in ({}, {"tools": [{
+            "type": "function", "function": {"name": "f", "parameters": {}}}]}))
+    assert folded.usage.prompt_tokens > plain.usage.prompt_tokens + 20
     with pytest.raises(openai.NotFoundError, match="code-word"):
         c.chat.completions.create(model="nope", messages=user(PROMPT))
 

@@ -146,7 +146,8 @@ def preview_data(payload: dict[str, Any]) -> dict[str, Any]:
     for ex in examples[:PREVIEW_LIMIT]:
         if "messages" in ex:
             samples.append(preview(tokenizer, ex["messages"], cutoff,
-                                   bool(payload.get("train_on_prompt")), bound))
+                                   bool(payload.get("train_on_prompt")), bound,
+                                   ex.get("tools")))
         else:
             samples.append(_text_preview(tokenizer, ex["text"][:bound], cutoff))
     return {"lengths": lengths, "samples": samples, "count": len(examples),

@@ -218,10 +218,12 @@ class Engine:
 
     def render(self, target: Target, messages: list[dict[str, Any]],
                tools: list[dict[str, Any]] | None = None) -> str:
-        """The prompt text a chat becomes: the model's own template, as in training."""
-        from core.data.encode import chat_template
+        """The prompt text a chat becomes: the model's own template, as in training (tools
+        folded into plain turns where the template does not render them, as in training)."""
+        from core.data.encode import chat_template, with_tools
 
         tok = self.entry(target).tokenizer
+        messages, tools = with_tools(tok, messages, tools)
         extra = {"tools": tools} if tools else {}
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                        chat_template=chat_template(tok), **extra)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.data.formats import DataError
+from core.data.tools import fold, template_takes_tools, uses_tools
 
 if TYPE_CHECKING:
     from core.schema.config import RunConfig
@@ -50,10 +51,20 @@ def chat_template(tokenizer: Any) -> str:
     return getattr(tokenizer, "chat_template", None) or FALLBACK_TEMPLATE
 
 
-def _apply(tokenizer: Any, messages: list[dict], generation: bool) -> str:
+def with_tools(tokenizer: Any, messages: list[dict],
+               tools: list[dict] | None) -> tuple[list[dict], list[dict] | None]:
+    """(messages, tools) as this tokenizer's template gets them: as they are when it
+    renders tools itself, else folded into plain turns (core.data.tools)."""
+    if not uses_tools(messages, tools) or template_takes_tools(chat_template(tokenizer)):
+        return messages, tools or None
+    return fold(messages, tools), None
+
+
+def _apply(tokenizer: Any, messages: list[dict], generation: bool,
+           tools: list[dict] | None = None) -> str:
     try:
         return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=generation,
+            messages, tools=tools, tokenize=False, add_generation_prompt=generation,
             chat_template=chat_template(tokenizer),
         )
     except Exception as exc:  # jinja's raise_exception and template bugs alike
@@ -61,16 +72,19 @@ def _apply(tokenizer: Any, messages: list[dict], generation: bool) -> str:
             from None
 
 
-def render(tokenizer: Any, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character span of each assistant reply,
-    including the end-of-turn token after it but not the whitespace that follows."""
-    full = _apply(tokenizer, messages, False)
+def render(tokenizer: Any, messages: list[dict],
+           tools: list[dict] | None = None) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character span of each assistant reply (its
+    tool calls too; tool results are not replies), including the end-of-turn token after
+    it but not the whitespace that follows."""
+    messages, tools = with_tools(tokenizer, messages, tools)
+    full = _apply(tokenizer, messages, False, tools)
     spans = []
     for i, msg in enumerate(messages):
         if msg["role"] != "assistant":
             continue
-        before = _apply(tokenizer, messages[:i], True)
-        upto = _apply(tokenizer, messages[: i + 1], False)
+        before = _apply(tokenizer, messages[:i], True, tools)
+        upto = _apply(tokenizer, messages[: i + 1], False, tools)
         if not (full.startswith(before) and full.startswith(upto) and len(upto) >= len(before)):
             raise DataError(
                 "the model's chat template renders earlier turns differently once later turns "
@@ -110,9 +124,10 @@ def _tokenize(
 
 
 def encode_messages(
-    tokenizer: Any, messages: list[dict], cutoff_len: int, train_on_prompt: bool = False
+    tokenizer: Any, messages: list[dict], cutoff_len: int, train_on_prompt: bool = False,
+    tools: list[dict] | None = None,
 ) -> Encoded:
-    text, spans = render(tokenizer, messages)
+    text, spans = render(tokenizer, messages, tools)
     ids, flags, _ = _tokenize(tokenizer, text, spans)
     labels = list(ids) if train_on_prompt else [
         t if f else IGNORE_INDEX for t, f in zip(ids, flags, strict=True)
@@ -127,12 +142,12 @@ def prompt_text(tokenizer: Any, messages: list[dict]) -> str:
 
 def preview(
     tokenizer: Any, messages: list[dict], cutoff_len: int, train_on_prompt: bool = False,
-    max_chars: int | None = None,
+    max_chars: int | None = None, tools: list[dict] | None = None,
 ) -> list[tuple[str, bool]]:
     """The text the model sees, as consecutive (segment, trained) pieces, cut where
     cutoff_len cuts the tokens. With `max_chars`, only that many characters of the
     rendered text are tokenized (see `bounded_lengths`)."""
-    text, spans = render(tokenizer, messages)
+    text, spans = render(tokenizer, messages, tools)
     if max_chars is not None and len(text) > max_chars:
         text = text[:max_chars]
         spans = [(min(a, max_chars), min(b, max_chars)) for a, b in spans]
@@ -210,7 +225,7 @@ def bounded_lengths(examples: list[dict], tokenizer: Any,
     only). A preview bounds what it tokenizes by what its cut-off can show: a row of ten
     million characters would otherwise take a minute of tokenizing to show 1024 tokens."""
     texts = [
-        _apply(tokenizer, ex["messages"], False) if "messages" in ex else ex["text"]
+        _apply(tokenizer, *_with_tools_of(tokenizer, ex)) if "messages" in ex else ex["text"]
         for ex in examples
     ]
     if not texts:
@@ -223,6 +238,11 @@ def bounded_lengths(examples: list[dict], tokenizer: Any,
     lengths = [len(i) + (0 if "messages" in ex else eos)
                for i, ex in zip(ids, examples, strict=True)]
     return lengths, partial
+
+
+def _with_tools_of(tokenizer: Any, example: dict) -> tuple[list[dict], bool, list | None]:
+    messages, tools = with_tools(tokenizer, example["messages"], example.get("tools"))
+    return messages, False, tools
 
 
 def build_datasets(
@@ -243,7 +263,7 @@ def build_datasets(
     else:
         def encode_all(exs: list[dict]) -> list[Encoded]:
             return [encode_messages(tokenizer, e["messages"], cfg.cutoff_len,
-                                    cfg.train_on_prompt) for e in exs]
+                                    cfg.train_on_prompt, e.get("tools")) for e in exs]
 
         train, evals = encode_all(train_ex), encode_all(eval_ex)
         lengths = [e.length for e in train + evals]

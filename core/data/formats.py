@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.data import tools
 from core.data.errors import DataError
 from core.data.reader import loads, open_rows
 
@@ -28,8 +29,8 @@ PREFERENCE_FORMATS = ("pairwise", "kto")
 # Canonical field -> the column it is read from unless a mapping says otherwise.
 FIELDS: dict[str, dict[str, str]] = {
     "alpaca": {k: k for k in ("instruction", "input", "output", "system", "history")},
-    "messages": {"messages": "messages", "system": "system"},
-    "sharegpt": {"conversations": "conversations", "system": "system"},
+    "messages": {"messages": "messages", "system": "system", "tools": "tools"},
+    "sharegpt": {"conversations": "conversations", "system": "system", "tools": "tools"},
     "text": {"text": "text"},
     # `prompt` is either the instruction text (alpaca-like, with input, system and
     # history) or a conversation ending in a user turn (messages-like).
@@ -54,7 +55,11 @@ ROLES = {
     "assistant": "assistant", "gpt": "assistant", "bot": "assistant", "model": "assistant",
     "chatgpt": "assistant",
     "system": "system",
+    # Tool results: OpenAI's role, LLaMA-Factory's sharegpt tag, Llama 3.1's role. (A
+    # LLaMA-Factory `function_call` turn is the assistant's call: see _message_list.)
+    "tool": "tool", "observation": "tool", "ipython": "tool",
 }
+CALL_ROLES = ("function_call",)
 
 
 @dataclass(frozen=True)
@@ -143,14 +148,15 @@ def _detect(columns: list[str]) -> Detection:
         extra["system"] = system
     if found := _detect_preference(find, extra):
         return found
+    chat = {"tools": tools} if (tools := find("tools")) else {}
     if col := find("messages"):
         others = bool(find("instruction", "output", "conversations"))
-        return Detection("messages", {"messages": col, **extra}, not others,
+        return Detection("messages", {"messages": col, **extra, **chat}, not others,
                          "also has other chat-like columns" if others else "")
     if col := find("conversations"):
-        return Detection("sharegpt", {"conversations": col, **extra}, True)
+        return Detection("sharegpt", {"conversations": col, **extra, **chat}, True)
     if col := find("conversation", "chat", "dialog", "dialogue"):
-        return Detection("messages", {"messages": col, **extra}, False,
+        return Detection("messages", {"messages": col, **extra, **chat}, False,
                          f"guessed that {col!r} holds a list of chat messages")
 
     mapping = {k: c for k, names in _ALIASES.items() if (c := find(*names))}
@@ -283,7 +289,9 @@ def to_example(
     problem = _turn_problem(messages)
     if problem:
         raise fail("history" if fmt == "alpaca" else key, problem)
-    return {"messages": messages}
+    offered = tools.definitions(row.get(cols["tools"]), lambda r: fail("tools", r)) \
+        if "tools" in cols else []
+    return {"messages": messages, "tools": offered} if offered else {"messages": messages}
 
 
 def _preference_example(
@@ -496,17 +504,38 @@ def _message_list(value: Any, fail: Any, placeholders: Mapping[str, str] | None)
     for i, msg in enumerate(value, 1):
         if not isinstance(msg, Mapping):
             raise fail(f"message {i} is not an object with a role and a content")
-        role = msg.get("role", msg.get("from"))
-        content = msg.get("content", msg.get("value"))
-        if isinstance(role, str) and role.lower() in ROLES:
-            role = ROLES[role.lower()]
-        else:
-            raise fail(f"message {i} has role {role!r}; expected user, assistant or system")
-        if isinstance(content, list):
-            content = _parts_text(content, i, fail)
-        if not isinstance(content, str) or not content.strip():
-            raise fail(f"message {i} ({role}) has no text; every message needs content")
-        out.append({"role": role, "content": _fill(content, placeholders)})
+        out.append(_message(msg, i, fail, placeholders))
+    return out
+
+
+def _message(msg: Mapping[str, Any], i: int, fail: Any,
+             placeholders: Mapping[str, str] | None) -> dict[str, Any]:
+    """Message `i` of a list as {"role", "content"}, plus `tool_calls` for an assistant's
+    calls (core.data.tools) and the `name`/`tool_call_id` a tool result carries."""
+    role = msg.get("role", msg.get("from"))
+    content = msg.get("content", msg.get("value"))
+    if isinstance(role, str) and role.lower() in CALL_ROLES:
+        return {"role": "assistant", "content": "", "tool_calls": tools.calls(content, i, fail)}
+    if isinstance(role, str) and role.lower() in ROLES:
+        role = ROLES[role.lower()]
+    else:
+        raise fail(f"message {i} has role {role!r}; expected user, assistant, system or tool")
+    if isinstance(content, list):
+        content = _parts_text(content, i, fail)
+    if role == "tool" and isinstance(content, Mapping | list):
+        content = json.dumps(content, ensure_ascii=False)  # a result given as JSON itself
+    calls = tools.calls(msg["tool_calls"], i, fail) \
+        if role == "assistant" and msg.get("tool_calls") else None
+    if calls and not (isinstance(content, str) and content.strip()):
+        content = ""  # a turn that only calls tools
+    elif not isinstance(content, str) or not content.strip():
+        raise fail(f"message {i} ({role}) has no text; every message needs content")
+    out: dict[str, Any] = {"role": role, "content": _fill(content, placeholders)}
+    if calls:
+        out["tool_calls"] = calls
+    for key in ("name", "tool_call_id") if role == "tool" else ():
+        if isinstance(msg.get(key), str):
+            out[key] = msg[key]
     return out
 
 
@@ -536,17 +565,34 @@ def _parts_text(parts: list[Any], i: int, fail: Any) -> str:
     return "".join(out)
 
 
+def _a(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 def _turn_problem(messages: list[dict]) -> str | None:
     """Conversations must go [system] user assistant user assistant ... so that every
-    chat template renders them and every user turn has a reply to learn."""
-    turns = messages[1:] if messages and messages[0]["role"] == "system" else messages
-    for i, msg in enumerate(turns):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if msg["role"] != expected:
-            n = i + 1 + (len(messages) - len(turns))
-            return (f"message {n} is a {msg['role']} turn where a {expected} turn was "
-                    "expected; turns must alternate user, assistant (one system first)")
-    if not turns or turns[-1]["role"] != "assistant":
+    chat template renders them and every user turn has a reply to learn; an assistant
+    turn that calls tools is followed by their results (tool turns), then the assistant
+    again."""
+    skip = 1 if messages and messages[0]["role"] == "system" else 0
+    previous = None
+    for n, msg in enumerate(messages[skip:], skip + 1):
+        role, calling = msg["role"], bool(previous and previous.get("tool_calls"))
+        if previous is None or (previous["role"] == "assistant" and not calling):
+            expected = ("user",)
+        elif previous["role"] == "user":
+            expected = ("assistant",)
+        elif calling:
+            expected = ("tool",)
+        else:  # after a tool's result: another result, or the assistant goes on
+            expected = ("tool", "assistant")
+        if role not in expected:
+            wanted = " or ".join(f"{_a(r)} {r} turn" for r in expected)
+            return (f"message {n} is {_a(role)} {role} turn where {wanted} was expected; "
+                    "turns must alternate user, assistant (one system first), with tool "
+                    "results after an assistant's tool calls")
+        previous = msg
+    if previous is None or previous["role"] != "assistant" or previous.get("tool_calls"):
         return "the conversation must end with an assistant reply"
     return None
 

@@ -28,7 +28,8 @@ HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_
 # The message keys and role names the studio's chat reader understands (core.data.formats).
 KNOWN_TAGS = {"role_tag": ("from", "role"), "content_tag": ("value", "content"),
               "user_tag": ("human", "user"), "assistant_tag": ("gpt", "assistant"),
-              "system_tag": ("system",)}
+              "system_tag": ("system",), "observation_tag": ("observation", "tool"),
+              "function_tag": ("function_call",)}
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,6 @@ def plan_entry(folder: Path, entry: Any) -> tuple[Path, str, dict[str, str]]:
     media = media_problem([k for k in columns if k in MEDIA and columns[k]])
     if media:
         raise DataError(media)
-    if columns.get("tools"):
-        raise DataError("tool calls (a tools column) are not supported yet")
     _check_tags(entry.get("tags") or {})
     fmt, mapping = _mapping(entry, columns, src)
     return src, fmt, {k: v for k, v in mapping.items() if v and v != k and k in FIELDS[fmt]}
@@ -123,14 +122,18 @@ def _check_tags(tags: Any) -> None:
         shown = ", ".join(f"{k}={v!r}" for k, v in odd.items())
         raise DataError(f"tags {shown} are not supported yet; the studio reads messages "
                         "with role/from and content/value, roles user/human, "
-                        "assistant/gpt and system")
+                        "assistant/gpt, system, function_call and observation/tool")
 
 
 def _mapping(entry: dict, columns: dict, src: Path) -> tuple[str, dict[str, str]]:
     formatting = entry.get("formatting", "alpaca")
     ranking, kto = bool(entry.get("ranking")), columns.get("kto_tag")
     system = {"system": columns["system"]} if columns.get("system") else {}
+    if columns.get("tools") and (ranking or kto or formatting != "sharegpt"):
+        raise DataError("tool definitions are read in sharegpt conversations only, not in "
+                        "preference, KTO or alpaca entries")
     if formatting == "sharegpt":
+        system |= {"tools": columns["tools"]} if columns.get("tools") else {}
         chat = columns.get("messages", "conversations")
         if ranking:
             return "pairwise", {"prompt": chat, "chosen": columns.get("chosen", "chosen"),

@@ -132,9 +132,6 @@ class Scheduler:
             bos = tok.bos_token if tok.bos_token and \
                 tok("x")["input_ids"][:1] == [tok.bos_token_id] else ""
             return bos + request.prompt
-        if request.tools and "tools" not in protocol_template(self.engine, work.target):
-            raise ApiError(400, f"tools: the chat template of {request.model} does not take "
-                           "tool definitions; leave tools out", "tools")
         try:
             return self.engine.render(work.target, request.messages, request.tools)
         except Exception as exc:  # jinja's raise_exception: the conversation's fault
@@ -184,12 +181,6 @@ class Scheduler:
         return {"code": 200, "prompt_tokens": prompt_tokens,
                 "completion_tokens": reply.tokens, "seconds": round(reply.seconds, 3),
                 "tokens_per_second": round(rate, 1), "finish": finish}
-
-
-def protocol_template(engine: Engine, target: Target) -> str:
-    from core.data.encode import chat_template
-
-    return chat_template(engine.entry(target).tokenizer)
 
 
 # -- the HTTP side -----------------------------------------------------------------------
