@@ -249,6 +249,8 @@ def test_the_serve_panel_shows_the_server_and_its_python_snippet_works(server, s
     monkeypatch.setenv("PEFT_STUDIO_SAVES", str(saves))
     assert panel.attached() == str(server[0])
     status, curl, python, log = panel.on_tick(str(server[0]), KEY)
+    assert curl["visible"] and python["visible"]
+    curl, python = curl["value"], python["value"]
     assert server[1] in status and "code-word" in status and "API key required" in status
     assert f"Bearer {KEY}" in curl and server[1] in curl
     assert "| code-word | 200 |" in log

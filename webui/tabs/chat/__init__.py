@@ -71,8 +71,11 @@ def _serve_panel(shared: Shared, runs: list[str]) -> None:
                             "Stop", "停止")
         status = gr.Markdown(serving.T_IDLE("en"), elem_id="serve-status")
         with gr.Row():
-            curl = gr.Code("", language="shell", label="curl", elem_id="serve-curl")
-            python = gr.Code("", language="python", label="Python", elem_id="serve-python")
+            # Shown once a server answers: empty boxes read like a broken panel.
+            curl = gr.Code("", language="shell", label="curl", elem_id="serve-curl",
+                           visible=False)
+            python = gr.Code("", language="python", label="Python", elem_id="serve-python",
+                             visible=False)
         log = gr.Markdown("", elem_id="serve-log")
     job = gr.Textbox(serving.attached, visible="hidden", elem_id="serve-job")
     news = wake.waker("serve-wake", wake.job_stamp, source="serve-job")

@@ -105,7 +105,7 @@ def on_tick(job: str, key: str, lang: str = "en") -> list[Any]:
     ready = next((e for e in reversed(events) if e["type"] == "ready"), None)
     if status != runner.RUNNING:
         text = T_ENDED(lang, status=status, note=end.get("note") or end.get("error") or "")
-        return [text, gr.update(), gr.update(), _log(events)]
+        return [text, gr.update(visible=False), gr.update(visible=False), _log(events)]
     if ready is None:
         loading = next((e["message"] for e in reversed(events) if e["type"] == "progress"), "")
         return [T_STARTING(lang, models=loading.removeprefix("loading ")), gr.update(),
@@ -113,4 +113,5 @@ def on_tick(job: str, key: str, lang: str = "en") -> list[Any]:
     text = T_READY(lang, models=", ".join(ready["models"]), url=ready["url"],
                    engine=ready["engine"], key=T_KEY(lang) if ready.get("key") else "")
     curl, python = examples(ready["url"], ready["models"][0], bool(ready.get("key")), key)
-    return [text, curl, python, _log(events)]
+    return [text, gr.update(value=curl, visible=True), gr.update(value=python, visible=True),
+            _log(events)]
