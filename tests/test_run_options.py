@@ -76,3 +76,16 @@ def test_a_run_stops_itself_when_the_validation_loss_stops_improving(tiny_model_
            "evaluations" in monitor.stats(watch)
     with pytest.raises(ConfigError, match="early_stopping_patience: needs a validation loss"):
         RunConfig(early_stopping_patience=3)
+
+
+def test_neftune_noise_changes_what_the_model_trains_on(tiny_model_dir, saves):
+    """NEFTune's noise on the input embeddings: the same first batch, a different loss."""
+    from support import events_of
+
+    losses = []
+    for alpha in (0.0, 50.0):
+        run_dir = runner.start(tiny(tiny_model_dir, max_steps=1, neftune_noise_alpha=alpha,
+                                    run_name=f"neftune-{alpha:g}"))
+        assert runner.wait(run_dir, timeout=300) == "done", (run_dir / "log.txt").read_text()
+        losses.append(next(e["loss"] for e in events_of(run_dir) if e["type"] == "step"))
+    assert abs(losses[0] - losses[1]) > 1e-3, losses

@@ -33,6 +33,7 @@ def shared_kwargs(cfg: RunConfig, run_dir: Path, device: str, precision: str,
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
+        neftune_noise_alpha=cfg.neftune_noise_alpha or None,
         optim=cfg.optim,
         # Set explicitly: TRL's configs default to bf16 and gradient checkpointing.
         bf16=precision == "bf16",
