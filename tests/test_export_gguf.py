@@ -126,7 +126,7 @@ def test_gguf_check_prompts_are_the_ones_the_run_held_out(data):
 
     cfg = RunConfig(stage="dpo", dataset=["sentiment_pref"], val_size=0.2, seed=7)
     prompts, source = gg.held_out_prompts(cfg.to_dict(), limit=100)
-    _, held = preference.load_examples(cfg)
+    _, held, _ = preference.load_examples(cfg)
     assert prompts == list(dict.fromkeys(gg._first_user_turn(e) for e in held))
     assert len(prompts) >= 2 and "validation split" in source
 

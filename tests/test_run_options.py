@@ -89,3 +89,30 @@ def test_neftune_noise_changes_what_the_model_trains_on(tiny_model_dir, saves):
         assert runner.wait(run_dir, timeout=300) == "done", (run_dir / "log.txt").read_text()
         losses.append(next(e["loss"] for e in events_of(run_dir) if e["type"] == "step"))
     assert abs(losses[0] - losses[1]) > 1e-3, losses
+
+
+def test_datasets_mix_at_their_weights_reproducibly():
+    from core.data.loader import mix
+
+    parts = [[{"text": f"a{i}"} for i in range(1000)], [{"text": f"b{i}"} for i in range(1000)]]
+    drawn = mix(parts, ["a", "b"], [0.7, 0.3], seed=1)
+    # Drawn until the 70% side runs out: all of it, and about 3/7 as many of the other.
+    assert drawn.mix["a"] == 1000 and abs(drawn.mix["b"] / len(drawn) - 0.3) < 0.03
+    assert len({e["text"] for e in drawn}) == len(drawn)  # nothing repeated
+    assert mix(parts, ["a", "b"], [0.7, 0.3], seed=1) == drawn
+    assert mix(parts, ["a", "b"], [0.7, 0.3], seed=2) != drawn
+    with pytest.raises(ConfigError, match="dataset_weights: 1 weight"):
+        RunConfig(dataset=["identity", "sentiment"], dataset_weights=[1.0])
+    with pytest.raises(ConfigError, match="above 0"):
+        RunConfig(dataset=["identity", "sentiment"], dataset_weights=[1.0, 0.0])
+
+
+def test_a_run_on_mixed_datasets_says_what_it_drew(tiny_model_dir, saves):
+    from support import events_of
+
+    run_dir = runner.start(tiny(tiny_model_dir, max_steps=1, dataset=["identity", "sentiment"],
+                                dataset_weights=[1, 1]))
+    assert runner.wait(run_dir, timeout=300) == "done", (run_dir / "log.txt").read_text()
+    start = next(e for e in events_of(run_dir) if e["type"] == "start")
+    assert start["mix"]["identity"] == 52 and 30 < start["mix"]["sentiment"] < 80, start["mix"]
+    assert start["train_samples"] + start["eval_samples"] == sum(start["mix"].values())

@@ -286,6 +286,7 @@ def build_datasets(
         raise DataError(f"nothing to train on: {why}")
 
     stats = {
+        "mix": getattr(examples, "mix", None),
         "examples": len(examples),
         "train_samples": len(train),
         "eval_samples": len(evals),

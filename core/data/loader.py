@@ -23,17 +23,46 @@ def load_examples(dataset: list[str], cfg: RunConfig | Any) -> list[dict[str, An
     return [ex for name in dataset for ex in load_one(name, cfg)]
 
 
-def load_for_stage(cfg: RunConfig) -> list[dict[str, Any]]:
-    """Examples of the run's datasets; a dataset whose format the run's stage does not
-    train on is refused (before any row is read) with what to do."""
-    examples: list[dict[str, Any]] = []
+class Examples(list):
+    """A run's examples, and how many each dataset gave when they were mixed (or None)."""
+
+    mix: dict[str, int] | None = None
+
+
+def load_for_stage(cfg: RunConfig) -> Examples:
+    """Examples of the run's datasets, concatenated or mixed at cfg.dataset_weights; a
+    dataset whose format the run's stage does not train on is refused (before any row is
+    read) with what to do."""
+    parts: list[list[dict[str, Any]]] = []
     for name in cfg.dataset:
         entry = resolve(name)
         problem = format_problem(cfg.stage, name, entry.format)
         if problem:
             raise DataError(problem)
-        examples += load_one(name, cfg, entry)
-    return examples
+        parts.append(load_one(name, cfg, entry))
+    if not cfg.dataset_weights:
+        return Examples(ex for part in parts for ex in part)
+    return mix(parts, cfg.dataset, cfg.dataset_weights, cfg.seed)
+
+
+def mix(parts: list[list[dict[str, Any]]], names: list[str], weights: list[float],
+        seed: int) -> Examples:
+    """The datasets interleaved at `weights` (normalised) until one runs out, each in its
+    own order, drawn with `seed`: datasets' interleave_datasets (LLaMA-Factory's
+    interleave_under), run on row numbers so that any example shape mixes."""
+    from datasets import Dataset, interleave_datasets
+
+    total = sum(weights)
+    indexed = [Dataset.from_dict({"part": [k] * len(p), "row": list(range(len(p)))})
+               for k, p in enumerate(parts)]
+    drawn = interleave_datasets(indexed, probabilities=[w / total for w in weights],
+                                seed=seed, stopping_strategy="first_exhausted")
+    out = Examples(parts[k][i] for k, i in zip(drawn["part"], drawn["row"], strict=True))
+    counts = [0] * len(parts)
+    for k in drawn["part"]:
+        counts[k] += 1
+    out.mix = dict(zip(names, counts, strict=True))
+    return out
 
 
 def load_one(name: str, cfg: RunConfig | Any, entry: Any = None) -> list[dict[str, Any]]:

@@ -272,7 +272,7 @@ def held_out_prompts(run_settings: dict[str, Any], limit: int = 4) -> tuple[list
     In order: the run's validation split (val_size, split exactly as training split it);
     else the registered test split of one of its datasets (the Evaluate tab's default);
     else, the run having held nothing out, its training prompts, and the source says so."""
-    from core.data.loader import load_examples, split_train_eval
+    from core.data.loader import load_examples, load_for_stage, split_train_eval
     from core.data.registry import test_sets
     from core.schema.config import RunConfig
 
@@ -282,7 +282,7 @@ def held_out_prompts(run_settings: dict[str, Any], limit: int = 4) -> tuple[list
 
     try:
         cfg = RunConfig(**run_settings)
-        examples = load_examples(cfg.dataset, cfg)
+        examples = load_for_stage(cfg)  # mixed as training mixed them
     except Exception:  # a dataset gone since training: the probe prompt still checks
         return [], "the probe only (the run's data is no longer readable)"
     # The split training made: these are the rows the run's validation loss was computed

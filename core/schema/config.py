@@ -8,6 +8,7 @@ listed in one error, and (in `webui/`) the widgets.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,15 @@ COMMON: tuple[Setting, ...] = (
       label_zh="数据集", item_type=str,
       help_zh="已注册的数据集名称（见“数据”页）或 json/jsonl/csv/parquet 文件路径；多个数据集会"
               "拼接在一起。"),
+    S("dataset_weights", [], "How often each dataset is drawn, in the order of Dataset "
+      "(e.g. 0.7, 0.3 to mix general data back in against forgetting): the datasets are "
+      "interleaved at these proportions, reproducibly (the seed), until one runs out; "
+      "nothing is repeated. The counts drawn are in the start event. Empty: concatenated "
+      "whole.", "data", label="Dataset mix", label_zh="数据集混合比例", item_type=float,
+      advanced=True,
+      help_zh="每个数据集被抽取的比例，按“数据集”的顺序（如 0.7, 0.3，用于混入通用数据以防遗忘）："
+              "按该比例交错抽样（随机种子可复现），直到某个数据集用完；不重复样本。抽取数量写在开始事件中。"
+              "留空：整体拼接。"),
     S("cutoff_len", 1024, "Longest sequence in tokens; longer samples are cut and the "
       "number cut is reported.", "data", label="Cut-off length", label_zh="截断长度",
       minimum=8, maximum=131072,
@@ -430,10 +440,24 @@ def _validated(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _mix_problem(v: dict[str, Any]) -> str | None:
+    weights, datasets = v["dataset_weights"], v["dataset"]
+    if not weights:
+        return None
+    if len(weights) != len(datasets):
+        return (f"dataset_weights: {len(weights)} weight(s) for {len(datasets)} dataset(s); "
+                "give one per dataset, in the same order (or none to concatenate)")
+    if not all(math.isfinite(w) and w > 0 for w in weights):
+        return "dataset_weights: every weight must be a number above 0"
+    return None
+
+
 def _cross_checks(v: dict[str, Any]) -> list[str]:
     problems = []
     if not v["dataset"]:
         problems.append("dataset: choose at least one dataset")
+    if mix := _mix_problem(v):
+        problems.append(mix)
     if v["quantization"] != "none" and v["precision"] == "fp16":
         problems.append("precision: fp16 with a quantized base is unstable; use auto or bf16")
     if v["method"] == "prefix" and v["gradient_checkpointing"]:

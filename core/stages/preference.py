@@ -28,12 +28,13 @@ if TYPE_CHECKING:
     from core.schema.config import RunConfig
 
 
-def load_examples(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
-    """(train, eval) examples of the run's datasets; a dataset whose format does not fit
-    the stage is refused with what to do."""
+def load_examples(cfg: RunConfig) -> tuple[list[dict], list[dict], dict | None]:
+    """(train, eval) examples of the run's datasets, and the counts a mix drew; a dataset
+    whose format does not fit the stage is refused with what to do."""
     from core.data.loader import load_for_stage, split_train_eval
 
-    return split_train_eval(load_for_stage(cfg), cfg.seed, cfg.val_size)
+    examples = load_for_stage(cfg)
+    return *split_train_eval(examples, cfg.seed, cfg.val_size), examples.mix
 
 
 def run_folder(path: str, what: str) -> Path:
@@ -113,11 +114,12 @@ def data(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], list[dict], dict[s
         run_folder(cfg.init_from_run, "init_from_run")
     if cfg.ref_run:
         run_folder(cfg.ref_run, "ref_run")
-    train_ex, eval_ex = load_examples(cfg)
+    train_ex, eval_ex, drawn = load_examples(cfg)
     if not train_ex:
         raise DataError("nothing to train on: the datasets have no rows")
     return train_ex, eval_ex, {"examples": len(train_ex) + len(eval_ex),
-                               "train_samples": len(train_ex), "eval_samples": len(eval_ex)}
+                               "train_samples": len(train_ex), "eval_samples": len(eval_ex),
+                               "mix": drawn}
 
 
 def trl_plan(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, device: str,
