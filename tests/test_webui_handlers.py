@@ -200,8 +200,8 @@ def test_upload_needs_required_roles_and_a_good_name(data, tmp_path):
     assert upload.inspect_upload(src).format is None
     assert "instruction" in upload.register_upload(src, "x", "alpaca", {}).message
     assert "Bad dataset name" in upload.register_upload(src, "no/slash", "alpaca", {}).message
-    wrong = tmp_path / "x.txt"
-    wrong.write_text("hello")
+    wrong = tmp_path / "x.xml"  # .txt is a dataset now (one document per paragraph)
+    wrong.write_text("<hello/>")
     with pytest.raises(DataError):
         upload.inspect_upload(wrong)
 

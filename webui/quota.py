@@ -80,6 +80,11 @@ class UploadQuota:
             incoming = int(length) if length.isdigit() else 0
             why = refusal(self.folder, incoming, self.quota)
             if why:
+                # Read (and drop) what the client is still sending first: answering mid-
+                # upload makes the server close a connection with unread data, and the
+                # client sees a reset instead of the 413 and its reason.
+                while (await receive()).get("more_body"):
+                    pass
                 body = json.dumps({"error": why, "detail": why}).encode()
                 await send({"type": "http.response.start", "status": 413,
                             "headers": [(b"content-type", b"application/json"),
