@@ -60,12 +60,11 @@ def _train(args: argparse.Namespace) -> int:
 
 def _resume(args: argparse.Namespace) -> int:
     from core.jobs.resume import resume
-    from core.schema.config import SETTINGS
+    from core.schema.config import given_settings
 
-    changes = {k: v for k, v in vars(args).items() if k in SETTINGS}
     try:
         run_dir = resolve_run(args.resume)
-        event = resume(run_dir, changes)
+        event = resume(run_dir, given_settings(args))
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

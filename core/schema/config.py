@@ -524,11 +524,16 @@ def _flag_help(s: Setting) -> str:
     return f"{text} (default: {s.default})"
 
 
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags (the others are absent from `args`)."""
+    return {k: v for k, v in vars(args).items() if k in SETTINGS}
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     base: dict[str, Any] = {}
     if getattr(args, "config", None):
         base = RunConfig.load(args.config).to_dict()
-    given = {k: v for k, v in vars(args).items() if k in SETTINGS}
+    given = given_settings(args)
     if "method" in given and "method" in base and given["method"] != base["method"]:
         # Settings of the YAML's method do not carry over to another method.
         base = {k: v for k, v in base.items() if SETTINGS[k].applies_to(given["method"])}

@@ -19,6 +19,7 @@ from core.jobs.events import EventWriter
 from core.jobs.runner import ABORT_FILE
 from core.schema.config import RunConfig
 from core.stages import LIVE_METRICS
+from core.train.trainer_args import writes_resume_points
 
 
 class StopRequest:
@@ -167,7 +168,7 @@ def event_callback(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: Sto
             if distributed.agree_to_stop(stop.requested):
                 control.should_training_stop = True
                 # An aborted run can be resumed from the step it stopped at.
-                control.should_save = bool(cfg.save_steps) and distributed.world_size() == 1
+                control.should_save = writes_resume_points(cfg)
             elif step >= state.max_steps:
                 # A finished run's resume point would be deleted at once (core.jobs.resume).
                 control.should_save = False

@@ -18,6 +18,13 @@ if TYPE_CHECKING:
     from core.schema.config import RunConfig
 
 
+def writes_resume_points(cfg: RunConfig) -> bool:
+    """Whether the Trainer writes its own checkpoints (core.jobs.resume's resume points):
+    with save_steps, and not for runs over several processes: resuming them is not
+    supported, and their optimizer state is sharded (DeepSpeed, FSDP)."""
+    return bool(cfg.save_steps) and distributed.world_size() == 1
+
+
 def shared_kwargs(cfg: RunConfig, run_dir: Path, device: str, precision: str,
                   has_eval: bool) -> dict[str, Any]:
     """Keyword arguments for TrainingArguments or any TRL config derived from it."""
@@ -47,9 +54,7 @@ def shared_kwargs(cfg: RunConfig, run_dir: Path, device: str, precision: str,
         eval_steps=cfg.eval_steps,
         # Trainer's own checkpoints are the resume points (core.jobs.resume); the results
         # Chat and Export open are the studio's, saved beside them (core.train.hooks).
-        # Not for runs over several processes: resuming them is not supported, and their
-        # optimizer state is sharded (DeepSpeed, FSDP).
-        save_strategy="steps" if cfg.save_steps and distributed.world_size() == 1 else "no",
+        save_strategy="steps" if writes_resume_points(cfg) else "no",
         save_steps=cfg.save_steps or 500,
         save_total_limit=cfg.save_total_limit or None,
         disable_tqdm=True,
