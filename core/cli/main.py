@@ -13,6 +13,7 @@ from typing import NoReturn
 
 from core.chat import engine as chat
 from core.cli import data as data_cli
+from core.cli import queue as queue_cli
 from core.data.registry import dataset_problems
 from core.evaluate import job as evaluate
 from core.export import job as export
@@ -44,6 +45,8 @@ def _train(args: argparse.Namespace) -> int:
     if bad:
         print("\n".join(["error: a dataset cannot train as it is", *bad]), file=sys.stderr)
         return 2
+    if args.queue:
+        return queue_cli.queue_run(cfg)
     try:
         run_dir = runner.start(cfg)
     except runner.BusyError as exc:
@@ -139,12 +142,13 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _abort(args: argparse.Namespace) -> int:
-    from core.experiments import compare
+    from core.experiments import compare, sweep
 
-    queue = compare.comparisons_dir() / args.run
-    # A comparison queue stops like a run: it aborts the run it is training, then ends.
+    # A comparison or a sweep stops like a run: its runs not yet ended are cancelled.
+    found = [d / args.run for d in (compare.comparisons_dir(), sweep.sweeps_dir())
+             if (d / args.run / sweep.SPEC_FILE).is_file()]
     try:
-        run_dir = queue if (queue / compare.SPEC_FILE).is_file() else resolve_run(args.run)
+        run_dir = found[0] if found else resolve_run(args.run)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -196,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (flags named after every run setting)")
     add_arguments(p)
     p.add_argument("--detach", action="store_true", help="start and return at once")
+    p.add_argument("--queue", action="store_true", help="wait in the queue for its turn "
+                   "instead of starting now (see peft-studio queue list)")
     p.add_argument("--verbose", action="store_true", help="also print the trainer's log")
     p.add_argument("--resume", metavar="RUN",
                    help="go on with a stopped run (its folder under saves/, or a path) from "
@@ -209,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_runs)
 
     p = sub.add_parser("abort", help="stop a run at its next step; it saves what it has "
-                       "(a comparison's name stops that queue)")
+                       "(a comparison's or a sweep's name stops it)")
     p.add_argument("run", help="run name (folder under saves/) or path, or a comparison")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to wait before killing it")
@@ -241,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     for job in (chat, evaluate, export, serve):  # their subcommands live beside the job
         job.add_command(sub)
     data_cli.add_command(sub)
+    queue_cli.add_command(sub)
     return parser
 
 

@@ -365,7 +365,7 @@ class RunConfig:
 MAX_YAML_BYTES = 1_000_000
 RUN_NAME_MAX = 100
 # Folders under saves/ that hold something other than a run.
-RESERVED_RUN_NAMES = ("presets", "exports", "comparisons", "evals")
+RESERVED_RUN_NAMES = ("presets", "exports", "comparisons", "evals", "queue", "sweeps")
 
 
 class _NoAliasLoader(yaml.SafeLoader):

@@ -23,6 +23,8 @@ from webui.tabs.data import view as dataview
 from webui.tabs.train import compare as compare_panel
 from webui.tabs.train import handlers as training
 from webui.tabs.train import history
+from webui.tabs.train import queue as queue_panel
+from webui.tabs.train import sweep as sweep_panel
 from webui.widgets import (
     OPEN_GROUPS,
     SettingsForm,
@@ -44,6 +46,7 @@ class _Panel:
     count: gr.Button
     count_result: gr.Markdown
     start: gr.Button
+    queue: gr.Button
     abort: gr.Button
     message: gr.Markdown
     live: gr.HTML  # bar, numbers, curves and log, drawn by the page (webui.live.panel)
@@ -89,6 +92,8 @@ def build(shared: Shared) -> None:
         with gr.Column(scale=4, min_width=380):
             panel = _run_panel(shared.i18n)
     io = _config_io(shared.i18n)
+    queued = queue_panel.build(shared.i18n)
+    sweep_panel.build(form, shared)
     compare_panel.build(form, shared)
     hist = _history(shared.i18n)
     if form.missing():  # every setting must have a widget, or runs would silently differ
@@ -98,6 +103,10 @@ def build(shared: Shared) -> None:
     _wire_datasets(form, shared)
     _wire_count(form, shared, panel)
     _wire_run(form, shared, panel)
+    queue_panel.wire(queued, shared.runs_changed, shared.blocks)
+    panel.queue.click(lambda lang, *v: [queue_panel.add(form.named(v), lang),
+                                        queue_panel.table()],
+                      [shared.lang, *form.components], [panel.message, queued.table])
     _wire_io(form, shared, io)
     _wire_history(shared, hist)
     _wire_resume(shared, hist, panel)
@@ -226,11 +235,13 @@ def _run_panel(i18n: I18n) -> _Panel:
         count = i18n.add(gr.Button("Count parameters", size="md"),
                          "Count parameters", "统计参数量")
         start = i18n.add(gr.Button("▶ Start", variant="primary"), "▶ Start", "▶ 开始训练")
+        queue = i18n.add(gr.Button("⏱ Queue", elem_id="queue-run"), "⏱ Queue", "⏱ 排队")
         abort = i18n.add(gr.Button("■ Abort", variant="stop", interactive=False),
                          "■ Abort", "■ 中止")
     count_result = gr.Markdown(elem_classes="ps-note", elem_id="param-count")
     message = gr.Markdown()
-    return _Panel(count, count_result, start, abort, message, live.panel(), gr.State(Watch()))
+    return _Panel(count, count_result, start, queue, abort, message, live.panel(),
+                  gr.State(Watch()))
 
 
 def _reward_plots(i18n: I18n, prefix: str) -> tuple[gr.Plot, gr.Plot]:
