@@ -24,6 +24,7 @@ OPTIMIZER_BYTES = {"adamw_torch": 8, "adamw_torch_fused": 8, "paged_adamw_8bit":
 # What a process holds before any weight: the CUDA context and kernels on a GPU; Python,
 # torch and transformers on a CPU.
 BASELINE = {"gpu": 0.5 * GB, "cpu": 0.6 * GB}
+LOSS_CHUNK = 4096  # core.train.fast_loss computes logits this many positions at a time
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,14 @@ class Estimate:
 
 
 def estimate(model: dict[str, Any], settings: dict[str, Any], on_gpu: bool,
-             processes: int = 1, bf16: bool = True) -> Estimate:
+             processes: int = 1, bf16: bool = True,
+             lengths: list[int] | None = None, trained_share: float = 1.0) -> Estimate:
     """Bytes per device (per process). `model`: trainable, total, hidden_size,
     num_layers, vocab_size, num_heads (from the probe). `settings`: the run's values.
-    `bf16`: the GPU supports bfloat16 (the auto precision)."""
+    `bf16`: the GPU supports bfloat16 (the auto precision). `lengths`: the tokens of each
+    sample of the data chosen (before the cut-off); without them every sample is taken
+    to fill the cut-off. `trained_share`: the part of those tokens that carry a label (the
+    reply's), the only positions whose logits fast_loss computes."""
     trainable, total = int(model["trainable"]), int(model["total"])
     frozen = max(total - trainable, 0)
     quant = settings.get("quantization", "none")
@@ -71,28 +76,42 @@ def estimate(model: dict[str, Any], settings: dict[str, Any], on_gpu: bool,
         if strategy == "zero3":
             weights = 0.0
 
-    activations = _activations(model, settings, half or precision == "fp16")
+    activations = _activations(model, settings, half or precision == "fp16",
+                               peak_tokens(settings, lengths), trained_share)
     return Estimate(weights, gradients, optimizer, activations,
                     BASELINE["gpu" if on_gpu else "cpu"])
 
 
-def _activations(model: dict[str, Any], settings: dict[str, Any], half: bool) -> float:
-    """Saved activations for the backward pass at the longest batch (every sample at the
-    cut-off): per layer about 34·s·b·h bytes in 16-bit (Korthikanti et al., 2022, without
-    the s² attention scores, which SDPA and flash-attention never keep), or only each
-    layer's input with gradient checkpointing; plus the float32 logits and their gradient."""
+def peak_tokens(settings: dict[str, Any], lengths: list[int] | None) -> int:
+    """Positions in the largest batch the run will see (b·s of the formula): packed rows
+    fill the cut-off; a padding-free batch is its samples laid end to end (the longest
+    `batch_size` of them at worst); a padded one is its longest sample times the batch."""
     b = int(settings.get("batch_size", 1))
-    s = int(settings.get("cutoff_len", 1024))
+    cutoff = int(settings.get("cutoff_len", 1024))
+    if not lengths or settings.get("packing"):
+        return b * cutoff
+    capped = sorted((min(int(n), cutoff) for n in lengths), reverse=True)
+    if settings.get("batching") == "padding_free":
+        return sum(capped[:b])
+    return min(b, len(capped)) * capped[0]
+
+
+def _activations(model: dict[str, Any], settings: dict[str, Any], half: bool,
+                 tokens: int, trained_share: float) -> float:
+    """Saved activations for the backward pass at the largest batch (`tokens` positions):
+    per layer about 34·tokens·h bytes in 16-bit (Korthikanti et al., 2022, without the s²
+    attention scores, which SDPA and flash-attention never keep), or only each layer's
+    input with gradient checkpointing; plus the float32 logits and their gradient (with
+    fast_loss, of the labelled positions only, one chunk at a time)."""
     h = int(model.get("hidden_size") or 0)
     layers = int(model.get("num_layers") or 0)
     vocab = int(model.get("vocab_size") or 0)
     scale = 1.0 if half else 2.0  # the formula counts 2-byte values
-    if settings.get("gradient_checkpointing"):
-        per_layer = 2.0 * s * b * h * scale
-    else:
-        per_layer = 34.0 * s * b * h * scale
-    logits = 2 * 4.0 * b * s * vocab
-    return layers * per_layer + logits
+    saved = 2.0 if settings.get("gradient_checkpointing") else 34.0
+    logit_positions = tokens
+    if settings.get("fast_loss", True):
+        logit_positions = min(tokens * min(max(trained_share, 0.0), 1.0), LOSS_CHUNK)
+    return layers * saved * tokens * h * scale + 2 * 4.0 * logit_positions * vocab
 
 
 def verdict(need: float, capacity: float) -> str:

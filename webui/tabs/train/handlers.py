@@ -139,10 +139,47 @@ def memory_markdown(values: dict[str, Any], result: dict[str, Any]) -> str:
     if chosen:
         gpus = [d for i, d in enumerate(gpus) if i in chosen]
     n = distributed.processes(settings, len(gpus))
+    lengths, share, why = data_lengths(settings)
     est = memory_estimate.estimate(result, settings, on_gpu=bool(gpus), processes=n,
-                                   bf16=bool(result.get("bf16")))
+                                   bf16=bool(result.get("bf16")), lengths=lengths,
+                                   trained_share=share)
     devices = gpus[:n] if gpus else result.get("devices", [])
-    return memory_estimate.markdown(est, memory_estimate.judge(est, devices, n))
+    tokens = memory_estimate.peak_tokens(settings, lengths)
+    basis = (f"\n\nActivations for the largest batch of the data chosen: {tokens:,} "
+             f"positions ({len(lengths):,} samples, the longest "
+             f"{min(max(lengths), int(settings['cutoff_len'])):,} tokens under the cut-off)."
+             if lengths else f"\n\nActivations for every sample at the cut-off ({why}).")
+    return memory_estimate.markdown(est, memory_estimate.judge(est, devices, n)) + basis
+
+
+def data_lengths(settings: dict[str, Any]) -> tuple[list[int] | None, float, str]:
+    """(the tokens of every sample of the run's datasets, or None; the share of trained
+    characters in the samples shown; why no lengths): from the probe, as the Data tab's
+    "What the model sees" counts them (cached per dataset)."""
+    if settings.get("packing"):
+        return None, 1.0, "packed rows fill it"
+    lengths: list[int] = []
+    trained = shown = 0
+    for name in settings.get("dataset") or []:
+        refused = guard.browser_dataset_problem(name)
+        if refused:
+            return None, 1.0, f"{name}: {refused}"
+        payload = {"model": settings["model"], "dataset": name,
+                   "cutoff_len": int(settings["cutoff_len"]),
+                   "train_on_prompt": bool(settings.get("train_on_prompt")),
+                   "identity_name": settings.get("identity_name", ""),
+                   "identity_author": settings.get("identity_author", ""),
+                   "trust_remote_code": bool(settings.get("trust_remote_code"))}
+        try:
+            answer = probe.ask("preview", payload)
+        except probe.ProbeError as exc:
+            return None, 1.0, f"{name} could not be measured: {exc}"
+        lengths += answer["lengths"]
+        for sample in answer["samples"] if answer.get("kind") in ("messages", "text") else ():
+            trained += sum(len(text) for text, on in sample if on)
+            shown += sum(len(text) for text, _ in sample)
+    share = trained / shown if shown else 1.0
+    return (lengths, share, "") if lengths else (None, 1.0, "no dataset chosen")
 
 
 def parameters_markdown(result: dict[str, Any]) -> str:
