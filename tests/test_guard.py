@@ -219,7 +219,7 @@ def test_comparison_queue_is_refused_what_a_run_is(saves, data, monkeypatch, cha
     assert job is None, message
     for w in words:
         assert w in message
-    assert not any(saves.rglob("compare.yaml"))  # no queue was made, nothing was started
+    assert not any(saves.rglob("sweep.yaml"))  # no queue was made, nothing was started
 
 
 def test_share_link_needs_a_login_even_on_loopback(monkeypatch):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core.experiments import sweep
+from core.jobs import queue
 from core.paths import saves_dir
 from core.schema.config import SETTINGS
 
@@ -65,7 +66,9 @@ def start(spec: CompareSpec) -> Path:
 
 
 def table(job: Path) -> list[dict[str, Any]]:
-    return sweep.rows(job)
+    """One row per method, but those cancelled before they started: a comparison stopped
+    part-way lists what it trained."""
+    return [r for r in sweep.rows(job) if r["run"] or r["status"] != queue.CANCELLED]
 
 
 def list_comparisons() -> list[Path]:

@@ -244,7 +244,10 @@ def rows(job: Path) -> list[dict[str, Any]]:
                "entry": entry["id"]}
         if entry.get("run"):
             row.update(run_row(job_saves(job) / entry["run"]))
-            if entry["status"] != runner.DONE:
+            # A run cancelled part-way reads as its run ended (aborted); one cancelled while
+            # it was evaluated, as cancelled.
+            if entry["status"] in (queue.WAITING, queue.RUNNING) or (
+                    entry["status"] == queue.CANCELLED and row["status"] == runner.DONE):
                 row["status"] = entry["status"]
         for key in SCORES:
             row[key] = (entry.get("scores") or {}).get(key)

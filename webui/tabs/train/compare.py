@@ -69,7 +69,7 @@ def view(job: str | None) -> tuple[str, pd.DataFrame, Any]:
         line += f" · {end['error']}"
     rows = compare.table(path)
     frame = pd.DataFrame(rows, columns=list(compare.COLUMNS)).rename(columns=compare.COLUMNS)
-    runs = [e["run"] for e in events if e["type"] == "run"]
+    runs = list(dict.fromkeys(e["run"] for e in events if e["type"] == "run"))
     curves, _, _ = history.curves(runs)
     return line, frame, loss_figure(curves, "loss by method")
 
