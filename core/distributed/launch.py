@@ -105,7 +105,8 @@ def supervise(cfg: RunConfig, config_path: Path) -> int:
 
 
 def _hold(run_dir: Path, events: EventWriter) -> Any:
-    from core.jobs.runner import ABORT_FILE, hold_device
+    from core.jobs.device import hold_device
+    from core.jobs.process import ABORT_FILE
 
     return hold_device(run_dir.name, cancelled=lambda: (run_dir / ABORT_FILE).exists(),
                        on_wait=lambda holder: events.emit("waiting", holder=holder),

@@ -22,8 +22,11 @@ import yaml
 
 from core.fsutil import atomic_write_text
 from core.jobs import runner
+from core.jobs.device import BusyError
 from core.jobs.events import EventWriter, read_events
 from core.jobs.job import run_job
+from core.jobs.process import ABORT_FILE, spawn
+from core.jobs.runs import ABORTED, DONE, RUNNING, run_status
 from core.paths import saves_dir
 from core.schema.config import SETTINGS, RunConfig
 
@@ -74,13 +77,13 @@ def start(spec: CompareSpec) -> Path:
     job = comparisons_dir() / name
     job.mkdir(parents=True)
     atomic_write_text(job / SPEC_FILE, yaml.safe_dump(asdict(spec), sort_keys=False))
-    runner.spawn(job, ["-m", "core.experiments.compare", str(job / SPEC_FILE)])
+    spawn(job, ["-m", "core.experiments.compare", str(job / SPEC_FILE)])
     return job
 
 
 def row_for(run_dir: Path, method: str) -> dict[str, Any]:
     events, _ = read_events(run_dir)
-    status, end = runner.run_status(run_dir, events)
+    status, end = run_status(run_dir, events)
     start_event = next((e for e in events if e["type"] == "start"), {})
     share = start_event.get("trainable_share")
     return {
@@ -119,7 +122,7 @@ def _start_when_free(cfg: RunConfig, stop: dict[str, bool], events: EventWriter,
     while not stop["requested"]:
         try:
             return runner.start(cfg)
-        except runner.BusyError as exc:
+        except BusyError as exc:
             if str(exc) != told:
                 events.emit("progress", done=done, total=total, message=f"waiting: {exc}")
                 told = str(exc)
@@ -129,12 +132,12 @@ def _start_when_free(cfg: RunConfig, stop: dict[str, bool], events: EventWriter,
 
 def _wait(job_dir: Path, stop: dict[str, bool], on_stop: Any) -> str:
     while True:
-        status, _ = runner.run_status(job_dir)
-        if status != runner.RUNNING:
+        status, _ = run_status(job_dir)
+        if status != RUNNING:
             return status
         if stop["requested"]:
             on_stop(job_dir)
-            return runner.run_status(job_dir)[0]
+            return run_status(job_dir)[0]
         time.sleep(1)
 
 
@@ -169,7 +172,7 @@ def run(job: Path) -> list[dict[str, Any]]:
         events.emit("run", method=cfg.method, run=run_dir.name)
         status = _wait(run_dir, stop, runner.abort)
         row = row_for(run_dir, cfg.method)
-        if status == runner.DONE and spec.eval_dataset and not stop["requested"]:
+        if status == DONE and spec.eval_dataset and not stop["requested"]:
             events.emit("progress", done=i, total=len(configs),
                         message=f"evaluating {cfg.method}")
             row.update(_evaluate(run_dir, spec, stop))
@@ -181,9 +184,9 @@ def run(job: Path) -> list[dict[str, Any]]:
 
 def _job(spec: dict[str, Any], job: Path, events: EventWriter) -> dict[str, Any]:
     rows = run(job)
-    failed = [r["method"] for r in rows if r["status"] != runner.DONE]
-    stopped = (job / runner.ABORT_FILE).exists()  # runner.abort (Stop, the CLI) leaves it
-    status = runner.ABORTED if stopped or len(rows) < len(spec["methods"]) else runner.DONE
+    failed = [r["method"] for r in rows if r["status"] != DONE]
+    stopped = (job / ABORT_FILE).exists()  # runner.abort (Stop, the CLI) leaves it
+    status = ABORTED if stopped or len(rows) < len(spec["methods"]) else DONE
     return {"status": status, "error": f"not done: {', '.join(failed)}" if failed else None}
 
 

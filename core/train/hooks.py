@@ -16,7 +16,7 @@ from typing import Any
 
 from core import distributed
 from core.jobs.events import EventWriter
-from core.jobs.runner import ABORT_FILE
+from core.jobs.process import ABORT_FILE
 from core.schema.config import RunConfig
 from core.stages import LIVE_METRICS
 from core.train.trainer_args import writes_resume_points

@@ -130,9 +130,9 @@ def _fit(trainer: Any, callback: Any, plan: Plan, has_eval: bool, cfg: RunConfig
 
 
 def _hold_device(run_dir: Path, events: EventWriter, stop: StopRequest) -> Any:
-    """The device lock for this run's lifetime (see core.jobs.runner); waits, visibly, while
+    """The device lock for this run's lifetime (see core.jobs.device); waits, visibly, while
     an evaluation or export started a moment before still holds it."""
-    from core.jobs.runner import hold_device
+    from core.jobs.device import hold_device
 
     return hold_device(run_dir.name, cancelled=lambda: stop.requested,
                        on_wait=lambda holder: events.emit("waiting", holder=holder),
