@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from core import distributed
+from core.distributed import ranks
 from core.jobs.events import LOG, EventWriter, read_events
 from core.schema.config import RunConfig
 
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # The ranks inherit it: they neither take the device lock (this process holds it for
     # the whole job) nor outlive torchrun.
-    os.environ[distributed.LAUNCHED_ENV] = "1"
+    os.environ[ranks.LAUNCHED_ENV] = "1"
     return supervise(cfg, config_path)
 
 

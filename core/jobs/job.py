@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from core import distributed
+from core.distributed import ranks
 from core.fsutil import atomic_write_text, unique_dir
 from core.jobs import runner
 from core.jobs.device import hold_device_for_job
@@ -48,7 +48,7 @@ def run_job(argv: list[str] | None, usage: str, load: Callable[[Path], Spec],
         return 2
     job = Path(argv[0]).parent
     # Under torchrun (core.distributed.launch) every rank runs this; rank 0 alone writes events.
-    events = distributed.events_for_rank(job)
+    events = ranks.events_for_rank(job)
     try:
         spec = load(Path(argv[0]))
         if device_for is not None:
@@ -63,7 +63,7 @@ def run_job(argv: list[str] | None, usage: str, load: Callable[[Path], Spec],
     except Exception as exc:  # every failure must reach the UI as an end event
         traceback.print_exc()
         sys.stdout.flush()
-        if distributed.under_launcher():
+        if ranks.under_launcher():
             # core.distributed.launch names the rank that failed first (this one may only have
             # lost its partner) and writes the end event; this line is what it quotes.
             print(f"error: {readable_error(exc)}", file=sys.stderr, flush=True)
