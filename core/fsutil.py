@@ -84,3 +84,16 @@ def disk_full(path: str | Path, then: str = "and start the run again") -> DiskFu
         free = "free space unknown"
     return DiskFull(errno.ENOSPC, f"disk full writing {path} ({free}): free some space, or "
                     f"point PEFT_STUDIO_SAVES at a bigger disk, {then}")
+
+
+def unique_dir(parent: Path, base: str) -> Path:
+    """Create parent/base, or parent/base-2, -3, ... if taken: a job never reuses a folder."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        path = parent / (base if i == 1 else f"{base}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free folder name for {base!r} in {parent}")

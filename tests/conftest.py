@@ -135,7 +135,8 @@ def app(tmp_path, tiny_model_dir):
     with serve_app(tmp_path, args=("--models-dir", str(tiny_model_dir.parent))) as served:
         yield served
     from core.jobs import runner
+    from core.jobs.process import process_alive
 
     for run_dir in served.saves.iterdir():
-        if (run_dir / "config.yaml").exists() and runner.process_alive(run_dir):
+        if (run_dir / "config.yaml").exists() and process_alive(run_dir):
             runner.abort(run_dir, timeout=10)

@@ -226,15 +226,15 @@ def test_the_comparison_panel_follows_its_comparison(app):
     from playwright.sync_api import sync_playwright
 
     from core.experiments import compare
-    from core.jobs import runner
+    from core.jobs.process import PROCESS, create_time
 
     job = app.saves / "comparisons" / "compare-20261201-000000"
     job.mkdir(parents=True)
     (job / compare.SPEC_FILE).write_text("methods: [lora, ia3]\n")
-    # The comparison's process, as core.jobs.runner records it: alive until the test ends it.
+    # The comparison's process, as core.jobs.process records it: alive until the test ends it.
     process = subprocess.Popen(["sleep", "600"])
-    (job / runner.PROCESS).write_text(json.dumps(
-        {"pid": process.pid, "create_time": runner._create_time(process.pid)}))
+    (job / PROCESS).write_text(json.dumps(
+        {"pid": process.pid, "create_time": create_time(process.pid)}))
 
     def emit(kind: str, **fields) -> None:
         with open(job / "events.jsonl", "a") as f:

@@ -11,8 +11,8 @@ import psutil
 import pytest
 from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, wait_for
 
-from core.jobs import runner
 from core.jobs.events import read_events
+from core.jobs.process import PROCESS
 
 pytestmark = pytest.mark.browser
 
@@ -79,7 +79,7 @@ def test_two_processes_from_the_train_tab(app, tiny_model_dir, output_dir):
     start = next(e for e in events if e["type"] == "start")
     assert start["processes"] == 2
     assert [e["step"] for e in events if e["type"] == "step"] == [1, 2, 3, 4]
-    argv = json.loads((run_dir / runner.PROCESS).read_text())["argv"]
+    argv = json.loads((run_dir / PROCESS).read_text())["argv"]
     assert argv[1] == "core.distributed.launch"
     config = str(run_dir / "config.yaml")
     deadline = time.time() + 10

@@ -35,7 +35,7 @@ def test_pairwise_upload_pair_view_and_dpo_reward_curve(app, tiny_model_dir, tmp
                                                         output_dir):
     from playwright.sync_api import sync_playwright
 
-    from core.jobs import runner
+    from core.jobs.runs import DONE, run_status
 
     shots = output_dir / "browser"
     shots.mkdir(parents=True, exist_ok=True)
@@ -115,7 +115,7 @@ def test_pairwise_upload_pair_view_and_dpo_reward_curve(app, tiny_model_dir, tmp
                  "the short run to end done")
         wait_for(lambda: accuracy_points(page), 20, "its final reward-accuracy plot")
         runs = sorted(p.name for p in app.saves.iterdir() if (p / "config.yaml").exists())
-        done = [n for n in runs if runner.run_status(app.saves / n)[0] == runner.DONE]
+        done = [n for n in runs if run_status(app.saves / n)[0] == DONE]
         assert len(runs) == 2 and len(done) == 1
         page.locator("#history-runs input").click()
         page.get_by_role("option", name=done[0]).click()

@@ -6,6 +6,7 @@ import pytest
 
 from core.experiments import compare
 from core.jobs import runner
+from core.jobs.runs import list_runs
 from core.schema.config import ConfigError
 
 
@@ -29,7 +30,7 @@ def test_comparison_trains_each_method_and_tabulates(tiny_model_dir, saves):
         assert r["exact_match"] is not None
         assert (saves / r["run"] / "config.yaml").is_file()
     # Every run is an ordinary run in the history, named after the comparison.
-    names = {r.name for r in runner.list_runs()}
+    names = {r.name for r in list_runs()}
     assert {f"{job.name}-lora", f"{job.name}-ia3", f"{job.name}-adapter"} <= names
     assert compare.list_comparisons() == [job]
 

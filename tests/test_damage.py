@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from core.cli.main import main as cli
-from core.jobs import runner, runs
+from core.jobs import runs
 from core.jobs.events import EventWriter, read_events
+from core.jobs.process import PROCESS
+from core.jobs.runs import DAMAGED, DONE, RunInfo, list_runs, run_info, run_status
 from core.methods.common import MANIFEST
 from core.schema.config import RunConfig
 from webui.live import monitor
@@ -34,7 +36,7 @@ def finished_run(saves: Path, name: str) -> Path:
     run_dir = saves / name
     run_dir.mkdir()
     RunConfig(model="embedded", dataset=["identity"], run_name=name).save(run_dir / "config.yaml")
-    (run_dir / runner.PROCESS).write_text(json.dumps({"pid": 0, "create_time": 0}))
+    (run_dir / PROCESS).write_text(json.dumps({"pid": 0, "create_time": 0}))
     events = EventWriter(run_dir)
     events.emit("start", total_steps=2, method="lora", device="cpu", precision="fp32",
                 trainable_params=10, total_params=1000, train_samples=5)
@@ -79,12 +81,12 @@ HOWS = ("append", "append-nul", "middle", "replace", "truncate", "delete", "fold
         *(f"shape{i}" for i in range(len(SHAPES))), *(f"odd{i}" for i in range(len(ODD))))
 
 
-def readers_survive(saves: Path, victim: Path, healthy: Path) -> runner.RunInfo:
-    listed = {r.name: r for r in runner.list_runs(saves)}
-    assert listed[healthy.name].status == runner.DONE
+def readers_survive(saves: Path, victim: Path, healthy: Path) -> RunInfo:
+    listed = {r.name: r for r in list_runs(saves)}
+    assert listed[healthy.name].status == DONE
     assert healthy in runs.finished_runs(saves)
     info = listed[victim.name]
-    if info.status == runner.DAMAGED:
+    if info.status == DAMAGED:
         assert info.error and victim not in runs.finished_runs(saves)
         assert runs.run_output(victim) is None  # Chat, Evaluate and Export ask this
     watch, _ = monitor.poll(monitor.attach(victim))
@@ -106,16 +108,16 @@ def test_every_reader_survives_a_damaged_file(saves, file, capsys):
         info = readers_survive(saves, victim, healthy)
         if file == "events.jsonl" and how in ("append", "middle", "folder") \
                 or file == "events.jsonl" and how.startswith("shape"):
-            assert info.status == runner.DAMAGED and "events.jsonl" in info.error, how
+            assert info.status == DAMAGED and "events.jsonl" in info.error, how
         if file == "config.yaml" and how in ("replace", "folder"):
-            assert info.status == runner.DAMAGED and "config.yaml" in info.error, how
+            assert info.status == DAMAGED and "config.yaml" in info.error, how
         shutil.rmtree(victim)
     victim = finished_run(saves, "victim")
     damage(victim / file, "append" if file != "config.yaml" else "replace", rng)
     assert cli(["runs"]) == 0
     out = capsys.readouterr().out
     assert "healthy" in out and "victim" in out
-    if runner.run_info(victim).status == runner.DAMAGED:
+    if run_info(victim).status == DAMAGED:
         assert "damaged" in out and "the other runs are unaffected" in out
         assert any(s.startswith("damaged: ") for s in history.table()["status"])
 
@@ -127,8 +129,8 @@ def test_a_damaged_line_is_skipped_and_the_rest_is_read(tmp_path):
     EventWriter(run_dir).emit("eval", step=2, eval_loss=1.7)
     events, _ = read_events(run_dir)
     assert [e["type"] for e in events] == ["start", "step", "step", "end", "eval"]
-    status, end = runner.run_status(run_dir)
-    assert status == runner.DAMAGED
+    status, end = run_status(run_dir)
+    assert status == DAMAGED
     assert end["error"] == "events.jsonl: 1 line(s) are not events (a damaged file)"
 
 

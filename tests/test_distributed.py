@@ -18,7 +18,10 @@ import pytest
 
 from core import distributed
 from core.jobs import runner
+from core.jobs.device import device_holder
 from core.jobs.events import read_events
+from core.jobs.process import PROCESS, kill_tree, process_alive, process_info
+from core.jobs.runs import run_status
 from core.schema import devices
 from core.schema.config import ConfigError, RunConfig
 
@@ -38,9 +41,9 @@ def no_run_outlives_its_test(saves):
     """A failed test must not leave ranks training beside the next one."""
     yield
     for run_dir in saves.iterdir():
-        info = runner._process_info(run_dir)
-        if info and runner.process_alive(run_dir):
-            runner.kill_tree(info["pid"])
+        info = process_info(run_dir)
+        if info and process_alive(run_dir):
+            kill_tree(info["pid"])
 
 
 def events_of(run_dir: Path) -> list[dict]:
@@ -77,7 +80,7 @@ def assert_nothing_left(run_dir: Path, within: float) -> None:
     while processes_of(run_dir) and time.time() < deadline:
         time.sleep(0.2)
     assert not processes_of(run_dir), [p.info["cmdline"] for p in processes_of(run_dir)]
-    assert runner.device_holder(run_dir.parent) is None
+    assert device_holder(run_dir.parent) is None
 
 
 def steps(run_dir: Path) -> list[dict]:
@@ -92,7 +95,7 @@ def test_two_processes_train_as_one_with_twice_the_batch(tiny_model_dir, saves, 
     config.write_text(tiny(tiny_model_dir, run_name="two").to_yaml())
     assert main(["train", "--config", str(config)]) == 0
     two = saves / "two"
-    assert runner.run_status(two)[0] == "done", (two / "log.txt").read_text()
+    assert run_status(two)[0] == "done", (two / "log.txt").read_text()
     assert_nothing_left(two, within=0)  # it returned after every rank had exited
     one = runner.start(tiny(tiny_model_dir, run_name="one", nproc_per_node=1, batch_size=2))
     assert runner.wait(one, timeout=300) == "done", (one / "log.txt").read_text()
@@ -121,7 +124,7 @@ def test_two_processes_train_as_one_with_twice_the_batch(tiny_model_dir, saves, 
     # every rank's output is in log.txt, prefixed with its rank
     log = (two / "log.txt").read_text()
     assert "[rank0]: " in log and "[rank1]: " in log
-    info = json.loads((two / runner.PROCESS).read_text())
+    info = json.loads((two / PROCESS).read_text())
     assert info["argv"][:2] == ["-m", "core.distributed.launch"]
 
 

@@ -21,6 +21,9 @@ from core.chat import engine as chat
 from core.experiments import compare
 from core.fsutil import atomic_write_text
 from core.jobs import runner, runs
+from core.jobs.device import BusyError, device_holder, hold_device
+from core.jobs.process import PROCESS, process_alive
+from core.jobs.runs import active_run, list_runs, run_status
 from core.train.health import Health
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,8 +40,8 @@ def wait_for(predicate, run_dir: Path, timeout: float = 120, poll: float = 0.05)
 
 def status_from_fresh_process(run_dir: Path) -> str:
     """What a restarted UI would see: a new interpreter that knows only the folder."""
-    code = ("from pathlib import Path\nfrom core.jobs import runner\n"
-            f"print(runner.run_status(Path({str(run_dir)!r}))[0])")
+    code = ("from pathlib import Path\nfrom core.jobs.runs import run_status\n"
+            f"print(run_status(Path({str(run_dir)!r}))[0])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr
@@ -84,7 +87,7 @@ def test_diverging_run_fails_at_its_step_and_offers_no_result(tiny_model_dir, sa
     assert run_dir not in runs.finished_runs()
     with pytest.raises(ValueError, match="has no result"):
         runs.run_target(run_dir, "step-2")
-    info = runner.list_runs()[0]
+    info = list_runs()[0]
     assert info.status == "failed" and "diverged" in info.error
     from webui.live import monitor
     from webui.tabs.train import history
@@ -123,7 +126,7 @@ def test_aborts_during_the_final_save_wait_for_it(tiny_model_dir, saves):
     neither cut it short nor call a finished run aborted; an evaluation queued meanwhile
     waits for the device, visibly, and then runs."""
     run_dir = runner.start(tiny(tiny_model_dir, method="full", max_steps=2))
-    pid = json.loads((run_dir / runner.PROCESS).read_text())["pid"]
+    pid = json.loads((run_dir / PROCESS).read_text())["pid"]
     wait_for(lambda: any(e["type"] == "saving" for e in events_of(run_dir)), run_dir,
              poll=0.005)
     for _ in range(2):  # two Abort clicks: two SIGTERMs
@@ -144,9 +147,9 @@ def test_aborts_during_the_final_save_wait_for_it(tiny_model_dir, saves):
     from core.evaluate import job as evaluate
     from core.export import job as export
 
-    holder = runner.hold_device("a test holding the device")
+    holder = hold_device("a test holding the device")
     try:
-        with pytest.raises(runner.BusyError, match="a test holding the device"):
+        with pytest.raises(BusyError, match="a test holding the device"):
             runner.start(tiny(tiny_model_dir))
         job = evaluate.start(evaluate.EvalSpec(str(run_dir), ["identity"], max_samples=2,
                                                max_new_tokens=4, include_base=False))
@@ -213,38 +216,38 @@ def test_killed_trainer_is_failed_and_a_restarted_ui_reattaches(tiny_model_dir, 
     run_dir = runner.start(tiny(tiny_model_dir, max_steps=2000))
     wait_for(lambda: any(e["type"] == "step" for e in events_of(run_dir)), run_dir)
     assert status_from_fresh_process(run_dir) == "running"
-    pid = json.loads((run_dir / runner.PROCESS).read_text())["pid"]
+    pid = json.loads((run_dir / PROCESS).read_text())["pid"]
     os.killpg(pid, signal.SIGKILL)
-    wait_for(lambda: not runner.process_alive(run_dir), run_dir, timeout=30)
-    status, end = runner.run_status(run_dir)
+    wait_for(lambda: not process_alive(run_dir), run_dir, timeout=30)
+    status, end = run_status(run_dir)
     assert status == "failed" and "ended without reporting" in end["error"]
     # The kernel drops a dead trainer's lock once its last thread is gone (the main
     # thread already shows as a zombie a moment before).
-    wait_for(lambda: runner.device_holder() is None, run_dir, timeout=30)
+    wait_for(lambda: device_holder() is None, run_dir, timeout=30)
 
     second = runner.start(tiny(tiny_model_dir, max_steps=3))
     assert status_from_fresh_process(second) == "running"
     assert runner.wait(second, timeout=300) == "done"
     assert status_from_fresh_process(second) == "done"
-    assert [r.status for r in runner.list_runs()] == ["done", "failed"]
+    assert [r.status for r in list_runs()] == ["done", "failed"]
 
 
 def test_process_identity_is_pid_and_create_time(tmp_path):
     import psutil
 
     me = psutil.Process()
-    (tmp_path / runner.PROCESS).write_text(json.dumps(
+    (tmp_path / PROCESS).write_text(json.dumps(
         {"pid": me.pid, "create_time": me.create_time()}))
-    assert runner.process_alive(tmp_path)
+    assert process_alive(tmp_path)
     # the same pid with another start time: a recycled pid, not our job
-    (tmp_path / runner.PROCESS).write_text(json.dumps(
+    (tmp_path / PROCESS).write_text(json.dumps(
         {"pid": me.pid, "create_time": me.create_time() - 100}))
-    assert not runner.process_alive(tmp_path)
+    assert not process_alive(tmp_path)
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])
     wait_for(lambda: psutil.Process(zombie.pid).status() == psutil.STATUS_ZOMBIE, tmp_path)
-    (tmp_path / runner.PROCESS).write_text(json.dumps(
+    (tmp_path / PROCESS).write_text(json.dumps(
         {"pid": zombie.pid, "create_time": psutil.Process(zombie.pid).create_time()}))
-    assert not runner.process_alive(tmp_path)  # exited, not yet reaped: dead
+    assert not process_alive(tmp_path)  # exited, not yet reaped: dead
     zombie.wait()
 
 
@@ -252,12 +255,13 @@ def test_process_identity_is_pid_and_create_time(tmp_path):
 def test_two_starts_racing_one_wins(tiny_model_dir, saves):
     """Two processes (two browser tabs, the UI and the CLI) press Start at once."""
     code = (
-        "import sys\nfrom core.jobs import runner\nfrom core.schema.config import RunConfig\n"
+        "import sys\nfrom core.jobs import runner\nfrom core.jobs.device import BusyError\n"
+        "from core.schema.config import RunConfig\n"
         f"cfg = RunConfig(model={str(tiny_model_dir)!r}, dataset=['identity'], "
         "max_steps=2000, batch_size=2, cutoff_len=96)\n"
         "sys.stdin.readline()\n"  # both wait at the line, then go together
         "try:\n    print('won', runner.start(cfg))\n"
-        "except runner.BusyError as e:\n    print('busy', e)\n")
+        "except BusyError as e:\n    print('busy', e)\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(2)]
@@ -281,7 +285,7 @@ def test_two_starts_racing_in_threads(tiny_model_dir, saves):
         barrier.wait()
         try:
             results.append(str(runner.start(tiny(tiny_model_dir, max_steps=2000))))
-        except runner.BusyError:
+        except BusyError:
             results.append("busy")
 
     threads = [threading.Thread(target=go) for _ in range(2)]
@@ -305,10 +309,10 @@ def test_comparison_queue_stops_from_the_cli(tiny_model_dir, saves):
                          capture_output=True, text=True, timeout=180,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0 and f"{job.name}: aborted" in out.stdout, out.stdout + out.stderr
-    assert runner.run_status(run_dir)[0] == "aborted"
+    assert run_status(run_dir)[0] == "aborted"
     assert (run_dir / "adapter" / "studio.json").is_file()  # what it trained is kept
     assert [r["status"] for r in compare.table(job)] == ["aborted"]  # ia3 never started
-    assert runner.active_run() is None
+    assert active_run() is None
 
 
 def test_comparison_queue_stops_from_the_ui(tiny_model_dir, saves):
@@ -330,15 +334,15 @@ def test_comparison_queue_stops_from_the_ui(tiny_model_dir, saves):
     line, table, _ = compare_panel.view(str(job))
     assert line.startswith(f"**{job.name}**: aborted")
     assert list(table["Status"]) == ["aborted"]  # ia3 never started
-    assert runner.run_status(run_dir)[0] == "aborted"
+    assert run_status(run_dir)[0] == "aborted"
     assert (run_dir / "adapter" / "studio.json").is_file()  # what it trained is kept
     assert compare_panel.stop(str(job)) == "No comparison is running."
-    assert runner.active_run() is None
+    assert active_run() is None
 
 
 def test_chat_waits_for_the_device_and_says_for_whom(tiny_model_dir, saves):
     client = chat.ChatClient()
-    holder = runner.hold_device("run busy-run")
+    holder = hold_device("run busy-run")
     try:
         replies = client.load_events(runs.base_target(str(tiny_model_dir)))
         first = next(replies)
@@ -346,7 +350,7 @@ def test_chat_waits_for_the_device_and_says_for_whom(tiny_model_dir, saves):
         holder.close()  # the run ends: the chat goes on by itself
         assert [r["type"] for r in replies] == ["loading", "loaded"]
         # held only while loading or answering: free again right after the last reply
-        wait_for(lambda: runner.device_holder() is None, saves, timeout=30)
+        wait_for(lambda: device_holder() is None, saves, timeout=30)
     finally:
         holder.close()
         client.unload()

@@ -10,8 +10,8 @@ import yaml
 
 from core.data.errors import DataError
 from core.jobs import job as jobs
-from core.jobs import runner
 from core.jobs.events import EventWriter, read_events
+from core.jobs.runs import DONE
 
 
 @pytest.fixture()
@@ -76,5 +76,5 @@ def test_follow_prints_each_reported_event_until_the_end(tmp_path, capsys):
     events.emit("progress", done=1, total=2, message="half")
     events.emit("step", step=1)  # not described: not printed
     events.emit("end", status="done", error=None)
-    assert jobs.follow(tmp_path, jobs.describe_progress) == runner.DONE
+    assert jobs.follow(tmp_path, jobs.describe_progress) == DONE
     assert capsys.readouterr().out == "[1/2] half\n"

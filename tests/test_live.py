@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from core.jobs import runner
 from core.jobs.events import LOG, EventWriter
+from core.jobs.process import PROCESS
 from core.schema.config import RunConfig
 from webui.live import panel as live
 from webui.live import wake
@@ -31,7 +31,7 @@ def make_run(saves: Path, name: str, alive: bool) -> tuple[Path, EventWriter]:
     run_dir.mkdir()
     RunConfig(model="embedded", dataset=["identity"], run_name=name).save(run_dir / "config.yaml")
     if not alive:  # a process that is gone (a live one: none written yet, a fresh config)
-        (run_dir / runner.PROCESS).write_text(json.dumps({"pid": 0, "start_time": -1}))
+        (run_dir / PROCESS).write_text(json.dumps({"pid": 0, "start_time": -1}))
     events = EventWriter(run_dir)
     events.emit("start", total_steps=4, method="lora", device="cpu", precision="fp32",
                 trainable_params=10, total_params=1000, train_samples=8)

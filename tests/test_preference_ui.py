@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from core.jobs import runner
 from core.jobs.events import read_events
 from core.jobs.plots import reward_accuracy_figure, reward_frame, rewards_figure
+from core.jobs.process import process_alive
 from core.schema.config import RunConfig
 from webui.live import monitor, wake
 from webui.tabs.data import view as dataview
@@ -165,7 +165,7 @@ def test_evaluate_tab_scores_pairs_base_vs_tuned_and_lists_them(runs, monkeypatc
     _, note, metrics, listing, past = evaluating.on_tick(job, "run-dpo")
     # Once its process has exited too, the stamp stays still: the page refreshes no more.
     deadline = time.time() + 60  # a wait for the exit, not a timing check
-    while runner.process_alive(Path(job)) and time.time() < deadline:
+    while process_alive(Path(job)) and time.time() < deadline:
         time.sleep(0.2)
     ended = wake.job_stamp(job)
     assert note == "" and ended.endswith(":False") and wake.job_stamp(job) == ended

@@ -18,7 +18,10 @@ import pytest
 from core.cli.main import main as cli
 from core.experiments import sweep
 from core.jobs import queue, runner
+from core.jobs.device import hold_device
 from core.jobs.events import read_events
+from core.jobs.process import PROCESS
+from core.jobs.runs import ABORTED, CONFIG, DONE, list_runs, run_status
 from core.paths import ROOT, child_env
 from core.schema.config import SETTINGS, ConfigError, RunConfig
 
@@ -58,7 +61,7 @@ def test_sweep_queued_cancelled_and_followed_after_a_ui_restart(tiny_model_dir, 
     from webui.tabs.train import sweep as sweep_panel
 
     # Something holds the device (a run started by hand): the queue waits for it.
-    device = runner.hold_device("a hand-started job")
+    device = hold_device("a hand-started job")
     settings = {"model": str(tiny_model_dir), **FAST}
     ui = subprocess.run([sys.executable, "-c", UI_QUEUES_A_SWEEP, json.dumps(settings),
                          str(tiny_model_dir.parent)], cwd=ROOT, env=child_env(),
@@ -87,25 +90,25 @@ def test_sweep_queued_cancelled_and_followed_after_a_ui_restart(tiny_model_dir, 
 
     device.close()  # the hand-started job ends; the queue goes on
     # This process is the UI opened again: it never held anything of the queue.
-    wait_until(lambda: sum(e["status"] == runner.DONE for e in queue.entries()) >= 1,
+    wait_until(lambda: sum(e["status"] == DONE for e in queue.entries()) >= 1,
                what="the first run")
     assert sweep_panel.latest() == str(job)
     line, frame = sweep_panel.view(str(job))
     assert "running" in line and len(frame) == 4
 
-    assert runner.wait(job, timeout=400) == runner.DONE, (job / "log.txt").read_text()
+    assert runner.wait(job, timeout=400) == DONE, (job / "log.txt").read_text()
     table = sweep.rows(job)
     assert [(r["learning_rate"], r["lora_rank"]) for r in table] == [
         (1e-3, 2), (1e-3, 4), (3e-3, 2), (3e-3, 4)]
     assert [r["status"] for r in table] == ["done", "cancelled", "done", "done"]
     ran = [r for r in table if r["status"] == "done"]
     # The runs ran in the queue's order, after the reordering.
-    started = [json.loads((saves / r["run"] / runner.PROCESS).read_text())["started"]
+    started = [json.loads((saves / r["run"] / PROCESS).read_text())["started"]
                for r in ran]
     assert started[0] < started[2] < started[1]
     for r in ran:
         assert r["final_loss"] is not None and r["peak_memory_mb"] > 0 and r["seconds"] > 0
-        cfg = RunConfig.load(saves / r["run"] / runner.CONFIG)
+        cfg = RunConfig.load(saves / r["run"] / CONFIG)
         assert (cfg.learning_rate, cfg.lora_rank) == (r["learning_rate"], r["lora_rank"])
     best = [r for r in table if r["best"]]
     assert len(best) == 1 and best[0]["final_loss"] == min(r["final_loss"] for r in ran)
@@ -140,8 +143,8 @@ def test_a_running_entry_cancelled_stops_its_run(tiny_model_dir, saves, capsys):
     assert queue_panel.cancel(1).startswith("Entry 1: its run stops")
     wait_until(lambda: not queue.pending(), 120, "the queue to empty")
     assert [e["status"] for e in queue.entries()] == [queue.CANCELLED, queue.CANCELLED]
-    assert runner.run_status(saves / run)[0] == runner.ABORTED
-    assert [r.name for r in runner.list_runs()] == [run]  # entry 2 never ran
+    assert run_status(saves / run)[0] == ABORTED
+    assert [r.name for r in list_runs()] == [run]  # entry 2 never ran
     assert queue_panel.cancel(1).startswith("✗ queue entry 1 already ended")
     wait_until(lambda: not queue.worker_alive(), 30, "the worker to exit")
 

@@ -14,7 +14,10 @@ import pytest
 from support import events_of, run_cli, tiny
 
 from core.jobs import runner
+from core.jobs.device import device_holder
+from core.jobs.process import PROCESS, kill_tree
 from core.jobs.resume import resume, resume_points
+from core.jobs.runs import CONFIG, FAILED, RUNNING, list_runs, run_info, run_status
 from webui.tabs.train import handlers as training
 from webui.tabs.train import history
 
@@ -31,14 +34,14 @@ def _kill_after_first_checkpoint(run_dir) -> None:
     """SIGKILL the trainer as soon as it has written a resume point, as a power cut would."""
     deadline = time.time() + 300
     while not resume_points(run_dir):
-        assert time.time() < deadline and runner.run_status(run_dir)[0] == runner.RUNNING, \
+        assert time.time() < deadline and run_status(run_dir)[0] == RUNNING, \
             (run_dir / "log.txt").read_text()[-2000:]
         time.sleep(0.02)
-    pid = json.loads((run_dir / runner.PROCESS).read_text())["pid"]
+    pid = json.loads((run_dir / PROCESS).read_text())["pid"]
     os.killpg(pid, signal.SIGSTOP)  # nothing more happens between seeing it and the kill
-    runner.kill_tree(pid)
+    kill_tree(pid)
     deadline = time.time() + 60
-    while runner.device_holder(run_dir.parent) is not None:  # every process is gone
+    while device_holder(run_dir.parent) is not None:  # every process is gone
         assert time.time() < deadline, "the killed run still holds the device"
         time.sleep(0.05)
 
@@ -63,13 +66,13 @@ def test_a_resumed_run_may_change_only_how_long_it_runs_and_how_it_reports(runs)
 
 def test_a_killed_run_resumes_where_it_stopped_and_trains_the_same_steps(runs):
     whole, cut = runs
-    assert runner.run_status(cut)[0] == runner.FAILED  # killed: ended without reporting
+    assert run_status(cut)[0] == FAILED  # killed: ended without reporting
     assert not resume_points(whole), "a finished run keeps no optimizer state"
     point = max(resume_points(cut))
     assert point % EVERY == 0 and point < STEPS
 
     # As the Train tab does it: the run picked in the history, whose status says it can.
-    info = next(r for r in runner.list_runs() if r.name == "cut")
+    info = next(r for r in list_runs() if r.name == "cut")
     assert history.shown_status(info) == f"failed · resumable from step {point}"
     assert "Pick one stopped run" in training.resume([]).message
     assert "no longer exists" in training.resume(["../cut"]).message
@@ -88,7 +91,7 @@ def test_a_killed_run_resumes_where_it_stopped_and_trains_the_same_steps(runs):
     # Checkpoints of the killed part past the point were trained again, kept at the limit.
     assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == \
         [f"step-{STEPS - 2 * EVERY}", f"step-{STEPS - EVERY}"]
-    assert runner.run_info(cut).step == STEPS and not resume_points(cut)
+    assert run_info(cut).step == STEPS and not resume_points(cut)
 
 
 def test_what_cannot_be_resumed_is_refused_with_the_reason(runs, capsys):
@@ -97,7 +100,7 @@ def test_what_cannot_be_resumed_is_refused_with_the_reason(runs, capsys):
     assert code == 2 and "finished all its steps; there is nothing to resume" in out
     never = whole.parent / "never"  # a run whose trainer died before its first checkpoint
     never.mkdir()
-    shutil.copy(whole / runner.CONFIG, never / runner.CONFIG)
-    os.utime(never / runner.CONFIG, (time.time() - 600,) * 2)
+    shutil.copy(whole / CONFIG, never / CONFIG)
+    os.utime(never / CONFIG, (time.time() - 600,) * 2)
     code, out = run_cli(["train", "--resume", str(never)], capsys)
     assert code == 2 and "has no resume point" in out, out

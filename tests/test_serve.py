@@ -68,6 +68,8 @@ def saves(code_run, tmp_path_factory) -> Path:
 def server(saves):
     """(job folder, base URL) of the server, started as a user starts it; stopped after."""
     from core.jobs import runner
+    from core.jobs.process import process_alive
+    from core.jobs.runs import RUNNING, run_status
     from core.serve.job import ready_event
 
     env = {**os.environ, "PEFT_STUDIO_SAVES": str(saves),
@@ -82,13 +84,13 @@ def server(saves):
         deadline = time.time() + 120
         while (ready := ready_event(job)) is None:
             assert time.time() < deadline, (job / "log.txt").read_text()[-3000:]
-            assert runner.run_status(job)[0] == runner.RUNNING, (job / "log.txt").read_text()
+            assert run_status(job)[0] == RUNNING, (job / "log.txt").read_text()
             time.sleep(0.2)
         # Both runs and the base answer from one copy of the base's weights.
         assert ready["copies"] == 1, ready
         yield job, f"http://127.0.0.1:{ready['port']}/v1"
     finally:  # a failed start or test never leaves a server behind
-        if runner.process_alive(job):
+        if process_alive(job):
             runner.abort(job, timeout=10)
 
 

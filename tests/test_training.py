@@ -15,17 +15,20 @@ import pytest
 from support import events_of, tiny
 
 from core.jobs import runner
+from core.jobs.device import BusyError
+from core.jobs.process import PROCESS, process_alive
+from core.jobs.runs import list_runs, run_status
 from core.schema.config import RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def assert_no_process_left(run_dir: Path) -> None:
-    pid = json.loads((run_dir / runner.PROCESS).read_text())["pid"]
+    pid = json.loads((run_dir / PROCESS).read_text())["pid"]
     deadline = time.time() + 10
-    while runner.process_alive(run_dir) and time.time() < deadline:
+    while process_alive(run_dir) and time.time() < deadline:
         time.sleep(0.1)
-    assert not runner.process_alive(run_dir)
+    assert not process_alive(run_dir)
     state = Path(f"/proc/{pid}/stat")
     assert not state.exists() or state.read_text().split(") ")[1][0] in "ZX"
 
@@ -53,7 +56,7 @@ def test_tiny_run_writes_the_documented_events(tiny_model_dir, saves):
     assert (Path(end["output_dir"]) / "adapter_config.json").is_file()
     assert (run_dir / "loss.png").stat().st_size > 1000
     assert RunConfig.load(run_dir / "config.yaml").max_steps == 4
-    info = runner.list_runs()[0]
+    info = list_runs()[0]
     assert info.name == run_dir.name and info.status == "done" and info.step == 4
     assert_no_process_left(run_dir)
 
@@ -65,13 +68,13 @@ def test_run_folders_are_never_reused(tiny_model_dir, saves):
     second = runner.start(cfg)
     runner.wait(second, timeout=300)
     assert first.name == "same" and second.name == "same-2"
-    assert runner.run_status(first)[0] == "done"
+    assert run_status(first)[0] == "done"
 
 
 def test_second_start_is_refused_while_one_trains(tiny_model_dir, saves):
     run_dir = runner.start(tiny(tiny_model_dir, max_steps=200))
     try:
-        with pytest.raises(runner.BusyError, match=run_dir.name):
+        with pytest.raises(BusyError, match=run_dir.name):
             runner.start(tiny(tiny_model_dir))
     finally:
         runner.abort(run_dir)
@@ -82,7 +85,7 @@ def test_abort_mid_run_saves_and_leaves_no_process(tiny_model_dir, saves):
     deadline = time.time() + 120
     while not any(e["type"] == "step" and e["step"] >= 2 for e in events_of(run_dir)):
         assert time.time() < deadline, (run_dir / "log.txt").read_text()
-        assert runner.run_status(run_dir)[0] == "running", (run_dir / "log.txt").read_text()
+        assert run_status(run_dir)[0] == "running", (run_dir / "log.txt").read_text()
         time.sleep(0.2)
     assert runner.abort(run_dir, timeout=60) == "aborted"
     end = events_of(run_dir)[-1]

@@ -6,21 +6,23 @@ from pathlib import Path
 
 import pytest
 
-from core.jobs import runner
+from core import paths
+from core.jobs import runs
 from core.jobs.events import EVENTS, LOG
+from core.jobs.runs import DONE, RUNNING
 from webui.live import wake
 
 
 @pytest.fixture()
 def live(tmp_path, monkeypatch):
-    """A run folder that core.jobs.runner reports as the live run until `live.end()`."""
+    """A run folder that core.jobs.runs reports as the live run until `live.end()`."""
     run = tmp_path / "lora-1"
     run.mkdir()
     (run / EVENTS).write_text('{"type": "start"}\n')
     (run / LOG).write_text("loading\n")
     state = {"run": run}
-    monkeypatch.setattr(runner, "saves_dir", lambda: tmp_path)
-    monkeypatch.setattr(runner, "active_run", lambda saves=None: state["run"])
+    monkeypatch.setattr(paths, "saves_dir", lambda: tmp_path)
+    monkeypatch.setattr(runs, "active_run", lambda saves=None: state["run"])
     monkeypatch.setattr(wake, "_scan", {"at": float("-inf"), "run": None, "saves": None})
 
     class Live:
@@ -90,8 +92,8 @@ def test_the_comparison_stamp_follows_the_newest_comparison_and_its_run(live, mo
     job.mkdir(parents=True)
     (job / compare.SPEC_FILE).write_text("methods: [lora, ia3]\n")
     (job / EVENTS).write_text('{"type": "start"}\n')
-    running = {"status": runner.RUNNING}
-    monkeypatch.setattr(runner, "run_status", lambda path, events=None: (running["status"], {}))
+    running = {"status": RUNNING}
+    monkeypatch.setattr(runs, "run_status", lambda path, events=None: (running["status"], {}))
     first = wake.comparison_stamp(None, now=1000.0)
     assert first.startswith("compare-1:")
     # The run the comparison trains wrote a step: the panel redraws.
@@ -101,7 +103,7 @@ def test_the_comparison_stamp_follows_the_newest_comparison_and_its_run(live, mo
     # The comparison wrote its next run; then it ended: once each, then nothing moves.
     _append(job / EVENTS, '{"type": "run"}\n')
     assert wake.comparison_stamp(None, now=1001.0) != after_step
-    running["status"] = runner.DONE
+    running["status"] = DONE
     ended = wake.comparison_stamp(None, now=1001.5)
     _append(live.path / EVENTS, '{"type": "step"}\n')  # another run, not the comparison's
     assert wake.comparison_stamp(None, now=1000.0 + 10 * wake.CLOCK_EVERY) == ended

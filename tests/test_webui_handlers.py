@@ -15,6 +15,8 @@ import pytest
 from core.data.formats import DataError
 from core.jobs import runner
 from core.jobs.events import EventWriter
+from core.jobs.process import PROCESS
+from core.jobs.runs import ABORTED, DONE, FAILED, list_runs
 from core.schema.config import SETTINGS, ConfigError, RunConfig
 from webui.live import monitor
 from webui.tabs.data import upload
@@ -147,7 +149,7 @@ def test_yaml_file_and_presets(saves, tmp_path):
     training.save_preset("short", values)
     assert training.list_presets() == ["short"]
     assert training.load_preset("short")["method"] == "ia3"
-    assert runner.list_runs(saves) == []  # presets/ is not mistaken for a run
+    assert list_runs(saves) == []  # presets/ is not mistaken for a run
     bad = tmp_path / "bad.yaml"
     bad.write_text("lora_rankk: 8\nlearning_rate: lots\n")
     with pytest.raises(ConfigError) as err:
@@ -211,7 +213,7 @@ def fake_run(saves: Path, name: str, losses: list[float], end: dict | None = Non
     run_dir = saves / name
     run_dir.mkdir()
     RunConfig(model="embedded", dataset=["identity"], run_name=name).save(run_dir / "config.yaml")
-    (run_dir / runner.PROCESS).write_text(json.dumps({"pid": 0, "start_time": -1}))
+    (run_dir / PROCESS).write_text(json.dumps({"pid": 0, "start_time": -1}))
     events = EventWriter(run_dir)
     events.emit("start", total_steps=len(losses), method="lora", device="cpu",
                 precision="fp32", trainable_params=10, total_params=1000, train_samples=5)
@@ -234,7 +236,7 @@ def test_monitor_reads_only_what_is_new(saves):
     EventWriter(run_dir).emit("end", status="done", final_loss=1.5, output_dir="x",
                               error=None)
     watch, changes = monitor.poll(watch)
-    assert changes.events and changes.status and watch.status == runner.DONE
+    assert changes.events and changes.status and watch.status == DONE
     assert "eval loss **1.7000**" in monitor.stats(watch)
     assert "Done" in monitor.stats(watch)
     assert "step 2 / 2" in monitor.progress(watch)
@@ -244,7 +246,7 @@ def test_failed_run_shows_its_error_and_log(saves):
     run_dir = fake_run(saves, "broken", [3.0], {"status": "failed", "final_loss": None,
                                                  "error": "CUDA out of memory"})
     watch = monitor.attach(run_dir)
-    assert watch.status == runner.FAILED and not watch.live
+    assert watch.status == FAILED and not watch.live
     assert "Failed:** CUDA out of memory" in monitor.stats(watch)
     assert "Traceback: boom" in monitor.log_tail(watch)
     assert "ps-failed" in monitor.progress(watch)
@@ -285,9 +287,9 @@ def test_start_and_abort_a_real_run(tiny_model_dir, saves):
     message = training.abort(watch.run)
     assert time.time() - t0 < 1.0  # the UI thread does not wait for the trainer
     assert "Stopping" in message
-    assert runner.wait(started.run_dir, timeout=120) == runner.ABORTED
+    assert runner.wait(started.run_dir, timeout=120) == ABORTED
     watch, _ = monitor.poll(watch)
-    assert watch.status == runner.ABORTED and "Aborted" in monitor.stats(watch)
+    assert watch.status == ABORTED and "Aborted" in monitor.stats(watch)
     assert training.abort(watch.run) == "No run is training."
 
 

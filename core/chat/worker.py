@@ -23,7 +23,7 @@ import traceback
 from typing import IO, Any
 
 from core.chat.engine import Engine, GenerationSettings, Reply
-from core.jobs.runner import hold_device
+from core.jobs.device import hold_device
 from core.jobs.runs import Target
 
 
@@ -61,7 +61,7 @@ def _handle(engine: Engine, request: dict[str, Any], stop: threading.Event,
     if op == "status":
         send(type="status", loaded=list(engine.loaded), last=True)
         return
-    # The device is one job's at a time (core.jobs.runner): a run training holds it, and the
+    # The device is one job's at a time (core.jobs.device): a run training holds it, and the
     # chat waits, saying for whom, until it is free or the person presses Stop.
     device = hold_device("chat", on_wait=lambda holder: send(type="waiting", holder=holder),
                          cancelled=stop.is_set)

@@ -18,8 +18,10 @@ from core.data.registry import dataset_problems
 from core.evaluate import job as evaluate
 from core.export import job as export
 from core.jobs import runner
+from core.jobs.device import BusyError
 from core.jobs.job import follow
-from core.jobs.runs import resolve_run
+from core.jobs.process import wait_for_exit
+from core.jobs.runs import DAMAGED, FAILED, RUNNING, list_runs, resolve_run, run_status
 from core.paths import saves_dir
 from core.schema.config import ConfigError, add_arguments, config_from_args
 from core.serve import cli as serve
@@ -49,7 +51,7 @@ def _train(args: argparse.Namespace) -> int:
         return queue_cli.queue_run(cfg)
     try:
         run_dir = runner.start(cfg)
-    except runner.BusyError as exc:
+    except BusyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     except ConfigError as exc:  # what this machine lacks (GPUs, DeepSpeed)
@@ -71,7 +73,7 @@ def _resume(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except runner.BusyError as exc:
+    except BusyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in event["changed"].items())
@@ -87,11 +89,11 @@ def _follow(run_dir: Path, show_log: bool = False) -> int:
     once every process of the run has exited, not at its end event: a script that runs
     the next command at once must find the device free."""
     follow(run_dir, _describe, show_log)
-    if not runner.wait_for_exit(run_dir):
+    if not wait_for_exit(run_dir):
         print(f"warning: processes of {run_dir.name} still run; see "
               f"{run_dir / 'log.txt'}", file=sys.stderr)
-    status, end = runner.run_status(run_dir)
-    if status == runner.FAILED:
+    status, end = run_status(run_dir)
+    if status == FAILED:
         print(f"failed: {end.get('error')}\n(full log: {run_dir / 'log.txt'})", file=sys.stderr)
         return 1
     return 0
@@ -126,7 +128,7 @@ def _describe(e: dict) -> str:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    runs = runner.list_runs()
+    runs = list_runs()
     if not runs:
         print(f"no runs in {saves_dir()}")
         return 0
@@ -136,7 +138,7 @@ def _runs(args: argparse.Namespace) -> int:
         steps = f"{r.step}/{r.total_steps}"
         print(f"{r.name:32} {r.status:8} {r.method:8} {steps:>11} {loss:>8}  "
               f"{','.join(r.dataset)}")
-        if r.status == runner.DAMAGED:
+        if r.status == DAMAGED:
             print(f"  {r.error}; the other runs are unaffected (move or delete this folder)")
     return 0
 
@@ -152,7 +154,7 @@ def _abort(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if runner.run_status(run_dir)[0] != runner.RUNNING:
+    if run_status(run_dir)[0] != RUNNING:
         print(f"{run_dir.name} is not running")
         return 1
     print(f"{run_dir.name}: {runner.abort(run_dir, timeout=args.timeout)}")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from core.jobs import queue
+from core.jobs.runs import DONE, RUNNING, run_status
 from core.schema.config import ConfigError, RunConfig, add_arguments, given_settings
 
 
@@ -133,13 +134,13 @@ def _wait_and_print(job: Path) -> int:
     from core.jobs import runner
 
     try:
-        while runner.run_status(job)[0] == runner.RUNNING:
+        while run_status(job)[0] == RUNNING:
             time.sleep(1)
     except KeyboardInterrupt:
         print("stopping the sweep: its runs not yet ended are cancelled ...", file=sys.stderr)
         runner.abort(job, timeout=120)
     print(table_text(sweep.rows(job)))
-    return 0 if runner.run_status(job)[0] == runner.DONE else 1
+    return 0 if run_status(job)[0] == DONE else 1
 
 
 def table_text(rows: list[dict[str, Any]]) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from core import distributed
+from core.distributed import ranks
 from core.jobs.events import LOG, EventWriter, read_events
 from core.schema.config import RunConfig
 
@@ -105,7 +106,8 @@ def supervise(cfg: RunConfig, config_path: Path) -> int:
 
 
 def _hold(run_dir: Path, events: EventWriter) -> Any:
-    from core.jobs.runner import ABORT_FILE, hold_device
+    from core.jobs.device import hold_device
+    from core.jobs.process import ABORT_FILE
 
     return hold_device(run_dir.name, cancelled=lambda: (run_dir / ABORT_FILE).exists(),
                        on_wait=lambda holder: events.emit("waiting", holder=holder),
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # The ranks inherit it: they neither take the device lock (this process holds it for
     # the whole job) nor outlive torchrun.
-    os.environ[distributed.LAUNCHED_ENV] = "1"
+    os.environ[ranks.LAUNCHED_ENV] = "1"
     return supervise(cfg, config_path)
 
 

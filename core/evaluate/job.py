@@ -72,7 +72,7 @@ def default_dataset(run_dir: Path) -> str | None:
 
 def start(spec: EvalSpec) -> Path:
     """Start an evaluation job; return its folder."""
-    from core.jobs.runner import start_job
+    from core.jobs.job import start_job
 
     return start_job(Path(spec.run_dir) / "evals", "core.evaluate", asdict(spec), SPEC_FILE)
 
@@ -90,7 +90,7 @@ class EvalJob:
 
 
 def job_state(job: Path) -> EvalJob:
-    from core.jobs.runner import read_job
+    from core.jobs.job import read_job
 
     state = read_job(job, SPEC_FILE)
     results = None

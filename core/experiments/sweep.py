@@ -26,10 +26,12 @@ from typing import Any
 
 import yaml
 
-from core.fsutil import atomic_write_text
-from core.jobs import queue, runner
+from core.fsutil import atomic_write_text, unique_dir
+from core.jobs import queue
 from core.jobs.events import EventWriter, read_events
 from core.jobs.job import run_job
+from core.jobs.process import ABORT_FILE, spawn
+from core.jobs.runs import ABORTED, CONFIG, DAMAGED, DONE, FAILED, run_status
 from core.paths import saves_dir
 from core.schema.config import SETTINGS, ConfigError, RunConfig
 
@@ -186,7 +188,7 @@ def start(spec: SweepSpec, parent: Path | None = None) -> Path:
     """Validate every run, queue them all and start following them; return the sweep's
     folder. Raises ConfigError (nothing queued) on any bad axis, value or setting."""
     spec.combinations()  # a bad axis refused before any folder exists
-    job = runner.unique_dir(parent or sweeps_dir(), f"{spec.prefix}-{datetime.now():%Y%m%d-%H%M%S}")
+    job = unique_dir(parent or sweeps_dir(), f"{spec.prefix}-{datetime.now():%Y%m%d-%H%M%S}")
     evaluate = ({"dataset": spec.eval_dataset, "max_samples": spec.eval_max_samples}
                 if spec.eval_dataset else None)
     try:
@@ -197,7 +199,7 @@ def start(spec: SweepSpec, parent: Path | None = None) -> Path:
     except (ConfigError, queue.QueueError):
         shutil.rmtree(job)
         raise
-    runner.spawn(job, ["-m", "core.experiments.sweep", str(job / SPEC_FILE)])
+    spawn(job, ["-m", "core.experiments.sweep", str(job / SPEC_FILE)])
     return job
 
 
@@ -215,7 +217,7 @@ def load_spec(job: Path) -> SweepSpec:
 def run_row(run_dir: Path) -> dict[str, Any]:
     """A run's numbers for a sweep's table, from its files."""
     events, _ = read_events(run_dir)
-    status, end = runner.run_status(run_dir, events)
+    status, end = run_status(run_dir, events)
     start_event = next((e for e in events if e["type"] == "start"), {})
     share = start_event.get("trainable_share")
     began = start_event.get("time")
@@ -247,13 +249,13 @@ def rows(job: Path) -> list[dict[str, Any]]:
             # A run cancelled part-way reads as its run ended (aborted); one cancelled while
             # it was evaluated, as cancelled.
             if entry["status"] in (queue.WAITING, queue.RUNNING) or (
-                    entry["status"] == queue.CANCELLED and row["status"] == runner.DONE):
+                    entry["status"] == queue.CANCELLED and row["status"] == DONE):
                 row["status"] = entry["status"]
         for key in SCORES:
             row[key] = (entry.get("scores") or {}).get(key)
         out.append(row)
     best_by = best_column(out)
-    done = [r for r in out if r["status"] == runner.DONE and r.get(best_by) is not None]
+    done = [r for r in out if r["status"] == DONE and r.get(best_by) is not None]
     if done:
         higher = best_by in SCORES
         best = (max if higher else min)(done, key=lambda r: r[best_by])
@@ -283,7 +285,7 @@ def sweep_id(job: Path) -> str:
 
 def settings_of(job: Path, run: str) -> RunConfig:
     """The settings a row of the sweep trained with ("use these settings")."""
-    return RunConfig.load(job_saves(job) / run / runner.CONFIG)
+    return RunConfig.load(job_saves(job) / run / CONFIG)
 
 
 # -- the job following the sweep ------------------------------------------------------------
@@ -327,9 +329,9 @@ def _job(spec: dict[str, Any], job: Path, events: EventWriter) -> dict[str, Any]
     signal.signal(signal.SIGTERM, on_signal)
     table = follow(job, events, stop)
     failed = [r["run"] or f"entry {r['entry']}" for r in table
-              if r["status"] in (runner.FAILED, runner.DAMAGED)]
-    stopped = stop["requested"] or (job / runner.ABORT_FILE).exists()
-    return {"status": runner.ABORTED if stopped else runner.DONE,
+              if r["status"] in (FAILED, DAMAGED)]
+    stopped = stop["requested"] or (job / ABORT_FILE).exists()
+    return {"status": ABORTED if stopped else DONE,
             "error": f"not done: {', '.join(failed)}" if failed else None}
 
 

@@ -165,7 +165,7 @@ def check(spec: ExportSpec) -> tuple[Path, str, str]:
 # -- starting and listing (UI and CLI side: no torch) ------------------------------------
 def start(spec: ExportSpec) -> Path:
     """Check the request, start the export job, return its folder."""
-    from core.jobs.runner import start_job
+    from core.jobs.job import start_job
 
     check(spec)
     return start_job(Path(spec.run_dir) / "exports", "core.export", asdict(spec), SPEC_FILE)
@@ -173,7 +173,7 @@ def start(spec: ExportSpec) -> Path:
 
 def job_state(job: Path) -> dict[str, Any]:
     """{"status", "done", "total", "message", "end": end event or {}, "spec"}."""
-    from core.jobs.runner import read_job
+    from core.jobs.job import read_job
 
     state = read_job(job, SPEC_FILE)
     progress = state.progress

@@ -12,7 +12,7 @@ Event types (all carry "type" and "time"):
   eval        step, eval_loss
   checkpoint  step, path
   saving      path                       (a result is being written; see core.train.trainer)
-  waiting     holder                     (another job has the device; see core.jobs.runner)
+  waiting     holder                     (another job has the device; see core.jobs.device)
   diverged    step, reason               (then end: failed, diverged: true; core.train.health)
   progress    done, total, message       (evaluation and export jobs)
   resume      step, checkpoint, changed   (the run goes on from the resume point of `step`:

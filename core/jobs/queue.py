@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from core.fsutil import atomic_write_text
-from core.jobs import runner
+from core.jobs.process import spawn
+from core.jobs.runs import ABORTED, DAMAGED, DONE, FAILED
 from core.paths import saves_dir
 from core.schema.config import RunConfig
 
@@ -35,7 +36,7 @@ WORKER_MODULE = "core.jobs.queue_worker"
 # An entry's status: waiting its turn, training (or evaluating), or one of a run's ends;
 # "cancelled" when it was taken out of the queue, before or during its run.
 WAITING, RUNNING, CANCELLED = "queued", "running", "cancelled"
-SETTLED = (runner.DONE, runner.FAILED, runner.ABORTED, CANCELLED, runner.DAMAGED)
+SETTLED = (DONE, FAILED, ABORTED, CANCELLED, DAMAGED)
 
 
 class QueueError(ValueError):
@@ -199,7 +200,7 @@ def ensure_worker(saves: Path | None = None) -> bool:
         return False  # said by whoever lists the queue
     folder = queue_dir(saves) / WORKER_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    runner.spawn(folder, ["-m", WORKER_MODULE, str(saves)],
+    spawn(folder, ["-m", WORKER_MODULE, str(saves)],
                  {"PEFT_STUDIO_SAVES": str(saves)})
     return True
 

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from core.jobs import queue, runner
+from core.jobs.device import BusyError
+from core.jobs.process import wait_for_exit
+from core.jobs.runs import DONE, FAILED, RUNNING, run_status
 from core.schema.config import ConfigError, RunConfig
 
 POLL = 1.0  # how often a running entry is looked at (its end, a cancel)
@@ -57,14 +60,14 @@ def _start(saves: Path, entry: dict[str, Any]) -> Path | None:
             return None
         try:
             run_dir = runner.start(RunConfig(**entry["settings"]), saves)
-        except runner.BusyError as exc:
+        except BusyError as exc:
             if str(exc) != told:
                 _update(saves, entry["id"], waiting=str(exc))
                 told = str(exc)
             time.sleep(BUSY_POLL)
             continue
         except ConfigError as exc:  # a dataset removed, a tracker uninstalled meanwhile
-            _update(saves, entry["id"], status=runner.FAILED, ended=time.time(),
+            _update(saves, entry["id"], status=FAILED, ended=time.time(),
                     error=f"did not start: {exc}")
             return None
         _update(saves, entry["id"], run=run_dir.name, waiting=None)
@@ -74,13 +77,13 @@ def _start(saves: Path, entry: dict[str, Any]) -> Path | None:
 def _follow(saves: Path, entry_id: int, job: Path, abort_timeout: float = 60.0) -> bool:
     """Wait for a run (or an evaluation) to end, aborting it if its entry is cancelled;
     True unless it was."""
-    while runner.run_status(job)[0] == runner.RUNNING:
+    while run_status(job)[0] == RUNNING:
         if _cancelled(saves, entry_id):
             runner.abort(job, timeout=abort_timeout)
             return False
         time.sleep(POLL)
     # Its end event is written while it still closes: the next run must find the device free.
-    runner.wait_for_exit(job)
+    wait_for_exit(job)
     return not _cancelled(saves, entry_id)
 
 
@@ -103,9 +106,9 @@ def work_on(saves: Path, entry: dict[str, Any]) -> None:
     if run_dir is None:
         return
     finished = _follow(saves, entry["id"], run_dir)
-    status, end = runner.run_status(run_dir)
+    status, end = run_status(run_dir)
     scores = None
-    if finished and status == runner.DONE and entry.get("evaluate"):
+    if finished and status == DONE and entry.get("evaluate"):
         scores = _evaluate(saves, entry, run_dir)
         finished = scores is not None
     _update(saves, entry["id"], status=status if finished else queue.CANCELLED,

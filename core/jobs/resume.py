@@ -20,6 +20,8 @@ from typing import Any
 from core.fsutil import atomic_write_text
 from core.jobs import runner
 from core.jobs.events import EventWriter
+from core.jobs.process import ABORT_FILE
+from core.jobs.runs import CONFIG, DAMAGED, DONE, RUNNING, run_status
 from core.schema.config import SETTINGS, RunConfig
 
 RESUME_FILE = "resume.json"
@@ -45,12 +47,12 @@ def resume_points(run_dir: Path) -> dict[int, Path]:
 
 def resume_problem(run_dir: Path) -> str | None:
     """Why this run cannot be resumed, in a sentence; None when it can."""
-    status, end = runner.run_status(run_dir)
-    if status == runner.RUNNING:
+    status, end = run_status(run_dir)
+    if status == RUNNING:
         return f"run {run_dir.name!r} is still training"
-    if status == runner.DONE:
+    if status == DONE:
         return f"run {run_dir.name!r} finished all its steps; there is nothing to resume"
-    if status == runner.DAMAGED:
+    if status == DAMAGED:
         return f"run {run_dir.name!r} is damaged ({end.get('error')}); start it again instead"
     if end.get("diverged"):
         return (f"run {run_dir.name!r} diverged; resuming would repeat it: start a new run "
@@ -70,14 +72,14 @@ def changed_settings(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any
 def resume(run_dir: Path, changes: dict[str, Any] | None = None) -> dict[str, Any]:
     """Start `run_dir` again from its newest resume point, with `changes` to the settings
     that may change (CHANGEABLE). Returns the `resume` event. Raises ValueError with the
-    reason when it cannot, runner.BusyError when the device is taken."""
+    reason when it cannot, BusyError when the device is taken."""
     from core import distributed
     from core.schema.config import ConfigError
 
     problem = resume_problem(run_dir)
     if problem:
         raise ValueError(problem)
-    old = RunConfig.load(run_dir / runner.CONFIG)
+    old = RunConfig.load(run_dir / CONFIG)
     cfg = old.replace(**(changes or {}))
     changed = changed_settings(old, cfg)
     fixed = [f"{k} ({a!r} -> {b!r})" for k, (a, b) in changed.items() if k not in CHANGEABLE]
@@ -93,9 +95,9 @@ def resume(run_dir: Path, changes: dict[str, Any] | None = None) -> dict[str, An
 
     def before() -> None:
         _drop_after(run_dir, step)
-        (run_dir / runner.ABORT_FILE).unlink(missing_ok=True)
+        (run_dir / ABORT_FILE).unlink(missing_ok=True)
         if changed:
-            cfg.save(run_dir / runner.CONFIG)
+            cfg.save(run_dir / CONFIG)
         atomic_write_text(run_dir / RESUME_FILE,
                           json.dumps({"checkpoint": str(point), "step": step}))
         event.update(EventWriter(run_dir).emit(

@@ -8,8 +8,8 @@ import os
 import sys
 from typing import Any
 
-from core.jobs import runner
 from core.jobs.job import follow
+from core.jobs.runs import FAILED, run_status
 from core.schema.jobs import SERVING
 from core.schema.setting import SettingsError, add_flags
 from core.serve import job as serving
@@ -116,8 +116,8 @@ def _main(args: argparse.Namespace) -> int:
     if args.detach:
         return 0
     status = follow(job, describe, abort_timeout=20)
-    if status == runner.FAILED:
-        print(f"failed: {runner.run_status(job)[1].get('error')}\n(full log: "
+    if status == FAILED:
+        print(f"failed: {run_status(job)[1].get('error')}\n(full log: "
               f"{job / 'log.txt'})", file=sys.stderr)
         return 1
     return 0

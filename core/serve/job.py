@@ -22,10 +22,11 @@ from typing import Any
 
 import yaml
 
-from core.fsutil import atomic_write_text
+from core.fsutil import atomic_write_text, unique_dir
 from core.jobs import runner
 from core.jobs.events import EventWriter, read_events
-from core.jobs.runs import Target, base_target, resolve_run, run_target
+from core.jobs.process import ABORT_FILE, spawn
+from core.jobs.runs import DONE, RUNNING, Target, base_target, resolve_run, run_status, run_target
 from core.paths import saves_dir
 from core.schema.jobs import SERVING
 from core.schema.setting import check_fields
@@ -125,9 +126,9 @@ def start(spec: ServeSpec, api_key: str | None = None) -> Path:
     if problem:
         raise ValueError(problem)
     served_models(spec)  # every run named has a result
-    job = runner.unique_dir(serving_dir(), f"{datetime.now():%Y%m%d-%H%M%S}")
+    job = unique_dir(serving_dir(), f"{datetime.now():%Y%m%d-%H%M%S}")
     atomic_write_text(job / SPEC_FILE, yaml.safe_dump(asdict(spec), sort_keys=False))
-    runner.spawn(job, ["-m", "core.serve", str(job / SPEC_FILE)],
+    spawn(job, ["-m", "core.serve", str(job / SPEC_FILE)],
                  {KEY_ENV: api_key} if api_key else {KEY_ENV: ""})
     return job
 
@@ -142,7 +143,7 @@ def running() -> list[Path]:
     if not folder.is_dir():
         return []
     jobs = [p for p in folder.iterdir() if (p / SPEC_FILE).is_file()]
-    return sorted((p for p in jobs if runner.run_status(p)[0] == runner.RUNNING),
+    return sorted((p for p in jobs if run_status(p)[0] == RUNNING),
                   key=lambda p: p.name, reverse=True)
 
 
@@ -230,7 +231,7 @@ def work(spec: ServeSpec, job: Path, events: EventWriter) -> dict[str, Any]:
         server.run(sockets=[sock])
     finally:
         scheduler.close()
-    return {"status": runner.DONE, "output_dir": None,
+    return {"status": DONE, "output_dir": None,
             "note": f"stopped after {answered['requests']} requests"}
 
 
@@ -244,7 +245,7 @@ def _watch_abort(job: Path, server: Any) -> None:
     import time
 
     while not server.should_exit:
-        if (job / runner.ABORT_FILE).exists():
+        if (job / ABORT_FILE).exists():
             server.should_exit = True
         time.sleep(0.5)
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core import distributed
+from core.distributed import ranks
 from core.jobs.events import EventWriter
-from core.jobs.runner import ABORT_FILE
+from core.jobs.process import ABORT_FILE
 from core.schema.config import RunConfig
 from core.stages import LIVE_METRICS
 from core.train.trainer_args import writes_resume_points
@@ -30,7 +30,7 @@ class StopRequest:
         self.saving: Path | None = None
         self.result_saved = False
         # Set by train() for a run whose weights are sharded (ZeRO-3, FSDP): every rank
-        # takes part in gathering them (core.distributed.state_gatherer).
+        # takes part in gathering them (core.ranks.state_gatherer).
         self.gather: Any = None
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -63,7 +63,7 @@ class StopRequest:
         (ZeRO-3, FSDP: `gather` is set) every rank must call this, at the same point."""
         from core.methods.common import save_result
 
-        if self.gather is None and distributed.rank() != 0:
+        if self.gather is None and ranks.rank() != 0:
             return out_dir  # every rank holds the same weights; rank 0 writes them
         # Sharded weights: every rank gathers them with rank 0, deaf to aborts like rank 0
         # (a rank that left the gather would leave rank 0 waiting in it); rank 0 writes.
@@ -71,7 +71,7 @@ class StopRequest:
         self.saving = out_dir
         try:
             state = self.gather() if self.gather is not None else None
-            if distributed.rank() != 0:
+            if ranks.rank() != 0:
                 self.result_saved = final
                 return out_dir
             saved = save_result(model, out_dir, cfg, tokenizer, state)
@@ -165,7 +165,7 @@ def event_callback(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: Sto
             step = state.global_step
             if cfg.save_steps and step % cfg.save_steps == 0 and step < state.max_steps:
                 _checkpoint(step, model, cfg, run_dir, tokenizer, events, stop)
-            if distributed.agree_to_stop(stop.requested):
+            if ranks.agree_to_stop(stop.requested):
                 control.should_training_stop = True
                 # An aborted run can be resumed from the step it stopped at.
                 control.should_save = writes_resume_points(cfg)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core import distributed
+from core.distributed import ranks
 from core.jobs.events import EventWriter
 from core.schema.config import RunConfig
 from core.stages import STAGES
@@ -74,13 +74,13 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
         "trainable_params": trainable, "total_params": total,
         "trainable_share": trainable / total if total else 0.0, "notes": notes, **stats,
         **plan.start_fields,
-        **distributed.start_fields(device),
+        **ranks.start_fields(device),
     }
     callback = event_callback(cfg, run_dir, events, stop, tokenizer, start_info)
     trainer = plan.build(model, Dataset.from_list(train_items),
                          Dataset.from_list(eval_items) if has_eval else None, callback,
                          optimizer)
-    stop.gather = distributed.state_gatherer(trainer, trainable_only=not spec.saves_full_model)
+    stop.gather = ranks.state_gatherer(trainer, trainable_only=not spec.saves_full_model)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     out_dir = run_dir / ("model" if spec.saves_full_model else "adapter")
@@ -130,9 +130,9 @@ def _fit(trainer: Any, callback: Any, plan: Plan, has_eval: bool, cfg: RunConfig
 
 
 def _hold_device(run_dir: Path, events: EventWriter, stop: StopRequest) -> Any:
-    """The device lock for this run's lifetime (see core.jobs.runner); waits, visibly, while
+    """The device lock for this run's lifetime (see core.jobs.device); waits, visibly, while
     an evaluation or export started a moment before still holds it."""
-    from core.jobs.runner import hold_device
+    from core.jobs.device import hold_device
 
     return hold_device(run_dir.name, cancelled=lambda: stop.requested,
                        on_wait=lambda holder: events.emit("waiting", holder=holder),
@@ -148,8 +148,8 @@ def _job(cfg: RunConfig, run_dir: Path, events: EventWriter) -> dict[str, Any]:
 
     stop = StopRequest(run_dir, events)
     os.environ.update(trackers.environment(cfg, run_dir))  # where the tracker writes
-    if distributed.under_launcher():
-        distributed.die_with_parent()  # core.distributed.launch holds the device for all ranks
+    if ranks.under_launcher():
+        ranks.die_with_parent()  # core.distributed.launch holds the device for all ranks
     else:
         # Kept until run_job has written the end event: nobody sees the device free
         # while this run still reads as running.
@@ -173,7 +173,7 @@ def _job(cfg: RunConfig, run_dir: Path, events: EventWriter) -> dict[str, Any]:
     try:
         from core.jobs.plots import save_loss_plot
 
-        plot = save_loss_plot(run_dir) if distributed.rank() == 0 else None
+        plot = save_loss_plot(run_dir) if ranks.rank() == 0 else None
     except OSError as exc:  # a full disk loses the picture, never the result
         print(f"loss.png not written: {exc}", flush=True)
         plot = None

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core import distributed
+from core.distributed import ranks
 from core.train import trackers
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ def writes_resume_points(cfg: RunConfig) -> bool:
     """Whether the Trainer writes its own checkpoints (core.jobs.resume's resume points):
     with save_steps, and not for runs over several processes: resuming them is not
     supported, and their optimizer state is sharded (DeepSpeed, FSDP)."""
-    return bool(cfg.save_steps) and distributed.world_size() == 1
+    return bool(cfg.save_steps) and ranks.world_size() == 1
 
 
 def shared_kwargs(cfg: RunConfig, run_dir: Path, device: str, precision: str,
@@ -62,7 +63,7 @@ def shared_kwargs(cfg: RunConfig, run_dir: Path, device: str, precision: str,
         include_num_input_tokens_seen="non_padding",  # the tokens/s of every step event
         logging_nan_inf_filter=False,  # a NaN loss must be seen (core.train.health), not averaged
         **trackers.trainer_kwargs(cfg, run_dir),
-        **distributed.trainer_kwargs(cfg, run_dir, device == "cpu", distributed.world_size()),
+        **distributed.trainer_kwargs(cfg, run_dir, device == "cpu", ranks.world_size()),
     )
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.jobs import runner
 from core.jobs.events import EVENTS, LOG, one_stream, read_events, tail_log
+from core.jobs.runs import DONE, FAILED, RUNNING, active_run, run_status
 from webui.live.progress import clock, progress_html
 
 # Looking for a run started elsewhere (CLI, another browser) scans saves/: not every tick.
@@ -34,7 +34,7 @@ class Watch:
 
     @property
     def live(self) -> bool:
-        return self.status == runner.RUNNING
+        return self.status == RUNNING
 
 
 @dataclass
@@ -55,7 +55,7 @@ def poll(watch: Watch, now: float | None = None) -> tuple[Watch, Changes]:
     now = time.time() if now is None else now
     if not watch.live and now - watch.scanned >= SCAN_EVERY:
         watch.scanned = now
-        live = runner.active_run()
+        live = active_run()
         if live is not None and str(live) != watch.run:
             fresh = Watch(run=str(live), scanned=now)
             return poll(fresh, now)[0], Changes(True, True, True)
@@ -72,7 +72,7 @@ def read(watch: Watch) -> tuple[Watch, Changes]:
     if new:
         watch.events = one_stream(watch.events + new)
         changes.events = True
-    status, end = runner.run_status(run_dir, watch.events)
+    status, end = run_status(run_dir, watch.events)
     if status != watch.status:
         watch.status, watch.end = status, end
         changes.status = True
@@ -101,7 +101,7 @@ def progress(watch: Watch) -> str:
     last = steps[-1] if steps else {}
     total = last.get("total_steps") or start.get("total_steps") or 0
     step = last.get("step", 0)
-    if watch.status == runner.DONE:
+    if watch.status == DONE:
         step = total or step
     eta = last.get("eta") if watch.live else 0.0
     elapsed = last.get("elapsed")
@@ -183,11 +183,11 @@ def reward_line(step: dict[str, Any]) -> str:
 def _ending(watch: Watch) -> str:
     end = watch.end
     status = watch.status
-    if status == runner.FAILED:
+    if status == FAILED:
         # A diverged run says so first: its weights are not offered anywhere as a result.
         label = "Diverged" if end.get("diverged") else "Failed"
         return f"✗ **{label}:** {end.get('error') or 'see the log below'}"
-    text = "✓ **Done**" if status == runner.DONE else "■ **Aborted**"
+    text = "✓ **Done**" if status == DONE else "■ **Aborted**"
     if end.get("final_loss") is not None:
         text += f" · final loss {end['final_loss']:.4f}"
     if end.get("train_runtime") is not None:

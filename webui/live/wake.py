@@ -27,12 +27,14 @@ from pathlib import Path
 
 import gradio as gr
 
+from core import paths
 from core.experiments import compare
-from core.jobs import runner
+from core.jobs import runs
 from core.jobs.events import EVENTS
+from core.jobs.process import process_alive
 from webui.live.monitor import file_size
 
-# Finding the live run reads every run's events (core.jobs.runner.active_run): once per this
+# Finding the live run reads every run's events (core.jobs.active_run): once per this
 # many seconds for all pages together, not per page per second.
 SCAN_EVERY = 3.0
 # A live run that writes no event is refreshed this often, for a log that grows without
@@ -46,10 +48,10 @@ _scan: dict[str, object] = {"at": float("-inf"), "run": None, "saves": None}
 
 
 def live_run(now: float) -> Path | None:
-    saves = runner.saves_dir()
+    saves = paths.saves_dir()
     with _lock:
         if now - float(_scan["at"]) >= SCAN_EVERY or _scan["saves"] != saves:
-            _scan.update(at=now, run=runner.active_run(saves), saves=saves)
+            _scan.update(at=now, run=runs.active_run(saves), saves=saves)
         return _scan["run"]  # type: ignore[return-value]
 
 
@@ -112,7 +114,7 @@ def comparison_stamp(_: object = None, now: float | None = None) -> str:
     if not found:
         return IDLE
     job = found[0]
-    training = stamp(None, now) if runner.run_status(job)[0] == runner.RUNNING else IDLE
+    training = stamp(None, now) if runs.run_status(job)[0] == runs.RUNNING else IDLE
     return f"{job.name}:{file_size(job / EVENTS)}:{training}"
 
 
@@ -124,12 +126,12 @@ def job_stamp(job: str | None = None) -> str:
         return IDLE
     try:
         path = Path(job).resolve()
-        inside = path.is_relative_to(runner.saves_dir().resolve()) and path.is_dir()
+        inside = path.is_relative_to(paths.saves_dir().resolve()) and path.is_dir()
     except (OSError, RuntimeError, ValueError):
         return IDLE
     if not inside:
         return IDLE
-    return f"{path.name}:{file_size(path / EVENTS)}:{runner.process_alive(path)}"
+    return f"{path.name}:{file_size(path / EVENTS)}:{process_alive(path)}"
 
 
 def waker(elem_id: str, ask: Callable[..., str] = stamp, every_ms: int = POLL_MS,

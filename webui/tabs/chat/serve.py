@@ -15,7 +15,8 @@ from typing import Any
 
 import gradio as gr
 
-from core.jobs import runner
+from core.jobs.process import process_alive
+from core.jobs.runs import RUNNING, run_status
 from core.serve import job as serving
 from webui import guard
 from webui.i18n import Text
@@ -59,7 +60,7 @@ def on_start(runs: list[str] | None, base: bool, model: str | None, host: str, p
 
 
 def on_stop(job: str) -> None:
-    if job and runner.process_alive(Path(job)):
+    if job and process_alive(Path(job)):
         serving.stop(Path(job), timeout=10)
 
 
@@ -101,9 +102,9 @@ def on_tick(job: str, key: str, lang: str = "en") -> list[Any]:
 
     path = Path(job)
     events = read_events(path)[0]
-    status, end = runner.run_status(path)
+    status, end = run_status(path)
     ready = next((e for e in reversed(events) if e["type"] == "ready"), None)
-    if status != runner.RUNNING:
+    if status != RUNNING:
         text = T_ENDED(lang, status=status, note=end.get("note") or end.get("error") or "")
         return [text, gr.update(visible=False), gr.update(visible=False), _log(events)]
     if ready is None:

@@ -9,8 +9,8 @@ from typing import Any
 
 import gradio as gr
 
-from core.jobs import runner
 from core.jobs.plots import loss_figure, lr_figure, reward_accuracy_figure, rewards_figure
+from core.jobs.runs import CONFIG, active_run
 from core.schema.config import SETTINGS, ConfigError
 from webui import guard
 from webui.i18n import I18n, Text
@@ -222,7 +222,7 @@ def _wire_count(form: SettingsForm, shared: Shared, panel: _Panel) -> None:
         # The count belongs in view before anyone presses Start; but while a run trains,
         # a page load must not start a torch process beside it (the count is cached per
         # setting, so later loads are free).
-        if runner.active_run() is not None:
+        if active_run() is not None:
             return [gr.skip()] * len(outputs)
         return count(lang, *values)
 
@@ -289,11 +289,11 @@ def _wire_run(form: SettingsForm, shared: Shared, panel: _Panel) -> None:
 
     def on_load() -> list[Any]:
         # A reloaded page or a second browser shows the live run's settings, not defaults.
-        live = runner.active_run()
+        live = active_run()
         if live is None:
             return [gr.skip()] * len(form.components)
         try:
-            return form.positional(training.load_yaml(live / runner.CONFIG))
+            return form.positional(training.load_yaml(live / CONFIG))
         except ConfigError:
             return [gr.skip()] * len(form.components)
 

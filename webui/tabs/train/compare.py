@@ -15,6 +15,7 @@ from core.experiments import compare
 from core.jobs import runner
 from core.jobs.events import read_events
 from core.jobs.plots import loss_figure
+from core.jobs.runs import RUNNING, run_status
 from core.methods import METHODS
 from core.schema.config import ConfigError
 from webui import guard
@@ -60,10 +61,10 @@ def view(job: str | None) -> tuple[str, pd.DataFrame, Any]:
         return "", pd.DataFrame(columns=list(compare.COLUMNS.values())), None
     path = Path(job)
     events, _ = read_events(path)
-    status, end = runner.run_status(path, events)
+    status, end = run_status(path, events)
     progress = next((e for e in reversed(events) if e["type"] == "progress"), {})
     line = f"**{path.name}**: {status}"
-    if status == runner.RUNNING and progress:
+    if status == RUNNING and progress:
         line += f" · {progress['message']} ({progress['done']}/{progress['total']} done)"
     if end.get("error"):
         line += f" · {end['error']}"
@@ -77,7 +78,7 @@ def view(job: str | None) -> tuple[str, pd.DataFrame, Any]:
 def stop(job: str | None) -> str:
     """Stop the queue: the run it trains stops at its next step and saves, the methods
     not yet trained are not started."""
-    if not job or runner.run_status(Path(job))[0] != runner.RUNNING:
+    if not job or run_status(Path(job))[0] != RUNNING:
         return "No comparison is running."
     # In the background, like the Train tab's Abort: the run saves first, which takes a
     # while, and the page shows the queue ending.

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from core.jobs import runner
+from core.jobs.device import BusyError
+from core.jobs.runs import CONFIG, RUNNING, run_status
 from core.paths import saves_dir
 from core.schema.config import SETTINGS, ConfigError, RunConfig
 from webui import guard, probe
@@ -67,12 +69,12 @@ def start(values: dict[str, Any], lang: str = "en") -> Started:
 
     try:
         run_dir = runner.start(cfg)
-    except runner.BusyError as exc:
+    except BusyError as exc:
         return Started(None, BUSY(lang, error=exc))
     except ConfigError as exc:  # what this machine lacks (GPUs, DeepSpeed)
         return Started(None, problems_markdown(exc, lang))
     message = STARTED(lang, name=run_dir.name)
-    others = distributed.node_commands(cfg, run_dir / runner.CONFIG)
+    others = distributed.node_commands(cfg, run_dir / CONFIG)
     if others:
         steps = "\n".join(f"- machine {k}: `{line}`" for k, line in enumerate(others, start=1))
         message += "\n\n" + OTHER_MACHINES(lang) + "\n" + steps
@@ -82,7 +84,7 @@ def start(values: dict[str, Any], lang: str = "en") -> Started:
 def abort(run_dir: str | Path | None, lang: str = "en") -> str:
     """Ask the run to stop, in a background thread: runner.abort waits for the trainer
     to save (up to a minute) and the UI must stay responsive meanwhile."""
-    if not run_dir or runner.run_status(Path(run_dir))[0] != runner.RUNNING:
+    if not run_dir or run_status(Path(run_dir))[0] != RUNNING:
         return NOTHING_TO_ABORT(lang)
     threading.Thread(target=runner.abort, args=(Path(run_dir),), daemon=True).start()
     return ABORTING(lang, name=Path(run_dir).name)
@@ -98,7 +100,7 @@ def resume(selected: list[str], lang: str = "en") -> Started:
     try:
         run_dir = guard.existing_run(selected[0])
         event = resume_run(run_dir)
-    except (ValueError, runner.BusyError) as exc:
+    except (ValueError, BusyError) as exc:
         return Started(None, BUSY(lang, error=exc))
     return Started(run_dir, RESUMED(lang, name=run_dir.name, step=event["step"]))
 
@@ -196,7 +198,7 @@ def preview(values: dict[str, Any], lang: str = "en") -> tuple[str, str, str]:
         return "", "", problems_markdown(exc, lang)
     from core import distributed
 
-    config = saves_dir() / (cfg.run_name or "RUN") / runner.CONFIG
+    config = saves_dir() / (cfg.run_name or "RUN") / CONFIG
     notes = "".join(f"\n# {line}" for line in distributed.launch_notes(cfg, config))
     text = cfg.to_yaml()
     ds = distributed.deepspeed_config(cfg)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.jobs import runner
 from core.jobs.events import tail_log
 from core.jobs.plots import lr_frame, overlay_frame, reward_frame
 from core.jobs.resume import resume_points
+from core.jobs.runs import ABORTED, DAMAGED, FAILED, RunInfo, list_runs, run_info
 from core.paths import saves_dir
 from webui.live.monitor import events_of
 
@@ -19,7 +19,7 @@ COLUMNS = ["run", "status", "method", "model", "dataset", "steps", "final loss",
 
 def table() -> pd.DataFrame:
     rows = []
-    for r in runner.list_runs():
+    for r in list_runs():
         rows.append([
             r.name,
             shown_status(r),
@@ -33,19 +33,19 @@ def table() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def shown_status(info: runner.RunInfo) -> str:
+def shown_status(info: RunInfo) -> str:
     # "failed" alone reads like a crash to fix; a diverged run needs other settings.
-    if info.status == runner.DAMAGED:
+    if info.status == DAMAGED:
         return f"damaged: {info.error}"
     if info.diverged:
         return f"{info.status} (diverged)"
-    if info.status in (runner.ABORTED, runner.FAILED) and (points := resume_points(info.path)):
+    if info.status in (ABORTED, FAILED) and (points := resume_points(info.path)):
         return f"{info.status} · resumable from step {max(points)}"
     return info.status
 
 
 def run_names() -> list[str]:
-    return [r.name for r in runner.list_runs()]
+    return [r.name for r in list_runs()]
 
 
 def _short_model(model: str) -> str:
@@ -57,7 +57,7 @@ def _short_model(model: str) -> str:
 def curves(names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """(loss curves of all named runs, learning rate of the first, details markdown).
     A failed run's details carry its error and the end of its log."""
-    runs = {n: runner.run_info(run_dir(n)) for n in names if run_dir(n).is_dir()}
+    runs = {n: run_info(run_dir(n)) for n in names if run_dir(n).is_dir()}
     events = {n: events_of(info.path) for n, info in runs.items()}
     first = next(iter(events.values()), [])
     details = []
@@ -68,7 +68,7 @@ def curves(names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
         if info.output_dir:
             line += f", saved to `{info.output_dir}`"
         details.append(line)
-        if info.status == runner.FAILED:
+        if info.status == FAILED:
             details.append(f"✗ {info.error}\n\n```\n{tail_log(info.path, 3000).strip()}\n```")
     return overlay_frame(events), lr_frame(first), "\n\n".join(details)
 

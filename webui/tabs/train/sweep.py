@@ -15,6 +15,7 @@ import pandas as pd
 from core.experiments import sweep
 from core.jobs import runner
 from core.jobs.events import read_events
+from core.jobs.runs import RUNNING, run_status
 from core.schema.config import ConfigError
 from webui import guard
 from webui.live import wake
@@ -65,11 +66,11 @@ def view(job: str | None) -> tuple[str, pd.DataFrame]:
         return "", pd.DataFrame(columns=["Entry", *sweep.COLUMNS.values()])
     path = Path(job)
     events, _ = read_events(path)
-    status, end = runner.run_status(path, events)
+    status, end = run_status(path, events)
     progress = next((e for e in reversed(events) if e["type"] == "progress"), {})
     rows = sweep.rows(path)
     line = f"**{path.name}**: {status}"
-    if status == runner.RUNNING and progress:
+    if status == RUNNING and progress:
         line += f" · {progress['message']} ({progress['done']}/{progress['total']} ended)"
     if end.get("error"):
         line += f" · {end['error']}"
@@ -100,7 +101,7 @@ def use_settings(job: str | None, entry: float | None) -> tuple[dict[str, Any] |
 
 
 def stop(job: str | None) -> str:
-    if not job or runner.run_status(Path(job))[0] != runner.RUNNING:
+    if not job or run_status(Path(job))[0] != RUNNING:
         return "No sweep is running."
     threading.Thread(target=runner.abort, args=(Path(job), 120), daemon=True).start()
     return f"Stopping **{Path(job).name}**: its runs not yet ended are cancelled."
