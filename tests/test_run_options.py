@@ -58,22 +58,33 @@ def test_a_run_stops_itself_when_the_validation_loss_stops_improving(tiny_model_
     from support import events_of
 
     from webui.live import monitor
+    from webui.tabs.train import history
 
     run_dir = runner.start(tiny(tiny_model_dir, max_steps=40, learning_rate=1e-9,
                                 val_size=0.2, eval_steps=1, early_stopping_patience=2,
-                                early_stopping_threshold=0.01))
+                                early_stopping_threshold=0.01, early_stopping_load_best=True))
     assert runner.wait(run_dir, timeout=300) == "done", (run_dir / "log.txt").read_text()
     events = events_of(run_dir)
-    # Evaluations at steps 1 (the best), 2 and 3 (no gain), then the final one at 3.
-    assert [e["step"] for e in events if e["type"] == "eval"] == [1, 2, 3, 3]
+    # Evaluations at steps 1 (the best), 2 and 3 (no gain); the result is step 1's model,
+    # whose loss is known: no final evaluation.
+    assert [e["step"] for e in events if e["type"] == "eval"] == [1, 2, 3]
     early = next(e for e in events if e["type"] == "early_stop")
-    assert early["step"] == 3 and early["patience"] == 2
+    assert early["step"] == 3 and early["patience"] == 2 and early["best_step"] == 1
     end = events[-1]
     assert end["steps"] == 3 and end["stopped_early"]["best_eval_loss"] == early["best_eval_loss"]
-    assert (run_dir / "adapter").is_dir()
+    assert end["stopped_early"]["loaded_best"] and end["final_eval_loss"] == early["best_eval_loss"]
+    best = run_dir / "checkpoints" / "best"
+    assert [e["step"] for e in events if e["type"] == "checkpoint" and e.get("best")] == [1]
+    kept = sorted(p.name for p in best.iterdir())
+    assert kept == sorted(p.name for p in (run_dir / "adapter").iterdir())
+    for name in kept:  # the result is the best evaluation's model, byte for byte
+        assert (run_dir / "adapter" / name).read_bytes() == (best / name).read_bytes()
     watch, _ = monitor.poll(monitor.attach(run_dir))
     assert "stopped early at step 3: the validation loss had not improved for 2 " \
            "evaluations" in monitor.stats(watch)
+    assert "at step 1, kept as the result" in monitor.stats(watch)
+    assert "done · stopped early at step 3, best at step 1 (its model kept)" in \
+        list(history.table()["status"])
     with pytest.raises(ConfigError, match="early_stopping_patience: needs a validation loss"):
         RunConfig(early_stopping_patience=3)
 

@@ -117,6 +117,9 @@ def _describe(e: dict) -> str:
                 f"{e.get('tokens_per_second') or 0:.0f} tok/s{eta}")
     if kind == "eval":
         return f"eval at step {e['step']}: loss {e['eval_loss']:.4f}"
+    if kind == "early_stop":
+        return (f"stopped early at step {e['step']}, best at step {e.get('best_step')} "
+                f"(eval loss {e['best_eval_loss']:.4f})")
     if kind == "checkpoint":
         return f"checkpoint: {e['path']}"
     if kind == "resume":

@@ -32,7 +32,7 @@ STATE = "trainer_state.json"
 # whose optimizer state it carries on.
 CHANGEABLE = ("max_steps", "num_train_epochs", "logging_steps", "eval_steps", "save_steps",
               "save_total_limit", "report_to", "early_stopping_patience",
-              "early_stopping_threshold")
+              "early_stopping_threshold", "early_stopping_load_best")
 
 
 def resume_points(run_dir: Path) -> dict[int, Path]:

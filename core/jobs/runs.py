@@ -41,6 +41,7 @@ class RunInfo:
     error: str | None = None
     output_dir: str | None = None
     diverged: bool = False  # failed because training diverged (core.train.health)
+    stopped_early: dict[str, Any] | None = None  # the end event's: step, best_step, ...
 
 
 def run_status(run_dir: Path, events: list[dict[str, Any]] | None = None,
@@ -94,6 +95,8 @@ def run_info(run_dir: Path) -> RunInfo:
         error=end.get("error"),
         output_dir=end.get("output_dir"),
         diverged=bool(end.get("diverged")),
+        stopped_early=end.get("stopped_early") if isinstance(end.get("stopped_early"), dict)
+        else None,
     )
 
 
@@ -214,6 +217,9 @@ def checkpoints(run_dir: Path) -> dict[str, Path]:
     if diverged(run_dir):
         # Which of its checkpoints were already going bad is unknown: offer none.
         return found
+    best = run_dir / "checkpoints" / "best"  # early stopping's best evaluation (core.train.hooks)
+    if (best / MANIFEST).is_file():
+        found["best"] = best
     steps = [p for p in (run_dir / "checkpoints").glob("step-*") if (p / MANIFEST).is_file()]
     for p in sorted(steps, key=lambda p: int(p.name.split("-")[1]), reverse=True):
         found[p.name] = p

@@ -221,6 +221,12 @@ COMMON: tuple[Setting, ...] = (
       "best so far to count as an improvement.", "logging",
       label="Early stopping threshold", label_zh="早停阈值", minimum=0.0, maximum=100.0,
       advanced=True, help_zh="验证损失需比此前最好值低多少才算改善。"),
+    S("early_stopping_load_best", False, "With early stopping: make the result the model of "
+      "the evaluation with the best validation loss (kept in checkpoints/best as the run "
+      "goes) instead of the model at the step it stopped.", "logging",
+      label="Load the best at the end", label_zh="结束时载入最佳", advanced=True,
+      help_zh="早停时：以验证损失最好的那次评估的模型（训练中保存在 checkpoints/best）作为结果，"
+              "而不是停止那一步的模型。"),
     S("save_steps", 200, "Save a checkpoint every N steps (0 = only the final result): a "
       "result Chat and Export can open, and a point the run can be resumed from if it stops "
       "(the optimizer's state too, removed once the run is done).",

@@ -154,11 +154,8 @@ def event_callback(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: Sto
                 if reason:
                     raise Diverged(step, reason, fix)
             if "eval_loss" in logs:
-                loss = float(logs["eval_loss"])
-                events.emit("eval", step=state.global_step, eval_loss=loss)
-                if stopped := self.early.seen(loss, state.global_step):
-                    events.emit("early_stop", **stopped)
-                    control.should_training_stop = True
+                _evaluated(self.early, float(logs["eval_loss"]), state.global_step, control,
+                           kw["model"], cfg, run_dir, tokenizer, events, stop)
             return control
 
         def on_step_end(self, args, state, control, model=None, **kw):
@@ -193,6 +190,30 @@ def _checkpoint(step: int, model: Any, cfg: RunConfig, run_dir: Path, tokenizer:
         shutil.rmtree(old, ignore_errors=True)
 
 
+BEST = "best"  # checkpoints/best: the model of the best evaluation so far (early stopping)
+
+
+def _evaluated(early: EarlyStop, loss: float, step: int, control: Any, model: Any,
+               cfg: RunConfig, run_dir: Path, tokenizer: Any, events: EventWriter,
+               stop: StopRequest) -> None:
+    """An evaluation's event; with early stopping, the run stopped or a new best kept."""
+    events.emit("eval", step=step, eval_loss=loss)
+    if early.seen(loss, step):
+        events.emit("early_stop", **early.stopped)
+        control.should_training_stop = True
+    elif early.patience and early.best_step == step:
+        _keep_best(step, model, cfg, run_dir, tokenizer, events, stop)
+
+
+def _keep_best(step: int, model: Any, cfg: RunConfig, run_dir: Path, tokenizer: Any,
+               events: EventWriter, stop: StopRequest) -> None:
+    """The model of the best evaluation so far, loadable like any checkpoint (replaced
+    whole at each new best)."""
+    path = run_dir / "checkpoints" / BEST
+    stop.save(model, path, cfg, tokenizer, events)
+    events.emit("checkpoint", step=step, path=str(path), best=True)
+
+
 def peak_memory_mb() -> float:
     import torch
 
@@ -207,11 +228,13 @@ class EarlyStop:
     """When a run stops because its validation loss has not improved by `threshold` for
     `patience` evaluations in a row. Ours rather than transformers' EarlyStoppingCallback,
     which needs Trainer's own checkpoints (load_best_model_at_end): here the result is the
-    model at the step it stopped, and the end event says so."""
+    model at the step it stopped, or with `early_stopping_load_best` the best evaluation's
+    (kept in checkpoints/best), and the end event says which."""
 
     patience: int
     threshold: float
     best: float | None = None
+    best_step: int | None = None
     without_gain: int = 0
     stopped: dict[str, Any] | None = None
 
@@ -220,12 +243,13 @@ class EarlyStop:
         if not self.patience or self.stopped:
             return None
         if self.best is None or loss < self.best - self.threshold:
-            self.best, self.without_gain = loss, 0
+            self.best, self.best_step, self.without_gain = loss, step, 0
             return None
         self.without_gain += 1
         if self.without_gain < self.patience:
             return None
-        self.stopped = {"step": step, "best_eval_loss": self.best, "patience": self.patience}
+        self.stopped = {"step": step, "best_eval_loss": self.best, "best_step": self.best_step,
+                        "patience": self.patience}
         return self.stopped
 
 

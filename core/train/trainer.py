@@ -30,7 +30,14 @@ from core.jobs.events import EventWriter
 from core.schema.config import RunConfig
 from core.stages import STAGES
 from core.train.health import Diverged
-from core.train.hooks import Plan, StopRequest, event_callback, peak_memory_mb, pick_device
+from core.train.hooks import (
+    BEST,
+    Plan,
+    StopRequest,
+    event_callback,
+    peak_memory_mb,
+    pick_device,
+)
 
 
 def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest) -> dict:
@@ -110,9 +117,16 @@ def _fit(trainer: Any, callback: Any, plan: Plan, has_eval: bool, cfg: RunConfig
         raise full from exc
     runtime = time.time() - t0
     final_eval = None
-    if has_eval and not stop.requested:
-        final_eval = trainer.evaluate().get("eval_loss")
-    stop.save(plan.result(trainer.model), out_dir, cfg, tokenizer, events, final=True)
+    best = _best_to_load(cfg, callback.early, out_dir.parent, trainer.state.global_step)
+    if best is not None:
+        # The best evaluation's model, saved when it was evaluated, is the result.
+        final_eval = callback.early.best
+        _swap_in(best, out_dir, events, stop)
+        callback.early.stopped["loaded_best"] = True
+    else:
+        if has_eval and not stop.requested:
+            final_eval = trainer.evaluate().get("eval_loss")
+        stop.save(plan.result(trainer.model), out_dir, cfg, tokenizer, events, final=True)
     steps = trainer.state.global_step
     return {
         # Stopped early is as complete as the run was meant to be: not aborted.
@@ -127,6 +141,36 @@ def _fit(trainer: Any, callback: Any, plan: Plan, has_eval: bool, cfg: RunConfig
         "peak_memory_mb": peak_memory_mb(),
         "stopped_early": callback.early.stopped,
     }
+
+
+def _best_to_load(cfg: RunConfig, early: Any, run_dir: Path, steps: int) -> Path | None:
+    """checkpoints/best when the run stopped early, asks for its best, and that is not the
+    model it ends with."""
+    best = run_dir / "checkpoints" / BEST
+    if not (cfg.early_stopping_load_best and early.stopped and best.is_dir()):
+        return None
+    return best if early.best_step != steps else None
+
+
+def _swap_in(best: Path, out_dir: Path, events: EventWriter, stop: StopRequest) -> None:
+    """A copy of the best checkpoint as the result, whole or not at all (as save_result
+    writes one); rank 0 alone, the others hold the same files."""
+    import shutil
+
+    stop.result_saved = True
+    if ranks.rank() != 0:
+        return
+    events.emit("saving", path=str(out_dir))
+    tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(best, tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _hold_device(run_dir: Path, events: EventWriter, stop: StopRequest) -> Any:

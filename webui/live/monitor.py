@@ -198,7 +198,8 @@ def _ending(watch: Watch) -> str:
     if isinstance(early, dict) and isinstance(early.get("best_eval_loss"), int | float):
         text += (f" · stopped early at step {early.get('step')}: the validation loss had not "
                  f"improved for {early.get('patience')} evaluations (best "
-                 f"{early['best_eval_loss']:.4f})")
+                 f"{early['best_eval_loss']:.4f} at step {early.get('best_step')}"
+                 f"{', kept as the result' if early.get('loaded_best') else ''})")
     return text
 
 

@@ -41,6 +41,10 @@ def shown_status(info: RunInfo) -> str:
         return f"{info.status} (diverged)"
     if info.status in (ABORTED, FAILED) and (points := resume_points(info.path)):
         return f"{info.status} · resumable from step {max(points)}"
+    if early := info.stopped_early:
+        kept = " (its model kept)" if early.get("loaded_best") else ""
+        return (f"{info.status} · stopped early at step {early.get('step')}, best at step "
+                f"{early.get('best_step')}{kept}")
     return info.status
 
 
