@@ -25,7 +25,11 @@ run: $(STAMP)
 test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python tests/architecture.py
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra --durations=15
+	# Two workers, one torch thread each: most tests spend their time in Python, in starting
+	# processes and in waiting on a browser, so the second core is otherwise idle; one thread
+	# a worker keeps two trainings from contending for each core (tests/conftest.py groups).
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -ra --durations=15 \
+	  -n 2 --dist loadgroup
 
 # Debian's Chromium (and a small CJK font so the Chinese labels render in screenshots) for
 # the browser tests; installed only when missing (needs root, or sudo).

@@ -140,3 +140,19 @@ def app(tmp_path, tiny_model_dir):
     for run_dir in served.saves.iterdir():
         if (run_dir / "config.yaml").exists() and process_alive(run_dir):
             runner.abort(run_dir, timeout=10)
+
+
+def pytest_collection_modifyitems(config, items):
+    """For `make test`'s two workers (pytest-xdist, `--dist loadgroup`): each module is one
+    unit of work, so a module's shared fixtures are built once; the browser modules are one
+    unit, so two Chromiums and two servers never compete for the two cores; and the units
+    with real-model or browser runs go first, so the long ones do not start last and
+    leave one worker idle at the end."""
+    heavy = {item.nodeid.split("::")[0] for item in items
+             if item.get_closest_marker("slow") or item.get_closest_marker("browser")}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        group = "browser" if item.get_closest_marker("browser") else module
+        item.add_marker(pytest.mark.xdist_group(group))
+    order = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (item.nodeid.split("::")[0] not in heavy, order[id(item)]))
