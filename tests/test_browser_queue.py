@@ -4,10 +4,13 @@ trains."""
 
 from __future__ import annotations
 
+import pytest
 from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, wait_for
 
 from core.jobs import queue
 from core.jobs.device import hold_device
+
+pytestmark = pytest.mark.browser
 
 
 def test_queue_a_run_and_cancel_it_from_the_page(app):
