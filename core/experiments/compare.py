@@ -8,6 +8,7 @@ and the queue goes on; the Train tab re-reads the table from the files.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,11 +66,25 @@ def start(spec: CompareSpec) -> Path:
     return sweep.start(spec.sweep(), comparisons_dir())
 
 
+# A comparison of an earlier version: its own queue job, its table in results.json.
+OLD_SPEC_FILE = "compare.yaml"
+
+
 def table(job: Path) -> list[dict[str, Any]]:
     """One row per method, but those cancelled before they started: a comparison stopped
     part-way lists what it trained."""
+    if not (job / SPEC_FILE).is_file() and (job / OLD_SPEC_FILE).is_file():
+        try:
+            return json.loads((job / RESULTS).read_text(encoding="utf-8"))["rows"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
     return [r for r in sweep.rows(job) if r["run"] or r["status"] != queue.CANCELLED]
 
 
 def list_comparisons() -> list[Path]:
-    return sweep.list_sweeps(comparisons_dir())
+    """Every comparison, newest first (those of earlier versions too)."""
+    root = comparisons_dir()
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir()
+                   if (p / SPEC_FILE).is_file() or (p / OLD_SPEC_FILE).is_file()), reverse=True)
