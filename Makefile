@@ -29,7 +29,7 @@ test: $(STAMP) browser
 	# processes and in waiting on a browser, so the second core is otherwise idle; one thread
 	# a worker keeps two trainings from contending for each core (tests/conftest.py groups).
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -ra --durations=15 \
-	  -n 2 --dist loadgroup
+	  -n 2
 
 # Debian's Chromium (and a small CJK font so the Chinese labels render in screenshots) for
 # the browser tests; installed only when missing (needs root, or sudo).

@@ -142,17 +142,28 @@ def app(tmp_path, tiny_model_dir):
             runner.abort(run_dir, timeout=10)
 
 
+
 def pytest_collection_modifyitems(config, items):
-    """For `make test`'s two workers (pytest-xdist, `--dist loadgroup`): each module is one
-    unit of work, so a module's shared fixtures are built once; the browser modules are one
-    unit, so two Chromiums and two servers never compete for the two cores; and the units
-    with real-model or browser runs go first, so the long ones do not start last and
-    leave one worker idle at the end."""
+    """The modules with real-model or browser tests first, so that under `make test`'s two
+    workers the long ones do not start last and leave one worker idle at the end."""
     heavy = {item.nodeid.split("::")[0] for item in items
              if item.get_closest_marker("slow") or item.get_closest_marker("browser")}
-    for item in items:
-        module = item.nodeid.split("::")[0]
-        group = "browser" if item.get_closest_marker("browser") else module
-        item.add_marker(pytest.mark.xdist_group(group))
     order = {id(item): i for i, item in enumerate(items)}
     items.sort(key=lambda item: (item.nodeid.split("::")[0] not in heavy, order[id(item)]))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """How `make test`'s two pytest-xdist workers share the suite: each module is one unit
+    of work, so its module-scoped fixtures are built once, and the browser modules
+    (test_browser*.py) are one unit, so two Chromiums and two app servers never compete for
+    the two cores. Units go out in collection order. (xdist's own loadgroup marks do not
+    reach its scheduler under pytest 9.2, which no longer reads the node id they rewrite.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "browser" if Path(module).name.startswith("test_browser") else module
+
+    return ModuleScheduling(config, log)
