@@ -123,3 +123,25 @@ def test_each_family_trains_chats_and_exports(name, zoo, chats, module_saves, ca
     job.mkdir()
     result = export(ExportSpec(run_dir=str(run_dir), name=f"zoo-{name}"), EventWriter(job))
     assert result["max_abs_diff"] <= result["tolerance"]
+
+
+def test_the_bottleneck_adapter_on_experts_says_where_it_goes(zoo, chats, module_saves):
+    from transformers import AutoModelForCausalLM
+
+    from core.methods import implementation
+
+    cfg = RunConfig(model=str(zoo["qwen3_moe"]), dataset=[str(chats)], method="adapter",
+                    max_steps=1, batch_size=4, cutoff_len=128, precision="fp32",
+                    val_size=0.0)
+    start = next(e for e in _train(cfg, module_saves / "zoo-moe-adapter")
+                 if e["type"] == "start")
+    assert start["notes"][-1] == (
+        "adapter_placement both -> attention: this model's feed-forward layers are mixtures "
+        "of experts (model.layers.0.mlp: experts and a router, no single output projection "
+        "to put an adapter after), so adapters go after attention only")
+    model = AutoModelForCausalLM.from_pretrained(str(zoo["qwen3_moe"]))
+    with pytest.raises(ValueError, match="adapter_placement ffn: this model's feed-forward "
+                       "layers are mixtures of experts .*; choose attention"):
+        implementation("adapter").wrap(model, RunConfig(model=str(zoo["qwen3_moe"]),
+                                                        method="adapter",
+                                                        adapter_placement="ffn"))

@@ -40,11 +40,19 @@ FAMILIES = {
 }
 
 
+_loaded: dict[str, Any] = {}
+
+
 def family_tokenizer(base_dir: Path, family: Family) -> Any:
-    """SmolLM2's tokenizer dressed as `family`'s: its template and special tokens."""
+    """SmolLM2's tokenizer dressed as `family`'s: its template and special tokens (a copy
+    of one loaded tokenizer: loading takes a second or more on a busy machine)."""
+    import copy
+
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(base_dir))
+    if str(base_dir) not in _loaded:
+        _loaded[str(base_dir)] = AutoTokenizer.from_pretrained(str(base_dir))
+    tok = copy.deepcopy(_loaded[str(base_dir)])
     if family.specials:
         tok.add_special_tokens({"additional_special_tokens": list(family.specials)})
     if family.bos:
