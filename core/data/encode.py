@@ -3,8 +3,10 @@
 Chat examples are rendered with the model's own chat template. Which tokens are trained is
 decided on the rendered *string*: rendering the conversation up to each assistant reply
 (with and without it) gives the reply's character span, and the tokenizer's offsets map
-characters to tokens. This works for any template whose renders of a shorter conversation
-are prefixes of the full one, and needs no {% generation %} markers in the template.
+characters to tokens. It needs no {% generation %} markers in the template. A reply that
+the template renders differently once later turns follow (Qwen3 drops earlier replies'
+reasoning) is trained as a sample of its own, the conversation up to it: what the model
+sees when it writes that reply (`render`).
 """
 
 from __future__ import annotations
