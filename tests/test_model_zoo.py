@@ -190,3 +190,19 @@ def test_the_bottleneck_adapter_on_experts_says_where_it_goes(zoo, chats, module
         implementation("adapter").wrap(model, RunConfig(model=str(zoo["qwen3_moe"]),
                                                         method="adapter",
                                                         adapter_placement="ffn"))
+
+
+def test_the_chat_tab_says_in_one_line_where_the_system_prompt_went(trained):
+    from webui.tabs.chat import handlers as chatting
+
+    run_dir, _ = trained("gemma2")
+    greedy = (3, True, 0.7, 0.9, 50, 1.0)
+    try:
+        updates = list(chatting.send("Hi", None, run_dir.name, "final", False, chatting.NONE,
+                                     "Be brief.", *greedy, "en", [], [], []))
+    finally:
+        chatting.unload("en")
+    status = updates[-1][-1]
+    assert "tokens/s" in status, status
+    assert status.count("Note: the system message is written at the start of the first "
+                        "user turn") == 1, status
