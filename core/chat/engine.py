@@ -22,9 +22,11 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from jinja2 import TemplateError
 
 from core.chat.limits import PromptTooLong, Stopped, context_length, room_for_reply, stoppable
 from core.jobs.runs import Target, base_target, resolve_run, run_target
@@ -139,6 +141,7 @@ class Reply:
     prompt_tokens: int = 0
     seconds: float = 0.0
     stopped: bool = False
+    notes: list[str] = field(default_factory=list)  # how the prompt was rendered
 
 
 class Engine:
@@ -219,21 +222,29 @@ class Engine:
     def render(self, target: Target, messages: list[dict[str, Any]],
                tools: list[dict[str, Any]] | None = None) -> str:
         """The prompt text a chat becomes: the model's own template, as in training (tools
-        folded into plain turns where the template does not render them, as in training)."""
-        from core.data.encode import chat_template, with_tools
+        folded into plain turns where the template does not render them, a system prompt
+        into the first user turn where it takes no system role, as in training)."""
+        return self.prompt(target, messages, tools)[0]
+
+    def prompt(self, target: Target, messages: list[dict[str, Any]],
+               tools: list[dict[str, Any]] | None = None) -> tuple[str, list[str]]:
+        """(`render`'s text, what was folded to render it: core.data.roles' notes)."""
+        from core.data.encode import as_rendered, chat_template
 
         tok = self.entry(target).tokenizer
-        messages, tools = with_tools(tok, messages, tools)
+        messages, tools, notes = as_rendered(tok, messages, tools)
         extra = {"tools": tools} if tools else {}
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                       chat_template=chat_template(tok), **extra)
+                                       chat_template=chat_template(tok), **extra), notes
 
     def stream(self, target: Target, messages: list[dict[str, Any]],
                settings: GenerationSettings, stop: threading.Event | None = None,
                reply: Reply | None = None,
                tools: list[dict[str, Any]] | None = None) -> Iterator[str]:
         """Yield the reply as it is generated; `reply` (if given) gets the totals."""
-        text = self.render(target, messages, tools)
+        text, notes = self.prompt(target, messages, tools)
+        if reply is not None:
+            reply.notes = notes
         yield from self.stream_text(target, text, settings, stop, reply)
 
     def stream_text(self, target: Target, text: str, settings: GenerationSettings,
@@ -478,6 +489,12 @@ def add_command(subparsers: Any) -> None:
     p.set_defaults(func=_main)
 
 
+def _first_line(exc: Exception) -> str:
+    if isinstance(exc, TemplateError):
+        return f"the model's chat template cannot render this conversation: {exc}"
+    return str(exc)
+
+
 def _check_model(model: str) -> None:
     """A model written as a path must exist; a hub id (org/name) is left to the loader."""
     looks_like_path = model.startswith(("/", "./", "../", "~")) or model.endswith(".gguf")
@@ -531,22 +548,24 @@ def _main(args: argparse.Namespace) -> int:
         if interactive:
             print("model> ", end="", flush=True)
         pieces: list[str] = []
-        stop = threading.Event()
+        stop, reply = threading.Event(), Reply()
         try:
             for piece in engine.stream(target, with_system(history, args.system), settings,
-                                       stop=stop):
+                                       stop=stop, reply=reply):
                 pieces.append(piece)
                 print(piece, end="", flush=True)
         except KeyboardInterrupt:  # Ctrl-C ends this reply, not the session
             stop.set()
-        except PromptTooLong as exc:
-            print(f"\nerror: {exc}" + (" (/reset clears it)" if interactive else ""),
-                  file=sys.stderr)
+        except (PromptTooLong, TemplateError) as exc:
+            print(f"\nerror: {_first_line(exc)}" + (" (/reset clears it)" if interactive
+                                                    else ""), file=sys.stderr)
             history.pop()
             if not interactive:
                 return 2
             continue
         print(flush=True)
+        for note in reply.notes if len(history) == 1 else ():  # said once, at the start
+            print(f"note: {note}", file=sys.stderr, flush=True)
         history.append({"role": "assistant", "content": "".join(pieces)})
         if not interactive:
             return 0

@@ -90,7 +90,7 @@ def _use_device(engine: Engine, request: dict[str, Any], stop: threading.Event, 
     for piece in engine.stream(target, request["messages"], settings, stop, reply):
         send(type="chunk", text=piece)
     send(type="done", text=reply.text, tokens=reply.tokens, seconds=round(reply.seconds, 3),
-         stopped=reply.stopped, last=True)
+         stopped=reply.stopped, notes=reply.notes, last=True)
 
 
 def main() -> int:

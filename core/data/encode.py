@@ -3,8 +3,10 @@
 Chat examples are rendered with the model's own chat template. Which tokens are trained is
 decided on the rendered *string*: rendering the conversation up to each assistant reply
 (with and without it) gives the reply's character span, and the tokenizer's offsets map
-characters to tokens. This works for any template whose renders of a shorter conversation
-are prefixes of the full one, and needs no {% generation %} markers in the template.
+characters to tokens. It needs no {% generation %} markers in the template. A reply that
+the template renders differently once later turns follow (Qwen3 drops earlier replies'
+reasoning) is trained as a sample of its own, the conversation up to it: what the model
+sees when it writes that reply (`render`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.data.formats import DataError
+from core.data.roles import as_template_takes, has_reasoning
 from core.data.tools import fold, template_takes_tools, uses_tools
 
 if TYPE_CHECKING:
@@ -61,41 +64,111 @@ def with_tools(tokenizer: Any, messages: list[dict],
 
 
 def _apply(tokenizer: Any, messages: list[dict], generation: bool,
-           tools: list[dict] | None = None) -> str:
+           tools: list[dict] | None = None, **extra: Any) -> str:
     try:
         return tokenizer.apply_chat_template(
             messages, tools=tools, tokenize=False, add_generation_prompt=generation,
-            chat_template=chat_template(tokenizer),
+            chat_template=chat_template(tokenizer), **extra,
         )
     except Exception as exc:  # jinja's raise_exception and template bugs alike
         raise DataError(f"the model's chat template cannot render this conversation: {exc}") \
             from None
 
 
-def render(tokenizer: Any, messages: list[dict],
-           tools: list[dict] | None = None) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character span of each assistant reply (its
-    tool calls too; tool results are not replies), including the end-of-turn token after
-    it but not the whitespace that follows."""
+def as_rendered(tokenizer: Any, messages: list[dict], tools: list[dict] | None = None,
+                ) -> tuple[list[dict], list[dict] | None, list[str]]:
+    """(messages, tools, notes): a conversation as this tokenizer's template takes it,
+    with tools, a system role and reasoning folded where it does not (core.data.tools,
+    core.data.roles) and what was folded said."""
     messages, tools = with_tools(tokenizer, messages, tools)
+    messages, notes = as_template_takes(tokenizer, chat_template(tokenizer), messages)
+    return messages, tools, notes
+
+
+@dataclass
+class Rendered:
+    """One conversation as its training samples: (text, trained character spans) each.
+    The first is the whole conversation with the replies it renders in place; then one
+    sample per reply that the template renders differently once later turns follow."""
+
+    samples: list[tuple[str, list[tuple[int, int]]]]
+    notes: list[str]
+    alone: int = 0  # replies trained as samples of their own
+
+
+NOT_IN_PLACE = ("{n} earlier replies are trained as samples of their own, each with the "
+                "conversation before it: this model's chat template renders a reply "
+                "differently once later turns follow (Qwen3's drops its reasoning block), so "
+                "in the whole conversation it is not what the model writes at that turn")
+
+
+def render(tokenizer: Any, messages: list[dict], tools: list[dict] | None = None) -> Rendered:
+    """The training samples of one conversation. A reply's span is what the model writes
+    after the template's generation prompt: its text, tool calls and end-of-turn token,
+    not the whitespace after. A reply without reasoning starts after the empty reasoning
+    block a reasoning template puts there when thinking is off (Qwen3's
+    `<think>\n\n</think>`): that block is context, not something to learn to write."""
+    messages, tools, notes = as_rendered(tokenizer, messages, tools)
     full = _apply(tokenizer, messages, False, tools)
-    spans = []
+    in_place: list[tuple[int, int]] = []
+    alone: list[tuple[str, list[tuple[int, int]]]] = []
     for i, msg in enumerate(messages):
         if msg["role"] != "assistant":
             continue
-        before = _apply(tokenizer, messages[:i], True, tools)
         upto = _apply(tokenizer, messages[: i + 1], False, tools)
-        if not (full.startswith(before) and full.startswith(upto) and len(upto) >= len(before)):
+        before = _prompt_before(tokenizer, messages, i, tools, upto)
+        if not upto.startswith(before):
             raise DataError(
-                "the model's chat template renders earlier turns differently once later turns "
-                "follow (it is not prefix-stable), so the assistant replies cannot be located; "
-                "use a conversation of one user turn and one reply, or another model"
-            )
-        end = len(upto)
-        while end > len(before) and full[end - 1].isspace():
-            end -= 1
-        spans.append((len(before), end))
-    return full, spans
+                "the model's chat template renders a reply so that the conversation before "
+                "it is not where it starts, so the reply cannot be located; use another model")
+        # A template may close a conversation after its last reply (Phi-3 adds eos): a
+        # reply followed by more turns is in place when only that closing differs.
+        span = _without_closing(tokenizer, messages[: i + 1], tools, upto,
+                                (len(before), _trim(upto, len(before), len(upto))))
+        if full.startswith(upto[: span[1]]):
+            in_place.append(span)
+        else:
+            alone.append((upto, [span]))
+    samples = ([(full, in_place)] if in_place or not alone else []) + alone
+    if alone:
+        notes.append(NOT_IN_PLACE)
+    return Rendered(samples, notes, len(alone))
+
+
+def _prompt_before(tokenizer: Any, messages: list[dict], i: int,
+                   tools: list[dict] | None, upto: str) -> str:
+    before = _apply(tokenizer, messages[:i], True, tools)
+    if has_reasoning(messages[i]):
+        return before
+    quiet = _apply(tokenizer, messages[:i], True, tools, enable_thinking=False)
+    return quiet if len(quiet) > len(before) and upto.startswith(quiet) else before
+
+
+def _trim(text: str, start: int, end: int) -> int:
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return end
+
+
+def _without_closing(tokenizer: Any, messages: list[dict], tools: list[dict] | None,
+                     text: str, span: tuple[int, int]) -> tuple[int, int]:
+    """The span of a conversation's last reply without the eos a template writes after it
+    only to close the conversation (Phi-3's `<|end|>\n<|endoftext|>`: a turn that
+    follows starts in its place); the reply ends at its end-of-turn token, as in every
+    earlier turn. An eos that is the end-of-turn token (ChatML's `<|im_end|>`) stays."""
+    eos, (start, end) = getattr(tokenizer, "eos_token", None), span
+    if not (eos and end == len(text.rstrip()) and text.endswith(eos, start, end)):
+        return span
+    cut = _trim(text, start, end - len(eos))
+    if cut == end - len(eos):  # right after the reply: its own end-of-turn token
+        return span
+    try:
+        more = _apply(tokenizer, [*messages, {"role": "user", "content": "Go on."}], False,
+                      tools)
+    except DataError:
+        return span
+    closing = more.startswith(text[:cut]) and not more.startswith(text[:end])
+    return (start, cut) if closing else span
 
 
 def _tokenize(
@@ -123,11 +196,29 @@ def _tokenize(
     return ids, flags, offsets
 
 
+def encode_conversation(
+    tokenizer: Any, messages: list[dict], cutoff_len: int, train_on_prompt: bool = False,
+    tools: list[dict] | None = None,
+) -> tuple[list[Encoded], Rendered]:
+    """A conversation's training samples (see `render`), encoded, and how it was rendered."""
+    rendered = render(tokenizer, messages, tools)
+    return [_encode(tokenizer, text, spans, cutoff_len, train_on_prompt)
+            for text, spans in rendered.samples], rendered
+
+
 def encode_messages(
     tokenizer: Any, messages: list[dict], cutoff_len: int, train_on_prompt: bool = False,
     tools: list[dict] | None = None,
 ) -> Encoded:
-    text, spans = render(tokenizer, messages, tools)
+    """The whole conversation as one sequence, its in-place replies trained: for scoring
+    a final reply (evaluation), whose place is always the conversation's end."""
+    rendered = render(tokenizer, messages, tools)
+    text, spans = rendered.samples[0]
+    return _encode(tokenizer, text, spans, cutoff_len, train_on_prompt)
+
+
+def _encode(tokenizer: Any, text: str, spans: list[tuple[int, int]], cutoff_len: int,
+            train_on_prompt: bool) -> Encoded:
     ids, flags, _ = _tokenize(tokenizer, text, spans)
     labels = list(ids) if train_on_prompt else [
         t if f else IGNORE_INDEX for t, f in zip(ids, flags, strict=True)
@@ -137,7 +228,8 @@ def encode_messages(
 
 def prompt_text(tokenizer: Any, messages: list[dict]) -> str:
     """The conversation rendered up to where the assistant's reply begins."""
-    return _apply(tokenizer, messages, True)
+    messages, tools, _ = as_rendered(tokenizer, messages)
+    return _apply(tokenizer, messages, True, tools)
 
 
 def preview(
@@ -145,24 +237,25 @@ def preview(
     max_chars: int | None = None, tools: list[dict] | None = None,
 ) -> list[tuple[str, bool]]:
     """The text the model sees, as consecutive (segment, trained) pieces, cut where
-    cutoff_len cuts the tokens. With `max_chars`, only that many characters of the
-    rendered text are tokenized (see `bounded_lengths`)."""
-    text, spans = render(tokenizer, messages, tools)
-    if max_chars is not None and len(text) > max_chars:
-        text = text[:max_chars]
-        spans = [(min(a, max_chars), min(b, max_chars)) for a, b in spans]
-    _, flags, offsets = _tokenize(tokenizer, text, spans)
+    cutoff_len cuts the tokens; a conversation trained as several samples (see `render`)
+    shows them one after the other. With `max_chars`, only that many characters of each
+    rendered sample are tokenized (see `bounded_lengths`)."""
     segments: list[tuple[str, bool]] = []
-    pos = 0
-    for (_, end), flag in zip(offsets[:cutoff_len], flags[:cutoff_len], strict=True):
-        piece, pos = text[pos:end], max(pos, end)
-        trained = flag or train_on_prompt
-        if not piece:
-            continue
-        if segments and segments[-1][1] == trained:
-            segments[-1] = (segments[-1][0] + piece, trained)
-        else:
-            segments.append((piece, trained))
+    for text, spans in render(tokenizer, messages, tools).samples:
+        if max_chars is not None and len(text) > max_chars:
+            text = text[:max_chars]
+            spans = [(min(a, max_chars), min(b, max_chars)) for a, b in spans]
+        _, flags, offsets = _tokenize(tokenizer, text, spans)
+        pos = 0
+        for (_, end), flag in zip(offsets[:cutoff_len], flags[:cutoff_len], strict=True):
+            piece, pos = text[pos:end], max(pos, end)
+            trained = flag or train_on_prompt
+            if not piece:
+                continue
+            if segments and segments[-1][1] == trained:
+                segments[-1] = (segments[-1][0] + piece, trained)
+            else:
+                segments.append((piece, trained))
     return segments
 
 
@@ -241,7 +334,7 @@ def bounded_lengths(examples: list[dict], tokenizer: Any,
 
 
 def _with_tools_of(tokenizer: Any, example: dict) -> tuple[list[dict], bool, list | None]:
-    messages, tools = with_tools(tokenizer, example["messages"], example.get("tools"))
+    messages, tools, _ = as_rendered(tokenizer, example["messages"], example.get("tools"))
     return messages, False, tools
 
 
@@ -256,16 +349,13 @@ def build_datasets(
     train_ex, eval_ex = split_train_eval(examples, cfg.seed, cfg.val_size)
 
     truncated = dropped = 0
+    notes: list[str] = []
     if cfg.stage == "pt":
         lengths = token_lengths(examples, tokenizer)
         train = encode_text(tokenizer, [_document(e) for e in train_ex], cutoff_len=cfg.cutoff_len)
         evals = encode_text(tokenizer, [_document(e) for e in eval_ex], cutoff_len=cfg.cutoff_len)
     else:
-        def encode_all(exs: list[dict]) -> list[Encoded]:
-            return [encode_messages(tokenizer, e["messages"], cfg.cutoff_len,
-                                    cfg.train_on_prompt, e.get("tools")) for e in exs]
-
-        train, evals = encode_all(train_ex), encode_all(eval_ex)
+        (train, evals), notes = _encode_chats(tokenizer, cfg, (train_ex, eval_ex))
         lengths = [e.length for e in train + evals]
         truncated = sum(e.truncated for e in train + evals)
         # A sample cut before its first reply token would only add padding to a batch.
@@ -296,8 +386,31 @@ def build_datasets(
         "mean_length": round(sum(lengths) / len(lengths), 1) if lengths else 0.0,
         "trained_tokens": trained_tokens,
         "packed": bool(cfg.packing and cfg.stage == "sft"),
+        "notes": notes,  # how the data was rendered (core.train.trainer says them)
     }
     return _items(train), (_items(evals) or None), stats
+
+
+def _encode_chats(tokenizer: Any, cfg: RunConfig, parts: tuple[list[dict], ...],
+                  ) -> tuple[list[list[Encoded]], list[str]]:
+    """Each part's conversations as samples, and what rendering them folded or split,
+    with how many conversations (replies, for those split off) it was."""
+    counts: dict[str, int] = {}
+    out = []
+    for part in parts:
+        encoded: list[Encoded] = []
+        for e in part:
+            samples, rendered = encode_conversation(tokenizer, e["messages"], cfg.cutoff_len,
+                                                    cfg.train_on_prompt, e.get("tools"))
+            encoded += samples
+            for note in rendered.notes:
+                counts[note] = counts.get(note, 0) + (rendered.alone if note == NOT_IN_PLACE
+                                                      else 1)
+        out.append(encoded)
+    total = sum(len(part) for part in parts)
+    notes = [NOT_IN_PLACE.format(n=n) if note == NOT_IN_PLACE else
+             f"{note} ({n} of {total} conversations)" for note, n in counts.items()]
+    return out, notes
 
 
 def _trained(e: Encoded) -> int:

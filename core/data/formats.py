@@ -533,6 +533,9 @@ def _message(msg: Mapping[str, Any], i: int, fail: Any,
     out: dict[str, Any] = {"role": role, "content": _fill(content, placeholders)}
     if calls:
         out["tool_calls"] = calls
+    reasoning = msg.get("reasoning_content") if role == "assistant" else None
+    if isinstance(reasoning, str) and reasoning.strip():
+        out["reasoning_content"] = reasoning  # trained as the template renders it
     for key in ("name", "tool_call_id") if role == "tool" else ():
         if isinstance(msg.get(key), str):
             out[key] = msg[key]

@@ -34,7 +34,9 @@ OTHER_TYPES = ("Other types (Q4_K_M, Q5_K_M, Q6_K, ...) are made by llama.cpp's 
                "`llama-quantize`: export f16, then `llama-quantize NAME-f16.gguf "
                "NAME-Q4_K_M.gguf Q4_K_M`.")
 # HF model_type -> (llama.cpp architecture, Q/K permuted). llama.cpp writes Mistral as llama.
-ARCHS = {"llama": ("llama", True), "mistral": ("llama", True), "qwen2": ("qwen2", False)}
+ARCHS = {"llama": ("llama", True), "mistral": ("llama", True), "qwen2": ("qwen2", False),
+         "qwen3": ("qwen3", False), "qwen3_moe": ("qwen3moe", False), "phi3": ("phi3", False),
+         "gemma2": ("gemma2", False), "gemma3_text": ("gemma3", False)}
 # Bounds per type, measured on SmolLM2-135M-Instruct and the tiny test Llama (figures in
 # README-gguf-section.md): (largest relative RMS error of any weight tensor as transformers
 # reads it back, largest |logit difference| / reference logit range, share of positions
@@ -71,14 +73,27 @@ def refusal(config: dict[str, Any]) -> str | None:
     """Why a model with this config.json cannot be written as GGUF here, or None."""
     model_type = config.get("model_type")
     if model_type not in ARCHS:
-        return (f"GGUF export supports the Llama family ({', '.join(ARCHS)}); this model is "
+        return (f"GGUF export supports {', '.join(ARCHS)}; this model is "
                 f"{model_type!r}. Export safetensors and convert it with llama.cpp's "
                 "convert_hf_to_gguf.py")
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) != "default":
-        return (f"rope scaling {rope.get('rope_type') or rope.get('type')!r} is not written "
-                "by this exporter (llama.cpp stores it as extra tensors); export safetensors "
-                "and convert it with llama.cpp's convert_hf_to_gguf.py")
+    # Gemma 3 keeps one set per attention kind ({"full_attention": {...}, ...}).
+    for part in [p for p in rope.values() if isinstance(p, dict)] or [rope]:
+        kind = part.get("rope_type", part.get("type", "default"))
+        if kind != "default":
+            return (f"rope scaling {kind!r} is not written by this exporter (llama.cpp "
+                    "stores it as extra tensors); export safetensors and convert it with "
+                    "llama.cpp's convert_hf_to_gguf.py")
+    if model_type == "qwen3_moe" and not config.get("norm_topk_prob", True):
+        return ("qwen3_moe: norm_topk_prob is false, and llama.cpp always normalises the "
+                "chosen experts' weights in this family (every released Qwen3-MoE does); "
+                "export safetensors")
+    scalar, head = config.get("query_pre_attn_scalar"), config.get("head_dim")
+    if scalar is not None and scalar != head:
+        return (f"{model_type}: query_pre_attn_scalar {scalar} is not the head size {head} "
+                "(Gemma 2 27B), and llama.cpp picks that scale by model size, which this "
+                "exporter does not write; export safetensors and convert it with llama.cpp's "
+                "convert_hf_to_gguf.py")
     return None
 
 
@@ -120,7 +135,7 @@ def _tensors(model: Any, arch: str, permute: bool) -> list[tuple[str, Any]]:
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], cfg.num_hidden_layers)
     tied = bool(getattr(cfg, "tie_word_embeddings", False))
     out = []
-    for hf_name, tensor in model.state_dict().items():
+    for hf_name, tensor in _split_experts(model.state_dict()):
         if tied and hf_name == "lm_head.weight":
             continue  # llama.cpp reuses token_embd when output.weight is absent
         if hf_name.endswith("rotary_emb.inv_freq"):
@@ -130,11 +145,31 @@ def _tensors(model: Any, arch: str, permute: bool) -> list[tuple[str, Any]]:
             raise ExportError(f"no llama.cpp name for tensor {hf_name!r}: this model has a "
                               f"part llama.cpp's {arch} does not know")
         data = tensor.detach().float().cpu().numpy()
+        if arch.startswith("gemma") and hf_name.endswith("norm.weight"):
+            data = data + 1  # Gemma's RMSNorm scales by 1 + w; llama.cpp stores 1 + w
         if permute and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
             data = _permute(data, cfg.num_attention_heads)
         elif permute and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
             data = _permute(data, cfg.num_key_value_heads)
         out.append((name, data))
+    return out
+
+
+def _split_experts(state: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The state dict with an MoE's fused experts as llama.cpp keeps them: transformers
+    5 holds each layer's experts as 3-D parameters (`mlp.experts.gate_up_proj`, [experts,
+    2 x size, hidden], gate first; `mlp.experts.down_proj`), llama.cpp gate, up and down
+    apart (`ffn_gate_exps`, `ffn_up_exps`, `ffn_down_exps`)."""
+    out = []
+    for name, tensor in state.items():
+        if name.endswith("mlp.experts.gate_up_proj"):
+            stem, half = name.removesuffix("gate_up_proj"), tensor.shape[1] // 2
+            out += [(f"{stem}gate_proj.weight", tensor[:, :half]),
+                    (f"{stem}up_proj.weight", tensor[:, half:])]
+        elif name.endswith("mlp.experts.down_proj"):
+            out.append((f"{name}.weight", tensor))
+        else:
+            out.append((name, tensor))
     return out
 
 
@@ -155,9 +190,21 @@ def _add_hparams(w: Any, cfg: Any, arch: str, gguf_type: str, n_params: int) -> 
     w.add_rope_freq_base(float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))))
     w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
     w.add_file_type(gguf.LlamaFileType[f"MOSTLY_{gguf_type.upper()}"])
-    if arch == "llama":  # LlamaModel.set_gguf_parameters adds these two
+    if arch in ("llama", "phi3"):  # their set_gguf_parameters in convert_hf_to_gguf.py
         w.add_vocab_size(cfg.vocab_size)
         w.add_rope_dimension_count(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    elif getattr(cfg, "head_dim", None):  # Qwen3, Gemma: heads need not split hidden_size
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
+    if arch.startswith("gemma"):  # Gemma2Model/Gemma3Model.set_gguf_parameters
+        w.add_sliding_window(cfg.sliding_window)
+        if arch == "gemma2":
+            w.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
+            w.add_final_logit_softcapping(cfg.final_logit_softcapping)
+    if getattr(cfg, "num_experts", None):  # Qwen3-MoE
+        w.add_expert_count(cfg.num_experts)
+        w.add_expert_used_count(cfg.num_experts_per_tok)
+        w.add_expert_feed_forward_length(cfg.moe_intermediate_size)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
@@ -197,10 +244,12 @@ def _vocab(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int]]:
 def _add_tokenizer(w: Any, tokenizer: Any, vocab_size: int, template: str) -> str:
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     if state["model"]["type"] != "BPE" or state.get("decoder", {}).get("type") != "ByteLevel":
+        decoder = (state.get("decoder") or {}).get("type")
         raise ExportError("GGUF export writes byte-level BPE tokenizers (GPT-2 style, as "
-                          "SmolLM2, Llama 3, Qwen2 and Mistral Nemo use); this model's is "
-                          f"{state['model']['type']}: convert it with llama.cpp's "
-                          "convert_hf_to_gguf.py")
+                          "SmolLM2, Llama 3, Qwen2/Qwen3 and Mistral Nemo use); this model's "
+                          f"is {state['model']['type']} with a {decoder} decoder "
+                          "(SentencePiece-style, as Gemma's, Phi-3's and Llama 2's): export "
+                          "safetensors and convert it with llama.cpp's convert_hf_to_gguf.py")
     tokens, types = _vocab(tokenizer, vocab_size)
     pre = pre_tokenizer(tokenizer)
     w.add_tokenizer_model("gpt2")
@@ -401,12 +450,34 @@ def reload_check(folder: Path, gguf_file: str, tokenizer: Any, template: str,
     if loaded_tok.chat_template != template:
         raise ExportError("the GGUF's chat template, read back, differs from the model's")
     model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file,
+                                                 config=_read_config(folder, gguf_file),
                                                  dtype=torch.float32).eval()
     figures = compare(reference, outputs(model, tokenizer, texts), gguf_type,
                       weight_error(rows, model))
     del model
     gc.collect()
     return figures
+
+
+def _read_config(folder: Path, gguf_file: str) -> Any:
+    """The model's config as transformers reads it from the GGUF, with the sizes the
+    file carries that transformers 5.24 does not map (what llama.cpp reads): the head
+    size (`attention.key_length`) of Qwen3, the experts' size of Qwen3-MoE; without them
+    they would be read at their defaults."""
+    from gguf import GGUFReader
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(folder), gguf_file=gguf_file)
+    reader = GGUFReader(str(folder / gguf_file))
+    arch = reader.fields["general.architecture"].contents()
+    for key, attr in (("attention.key_length", "head_dim"),
+                      ("expert_feed_forward_length", "moe_intermediate_size")):
+        field = reader.fields.get(f"{arch}.{key}")
+        if field is not None and hasattr(config, attr):
+            setattr(config, attr, int(field.contents()))
+    if hasattr(config, "query_pre_attn_scalar"):  # llama.cpp scales Gemma's by head size
+        config.query_pre_attn_scalar = config.head_dim
+    return config
 
 
 # -- the files beside the .gguf ----------------------------------------------------------

@@ -143,9 +143,27 @@ def describe(model: Any) -> dict[str, Any]:
     }
 
 
+def experts_note(model: Any, placement: str) -> str | None:
+    """Why a mixture-of-experts model gets no feed-forward adapters: its feed-forward
+    block is experts and a router, with no one output projection to follow (None on a
+    dense model or with placement `attention`); `ffn` alone there is refused."""
+    moe = next((name for name, _ in model.named_modules() if name.endswith("mlp.experts")),
+               None)
+    if moe is None or placement == "attention":
+        return None
+    why = (f"this model's feed-forward layers are mixtures of experts ({moe.rpartition('.')[0]}"
+           ": experts and a router, no single output projection to put an adapter after)")
+    if placement == "ffn":
+        raise ValueError(f"adapter_placement ffn: {why}; choose attention (or both, which "
+                         "puts adapters after attention here)")
+    return f"adapter_placement both -> attention: {why}, so adapters go after attention only"
+
+
 class BottleneckAdapter(Method):
     def wrap(self, model: Any, cfg: Any) -> Any:
+        note = experts_note(model, cfg.adapter_placement)
         insert(model, cfg.adapter_size, cfg.adapter_placement, cfg.adapter_activation)
+        model.studio_notes = [note] if note else []  # said in the start event
         for p in model.parameters():  # everything but the adapters is frozen
             p.requires_grad_(False)
         for name in wrapped_names(model):

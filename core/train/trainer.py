@@ -61,6 +61,7 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
 
     tokenizer = models.load_tokenizer(cfg.model, cfg.trust_remote_code)
     train_items, eval_items, stats = recipe.data(cfg, tokenizer)
+    data_notes = stats.pop("notes", None) or []  # how the data was rendered (core.data)
     print(f"data: {stats}", flush=True)
     if stop.requested:
         raise KeyboardInterrupt
@@ -69,7 +70,7 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
     trainable, total = count_parameters(model)
     print(f"trainable parameters: {trainable:,} of {total:,}", flush=True)
     # Defaults a method had to adapt to this model (e.g. no dropout on fused experts).
-    notes = list(getattr(model, "studio_notes", None) or [])
+    notes = data_notes + list(getattr(model, "studio_notes", None) or [])
     for note in notes:
         print(f"note: {note}", flush=True)
     has_eval = bool(eval_items)

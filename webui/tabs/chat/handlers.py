@@ -46,6 +46,7 @@ T_STREAMING = Text("{label} is answering ...", "{label} 正在回答 ...")
 T_DONE = Text("{tokens} tokens in {seconds:.1f} s ({rate:.1f} tokens/s){stopped}.",
               "{tokens} 个词元，用时 {seconds:.1f} 秒（{rate:.1f} 词元/秒）{stopped}。")
 T_STOPPED = Text(", stopped", "，已停止")
+T_NOTE = Text("Note: {note}.", "注意：{note}。")
 T_ERROR = Text("Error: {error}", "错误：{error}")
 T_EMPTY = Text("Type a message first.", "请先输入消息。")
 
@@ -230,4 +231,5 @@ def _reply(target: Target, text: str, system: str, settings: GenerationSettings,
             rate = event["tokens"] / max(event["seconds"], 1e-6)
             last = T_DONE(lang, tokens=event["tokens"], seconds=event["seconds"], rate=rate,
                           stopped=T_STOPPED(lang) if event["stopped"] else "")
-            yield f"{status(lang)}  \n{last}"
+            notes = "".join(f"  \n{T_NOTE(lang, note=n)}" for n in event.get("notes") or ())
+            yield f"{status(lang)}  \n{last}{notes}"
