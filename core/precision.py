@@ -4,9 +4,11 @@ On a GPU: bf16 where it has it, fp16 on older ones. On a CPU: bf16 where the pro
 has bfloat16 matrix instructions (AMX, or AVX-512 BF16), asked through torch's own
 capability check (`torch.cpu.get_capabilities`), fp32 elsewhere. Measured on an AMD EPYC
 with AVX-512 BF16 and no AMX (docs/performance.md): a 512x576x1536 matrix product 2.5x
-faster in bf16, a LoRA step on the embedded model less (its norms, attention and dropout do
-not use the matrix units). A bf16 run on a CPU holds its frozen base in bf16 and computes
-under torch's autocast; the trainable weights, the optimizer state and the loss stay fp32.
+faster in bf16, a LoRA step on the embedded model 1.13x (its norms, attention, dropout and
+casts do not use the matrix units), greedy generation 0.27x: so Chat, Evaluate and serving
+load their models in fp32 whatever the processor has. A bf16 run on a CPU holds its frozen
+base in bf16 and computes under torch's autocast; the trainable weights, the optimizer state
+and the loss stay fp32.
 
 What stays fp32 under `auto` on a CPU, and why (`Choice.reason` says it in the start event):
 methods that train the base's own weights (full, freeze: bf16 weights would lose small
