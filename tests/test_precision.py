@@ -25,7 +25,8 @@ def test_auto_is_bf16_only_on_a_processor_with_bf16_units(tiny_model_dir):
     cfg = tiny(tiny_model_dir)
     amx, avx, none = (cpu_choice(cfg, c) for c in (AMX, AVX512_BF16, NONE))
     assert amx == precision.Choice("bf16", "Intel Xeon has AMX bfloat16 matrix units")
-    assert avx.precision == "bf16" and "AMD EPYC has AVX-512 BF16" in avx.reason
+    # Measured there: 1.14x, but a 20% higher held-out loss (docs/performance.md).
+    assert avx.precision == "fp32" and "AMD EPYC has AVX-512 BF16 but no AMX" in avx.reason
     assert none.precision == "fp32" and "Old CPU has no bfloat16" in none.reason
     # What keeps fp32 on a bf16 processor, and says so; fp32 is one setting away.
     for kw, said in ((dict(method="full"), "full keeps fp32"),
@@ -38,7 +39,7 @@ def test_auto_is_bf16_only_on_a_processor_with_bf16_units(tiny_model_dir):
     # This machine: what torch says about its processor decides.
     import torch
 
-    has = bool(torch.cpu.get_capabilities().get("avx512_bf16"))
+    has = bool(torch.cpu.get_capabilities().get("amx_bf16"))
     assert (precision.cpu_bf16().precision == "bf16") == has
 
 

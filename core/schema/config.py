@@ -164,11 +164,11 @@ COMMON: tuple[Setting, ...] = (
       label_zh="梯度累积", minimum=1, maximum=4096,
       help_zh="每个优化步累积的前向次数；有效批大小 = 批大小 × 该值。"),
     S("precision", "auto", "auto: bf16 on a GPU that supports it, fp16 on other GPUs; on a "
-      "CPU bf16 where it has bfloat16 matrix units (AMX, AVX-512 BF16) for LoRA, IA3 and "
-      "adapters in sft/pt, else fp32. The start event says which and why; fp32 turns it off.",
+      "CPU bf16 where it has AMX bfloat16 matrix units, for LoRA, IA3 and adapters in "
+      "sft/pt, else fp32. The start event says which and why; fp32 turns it off.",
       "train", label_zh="计算精度", choices=("auto", "bf16", "fp16", "fp32"),
-      help_zh="auto：支持的 GPU 上用 bf16，其他 GPU 用 fp16；CPU 有 bfloat16 矩阵单元（AMX、"
-              "AVX-512 BF16）时，LoRA、IA3 和 adapter 的 sft/pt 用 bf16，否则 fp32。开始事件会"
+      help_zh="auto：支持的 GPU 上用 bf16，其他 GPU 用 fp16；CPU 有 AMX bfloat16 矩阵单元"
+              "时，LoRA、IA3 和 adapter 的 sft/pt 用 bf16，否则 fp32。开始事件会"
               "说明选择及原因；设为 fp32 即关闭。"),
     S("gradient_checkpointing", False, "Recompute activations in the backward pass: "
       "less memory, about 30% slower.", "train", label_zh="梯度检查点", advanced=True,
