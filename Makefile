@@ -45,6 +45,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/speed.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/speed.py --variants fp32 auto
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/serving.py
 
 # The README tour's pictures, from a real session on the embedded model (about 5 minutes).

@@ -3,8 +3,10 @@
 A LoRA adapter (its B matrices set to small random values, so it changes the outputs) is
 saved as a run result and answered through Chat's engine, with the adapter merged into
 the weights (what Chat does) and unmerged (what it did before), and the base model
-through plain `generate` without a streamer. Tokens per second, median of a few prompts,
-greedy. Usage: `python bench/generation.py [--tokens N]`.
+through plain `generate` without a streamer; and plain `generate` of the base held in
+bfloat16 beside it, A B A B (core/precision.py: where bf16 would pay for generation on this
+processor). Tokens per second, median of a few prompts, greedy. Usage:
+`python bench/generation.py [--tokens N]`.
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ def main() -> int:
     torch.manual_seed(0)
     tok = models.load_tokenizer("embedded")
     base = models.load_model("embedded").eval()
+    base_bf16 = models.load_model("embedded", dtype=torch.bfloat16).eval()
     settings = GenerationSettings(max_new_tokens=args.tokens, do_sample=False)
 
-    def plain(prompt: str) -> float:
+    def plain(prompt: str, base: object = base) -> float:
         text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                        add_generation_prompt=True)
         inputs = tok(text, return_tensors="pt", add_special_tokens=False)
@@ -51,7 +54,14 @@ def main() -> int:
                                 pad_token_id=tok.pad_token_id or tok.eos_token_id)
         return (out.shape[1] - inputs["input_ids"].shape[1]) / (time.time() - t0)
 
-    results = {"plain generate (base)": statistics.median(plain(p) for p in PROMPTS)}
+    rates: dict[str, list[float]] = {"plain generate (base)": [],
+                                     "plain generate (base, bf16)": []}
+    for i, prompt in enumerate(PROMPTS):  # A B, then B A
+        pair = [("plain generate (base)", base), ("plain generate (base, bf16)", base_bf16)]
+        for label, model in pair[::-1] if i % 2 else pair:
+            rates[label].append(plain(prompt, model))
+    results = {label: statistics.median(r) for label, r in rates.items()}
+    del base_bf16
 
     cfg = RunConfig(model="embedded", method="lora")
     lora = apply_method(models.load_model("embedded"), cfg)

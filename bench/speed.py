@@ -10,8 +10,10 @@ reported.
 
 Printed per dataset: samples/s, non-padding tokens/s, final evaluation loss (on the
 same held-out 10%: a training-step loss would compare different batches), peak RSS, and
-the ratio studio / plain. Usage: `make bench` or
-`python bench/speed.py [--steps N] [--repeats N] [--datasets sentiment identity]`.
+the ratio studio / plain. `--variants fp32 auto` compares instead the studio's trainer in
+fp32 with `precision: auto` (bf16 on a CPU with bfloat16 matrix units, core/precision.py),
+naming the processor. Usage: `make bench` or `python bench/speed.py [--steps N]
+[--repeats N] [--datasets sentiment identity] [--variants plain studio | fp32 auto]`.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from core.jobs.events import read_events  # noqa: E402
 from core.schema.config import RunConfig  # noqa: E402
 
 VARIANTS = {
-    "plain": {"batching": "padded", "fast_loss": False},
-    "studio": {},
+    "plain": {"batching": "padded", "fast_loss": False, "precision": "fp32"},
+    "studio": {"precision": "fp32"},
+    "fp32": {"precision": "fp32"},
+    "auto": {"precision": "auto"},
 }
 METRICS = ("samples_per_s", "tokens_per_s", "final_loss", "peak_rss_mb")
 
@@ -64,6 +68,7 @@ def run_once(dataset: str, variant: str, steps: int, saves: Path) -> dict:
         "batching": start.get("batching"),
         "fast_loss": start.get("fast_loss"),
         "device": start["device"],
+        "precision": f"{start.get('precision')} ({start.get('precision_reason')})",
     }
 
 
@@ -72,30 +77,39 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--datasets", nargs="+", default=["sentiment", "identity"])
+    parser.add_argument("--variants", nargs=2, default=["plain", "studio"],
+                        choices=list(VARIANTS), help="A and B, the ratio is B / A")
     args = parser.parse_args()
+    a, b = args.variants
+    import torch
+
+    caps = torch.cpu.get_capabilities()
+    print(f"processor: {caps.get('cpu_name')}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; bf16 units: amx_bf16={caps.get('amx_bf16')} "
+          f"avx512_bf16={caps.get('avx512_bf16')}", flush=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     saves = Path(tempfile.mkdtemp(prefix="peft-studio-bench-"))
     report: dict[str, dict] = {}
     for dataset in args.datasets:
-        runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+        runs: dict[str, list[dict]] = {v: [] for v in (a, b)}
         for _ in range(args.repeats):
-            for variant in VARIANTS:  # A B A B
+            for variant in (a, b):  # A B A B
                 runs[variant].append(run_once(dataset, variant, args.steps, saves))
                 print(f"  {dataset} {variant}: {json.dumps(runs[variant][-1])}", flush=True)
         medians = {v: {m: statistics.median(r[m] for r in rs) for m in METRICS}
                    for v, rs in runs.items()}
-        ratio = {m: medians["studio"][m] / medians["plain"][m] for m in METRICS}
+        ratio = {m: medians[b][m] / medians[a][m] for m in METRICS}
         report[dataset] = {**medians, "ratio": ratio, "runs": runs}
         print(f"\n{dataset} (median of {args.repeats}, {args.steps} steps, batch 8, "
-              f"{runs['studio'][0]['device']}; studio batching: "
-              f"{runs['studio'][0]['batching']})")
+              f"{runs[b][0]['device']}; {b} batching: {runs[b][0]['batching']}, "
+              f"precision {runs[b][0]['precision']})")
         print(f"{'':10}" + "".join(f"{m:>16}" for m in METRICS))
-        for row in ("plain", "studio", "ratio"):
+        for row in (a, b, "ratio"):
             values = medians.get(row) or ratio
             print(f"{row:10}" + "".join(f"{values[m]:>16.3f}" for m in METRICS))
     out = Path(__file__).resolve().parent / "output"
     out.mkdir(exist_ok=True)
-    (out / "speed.json").write_text(json.dumps(report, indent=2))
+    (out / f"speed-{a}-{b}.json").write_text(json.dumps(report, indent=2))
     return 0
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from support import events_of, tiny
 
+from core import precision
 from core.jobs import runner
 from core.jobs.device import BusyError
 from core.jobs.process import PROCESS, process_alive
@@ -34,13 +35,17 @@ def assert_no_process_left(run_dir: Path) -> None:
 
 
 def test_tiny_run_writes_the_documented_events(tiny_model_dir, saves):
-    run_dir = runner.start(tiny(tiny_model_dir, val_size=0.2, eval_steps=2, save_steps=2))
+    cfg = tiny(tiny_model_dir, val_size=0.2, eval_steps=2, save_steps=2)
+    run_dir = runner.start(cfg)
     assert runner.wait(run_dir, timeout=300) == "done", (run_dir / "log.txt").read_text()
     events = events_of(run_dir)
     kinds = [e["type"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "end"
     start = events[0]
-    assert start["device"] == "cpu" and start["precision"] == "fp32"
+    # auto: bf16 where this processor has bfloat16 matrix units, else fp32; and why.
+    auto = precision.for_run(cfg)
+    assert start["device"] == "cpu" and start["precision"] == auto.precision
+    assert start["precision_reason"] == auto.reason
     assert 0 < start["trainable_params"] < start["total_params"]
     assert start["total_steps"] == 4
     steps = [e for e in events if e["type"] == "step"]

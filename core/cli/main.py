@@ -106,7 +106,8 @@ def _describe(e: dict) -> str:
                 f"{e['processes']} processes in all")
     if kind == "start":
         spread = (f" in {e['processes']} processes" if e.get("processes", 1) > 1 else "")
-        return (f"start: {e.get('method')} on {e.get('device')} ({e.get('precision')}), "
+        why = f": {e['precision_reason']}" if e.get("precision_reason") else ""
+        return (f"start: {e.get('method')} on {e.get('device')} ({e.get('precision')}{why}), "
                 f"{e.get('trainable_params') or 0:,} of {e.get('total_params') or 0:,} parameters "
                 f"trainable, {e.get('total_steps')} steps, {e.get('train_samples')} samples"
                 f"{spread}")

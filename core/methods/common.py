@@ -76,16 +76,16 @@ def target_candidates(model: Any) -> list[str]:
 
 # -- loading the base for training -----------------------------------------------------------
 def training_dtype(cfg: Any) -> Any:
-    """The dtype the base weights are loaded in: bfloat16 on a GPU that has it (unless
-    the run asks for fp32/fp16 precision), else float32. fp16 runs keep float32 weights:
-    mixed precision computes in fp16 but needs float32 weights to update."""
+    """The dtype the base weights are loaded in (core.precision.base_dtype): bfloat16 when
+    the run computes in bf16 (on a CPU only for methods whose base stays frozen), else
+    float32. fp16 runs keep float32 weights: mixed precision computes in fp16 but needs
+    float32 weights to update."""
     import torch
 
-    if not torch.cuda.is_available():
-        return torch.float32
-    if cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float32
+    from core import precision
+
+    on_gpu = torch.cuda.is_available()
+    return precision.base_dtype(cfg, precision.for_run(cfg).precision, on_gpu)
 
 
 def quantization_config(cfg: Any) -> Any:
@@ -111,10 +111,9 @@ def quantization_config(cfg: Any) -> Any:
 
 
 def load_base_for_training(cfg: Any) -> Any:
-    """The base model as the run trains it: float32 on CPU, bfloat16 on a GPU that has
-    it; with quantization, loaded in 8 or 4 bits by bitsandbytes (this works on CPU
-    too, slowly) and prepared for k-bit training (frozen, norms in float32, and gradient
-    checkpointing when the run asks for it)."""
+    """The base model as the run trains it, in `training_dtype`; with quantization, loaded
+    in 8 or 4 bits by bitsandbytes (this works on CPU too, slowly) and prepared for k-bit
+    training (frozen, norms in float32, and gradient checkpointing when the run asks for it)."""
     import torch
 
     from core import models

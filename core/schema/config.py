@@ -163,9 +163,13 @@ COMMON: tuple[Setting, ...] = (
       "the effective batch is batch size times this.", "train", label="Gradient accumulation",
       label_zh="梯度累积", minimum=1, maximum=4096,
       help_zh="每个优化步累积的前向次数；有效批大小 = 批大小 × 该值。"),
-    S("precision", "auto", "auto: bf16 on a GPU that supports it, fp16 on other GPUs, "
-      "fp32 on CPU.", "train", label_zh="计算精度", choices=("auto", "bf16", "fp16", "fp32"),
-      help_zh="auto：支持的 GPU 上用 bf16，其他 GPU 用 fp16，CPU 上用 fp32。"),
+    S("precision", "auto", "auto: bf16 on a GPU that supports it, fp16 on other GPUs; on a "
+      "CPU bf16 where it has AMX bfloat16 matrix units, for LoRA, IA3 and adapters in "
+      "sft/pt, else fp32. The start event says which and why; fp32 turns it off.",
+      "train", label_zh="计算精度", choices=("auto", "bf16", "fp16", "fp32"),
+      help_zh="auto：支持的 GPU 上用 bf16，其他 GPU 用 fp16；CPU 有 AMX bfloat16 矩阵单元"
+              "时，LoRA、IA3 和 adapter 的 sft/pt 用 bf16，否则 fp32。开始事件会"
+              "说明选择及原因；设为 fp32 即关闭。"),
     S("gradient_checkpointing", False, "Recompute activations in the backward pass: "
       "less memory, about 30% slower.", "train", label_zh="梯度检查点", advanced=True,
       help_zh="反向传播时重新计算激活：更省显存，约慢 30%。"),

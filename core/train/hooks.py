@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core import precision
 from core.distributed import ranks
 from core.jobs.events import EventWriter
 from core.jobs.process import ABORT_FILE
+from core.precision import Choice
 from core.schema.config import RunConfig
 from core.stages import LIVE_METRICS
 from core.train.trainer_args import writes_resume_points
@@ -85,15 +87,14 @@ class StopRequest:
         return self.signalled or self.flag_file.exists()
 
 
-def pick_device() -> tuple[str, str]:
-    """(device, precision) for this machine: bf16 on a GPU that has it, fp16 on older
-    GPUs, fp32 on CPU."""
+def pick_device(cfg: RunConfig) -> tuple[str, Choice]:
+    """(device, precision and why) for this run on this machine: `auto` is bf16 on a GPU
+    that has it, fp16 on older GPUs, bf16 on a CPU with bfloat16 matrix units where the
+    run allows it, else fp32 (core.precision)."""
     import torch
 
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name(0)
-        return f"cuda ({name})", "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "cpu", "fp32"
+    device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+    return device, precision.for_run(cfg)
 
 
 def event_callback(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest,

@@ -55,9 +55,10 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
 
     recipe = importlib.import_module(STAGES[cfg.stage].recipe)
     set_seed(cfg.seed)
-    device, auto_precision = pick_device()
-    precision = auto_precision if cfg.precision == "auto" else cfg.precision
-    print(f"device: {device}, precision: {precision}, stage: {cfg.stage}", flush=True)
+    device, choice = pick_device(cfg)
+    precision = choice.precision
+    print(f"device: {device}, precision: {precision} ({choice.reason}), stage: {cfg.stage}",
+          flush=True)
 
     tokenizer = models.load_tokenizer(cfg.model, cfg.trust_remote_code)
     train_items, eval_items, stats = recipe.data(cfg, tokenizer)
@@ -78,7 +79,8 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
     spec = METHODS[cfg.method]
     optimizer = implementation(cfg.method).create_optimizer(model, cfg, plan.args)
     start_info = {
-        "device": device, "precision": precision, "method": cfg.method, "stage": cfg.stage,
+        "device": device, "precision": precision, "precision_reason": choice.reason,
+        "method": cfg.method, "stage": cfg.stage,
         "trainable_params": trainable, "total_params": total,
         "trainable_share": trainable / total if total else 0.0, "notes": notes, **stats,
         **plan.start_fields,

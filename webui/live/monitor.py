@@ -149,6 +149,8 @@ def stats(watch: Watch) -> str:
             + (f", {cut} cut at the cut-off" if cut else "")
             + _spread(start)
         )
+        if isinstance(start.get("precision_reason"), str):
+            lines.append(f"Precision {start.get('precision', '?')}: {start['precision_reason']}")
         notes = start.get("notes")
         if isinstance(notes, list):  # defaults the method adapted to this model
             lines += [f"Note: {note}" for note in notes if isinstance(note, str)]
