@@ -35,7 +35,8 @@ def main() -> int:
     from core import models
     from core.chat.engine import Engine, GenerationSettings
     from core.jobs.runs import Target
-    from core.methods.common import apply_method, save_trained
+    from core.methods.base import apply_method
+    from core.methods.result import save_trained
     from core.schema.config import RunConfig
 
     torch.manual_seed(0)

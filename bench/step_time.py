@@ -32,7 +32,7 @@ def main() -> int:
 
     from core import models
     from core.data.encode import build_datasets
-    from core.methods.common import apply_method
+    from core.methods.base import apply_method
     from core.schema.config import RunConfig
     from core.train import fast_loss
 

@@ -33,7 +33,7 @@ def tiny_moe_dir(tmp_path_factory, embedded_dir) -> Path:
 
 
 def test_lora_defaults_train_a_mixture_of_experts_and_say_what_changed(tiny_moe_dir, saves):
-    from core.methods.common import load_trained
+    from core.methods.result import load_trained
 
     run_dir = runner.start(tiny(tiny_moe_dir, max_steps=2))
     assert runner.wait(run_dir, timeout=300) == "done", (run_dir / "log.txt").read_text()

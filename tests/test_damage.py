@@ -17,7 +17,7 @@ from core.jobs import runs
 from core.jobs.events import EventWriter, read_events
 from core.jobs.process import PROCESS
 from core.jobs.runs import DAMAGED, DONE, RunInfo, list_runs, run_info, run_status
-from core.methods.common import MANIFEST
+from core.methods.result import MANIFEST
 from core.schema.config import RunConfig
 from webui.live import monitor
 from webui.live.panel import live_view

@@ -191,7 +191,7 @@ def test_zero2_and_zero3_on_the_cpu_save_what_was_trained(tiny_model_dir, saves)
                         "(peft-studio[deepspeed]); not installed here")
     import torch
 
-    from core.methods.common import load_trained
+    from core.methods.result import load_trained
 
     zero2 = runner.start(tiny(tiny_model_dir, run_name="zero2", distributed="zero2"))
     assert runner.wait(zero2, timeout=400) == "done", (zero2 / "log.txt").read_text()

@@ -57,7 +57,7 @@ def probe_logits(model, tokenizer):
 def test_merged_export_loads_with_plain_transformers_and_matches(lora_run, module_saves):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from core.methods.common import load_trained
+    from core.methods.result import load_trained
 
     end = run_export(lora_run, "code-merged")
     out = Path(end["output_dir"])
@@ -212,7 +212,7 @@ def test_existing_export_is_never_overwritten_without_the_flag(lora_run, module_
 def test_method_that_cannot_merge_exports_its_adapter_with_the_reason(tiny_model_dir,
                                                                        module_saves):
     from core.jobs.runs import checkpoints
-    from core.methods.common import load_trained
+    from core.methods.result import load_trained
 
     reason = METHODS["prompt"].not_mergeable_reason
     assert reason and ex.plan("prompt", False) == ("adapter", reason)

@@ -194,7 +194,7 @@ def test_methods_that_cannot_merge_are_refused_gguf_with_their_reason(code_run, 
     """A run whose result says prompt tuning has no weights to merge: GGUF says why (the
     run's result read as a prompt-tuning one; the plan comes from the method registry)."""
     from core.methods import METHODS
-    from core.methods.common import read_manifest
+    from core.methods.result import read_manifest
 
     monkeypatch.setattr(ex, "read_manifest",
                         lambda out: {**read_manifest(out), "method": "prompt"})

@@ -90,13 +90,9 @@ def test_method_trains_saves_reloads_and_merges(case, tiny_model_dir, tokenizer,
 
     import torch
 
-    from core.methods.common import (
-        apply_method,
-        count_parameters,
-        load_base_for_training,
-        load_trained,
-        save_trained,
-    )
+    from core.methods.base import apply_method, load_base_for_training
+    from core.methods.common import count_parameters
+    from core.methods.result import load_trained, save_trained
 
     method, extra = case
     spec = METHODS[method]
@@ -165,7 +161,7 @@ def test_method_trains_saves_reloads_and_merges(case, tiny_model_dir, tokenizer,
 
 @pytest.mark.parametrize("method", ["lora", "ia3", "prompt", "ptuning", "adapter", "freeze"])
 def test_gradient_checkpointing_reaches_the_trainable_weights(method, tiny_model_dir):
-    from core.methods.common import apply_method, load_base_for_training
+    from core.methods.base import apply_method, load_base_for_training
 
     cfg = RunConfig(model=str(tiny_model_dir), method=method, gradient_checkpointing=True)
     model = apply_method(load_base_for_training(cfg), cfg)
@@ -180,7 +176,8 @@ def test_gradient_checkpointing_reaches_the_trainable_weights(method, tiny_model
 
 def test_adapter_folder_is_self_describing(tiny_model_dir, tmp_path):
     from core.methods import adapter
-    from core.methods.common import apply_method, count_parameters, load_base_for_training
+    from core.methods.base import apply_method, load_base_for_training
+    from core.methods.common import count_parameters
 
     cfg = RunConfig(model=str(tiny_model_dir), method="adapter", adapter_size=8,
                     adapter_placement="attention", adapter_activation="relu")
@@ -199,7 +196,7 @@ def test_adapter_folder_is_self_describing(tiny_model_dir, tmp_path):
 
 
 def test_freeze_trains_only_the_chosen_layers(tiny_model_dir):
-    from core.methods.common import apply_method, load_base_for_training
+    from core.methods.base import apply_method, load_base_for_training
 
     cfg = RunConfig(model=str(tiny_model_dir), method="freeze", freeze_trainable_layers=1)
     model = apply_method(load_base_for_training(cfg), cfg)
@@ -217,7 +214,8 @@ def test_freeze_trains_only_the_chosen_layers(tiny_model_dir):
 
 
 def test_target_candidates(tiny_model_dir):
-    from core.methods.common import apply_method, load_base_for_training, target_candidates
+    from core.methods.base import apply_method, load_base_for_training
+    from core.methods.common import target_candidates
 
     expected = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     for method in ("full", "lora", "adapter"):
@@ -227,7 +225,7 @@ def test_target_candidates(tiny_model_dir):
 
 
 def test_ia3_names_the_layers_it_could_target(tiny_model_dir):
-    from core.methods.common import apply_method, load_base_for_training
+    from core.methods.base import apply_method, load_base_for_training
 
     cfg = RunConfig(model=str(tiny_model_dir), method="ia3", ia3_target=["c_attn"],
                     ia3_feedforward=[])
@@ -241,7 +239,7 @@ def test_ia3_names_the_layers_it_could_target(tiny_model_dir):
 def test_loraplus_gives_b_matrices_the_higher_learning_rate(tiny_model_dir, tmp_path):
     from transformers import TrainingArguments
 
-    from core.methods.common import apply_method, load_base_for_training
+    from core.methods.base import apply_method, load_base_for_training
 
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
     lora = implementation("lora")

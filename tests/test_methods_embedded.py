@@ -9,7 +9,7 @@ import pytest
 
 from core.jobs import runner
 from core.jobs.events import read_events
-from core.methods.common import generate_extras
+from core.methods.result import generate_extras
 from core.schema.config import RunConfig
 
 QUESTION = [{"role": "user", "content": "Who are you? Tell me your name."}]
@@ -39,7 +39,7 @@ def base_answer(embedded_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", list(RATES))
 def test_short_run_changes_the_answers(method, saves, base_answer):
-    from core.methods.common import load_trained
+    from core.methods.result import load_trained
 
     cfg = RunConfig(method=method, dataset=["identity"], identity_name="Quillby",
                     max_steps=10, batch_size=4, gradient_accumulation_steps=1,

@@ -141,7 +141,7 @@ def _run(tmp_path: Path, tiny_model_dir: Path, **kw) -> tuple[int, Path, list[di
 ])
 def test_stage_runs_end_done_with_rewards_and_the_result_loads(
         stage, method, tiny_model_dir, pref_data, tmp_path):
-    from core.methods.common import load_trained
+    from core.methods.result import load_trained
 
     rc, run_dir, events = _run(tmp_path, tiny_model_dir, stage=stage, method=method,
                                dataset=[str(pref_data[stage])])
@@ -175,7 +175,7 @@ def test_wrong_format_for_the_stage_is_refused_before_the_model_loads(
 
 
 def test_dpo_starts_from_a_finished_sft_run(tiny_model_dir, pref_data, tmp_path):
-    from core.methods.common import load_trained
+    from core.methods.result import load_trained
 
     rc, sft_dir, _ = _run(tmp_path, tiny_model_dir, dataset=[str(pref_data["sft"])])
     assert rc == 0

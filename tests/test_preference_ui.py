@@ -240,7 +240,7 @@ def test_export_merges_a_dpo_lora_run_as_for_sft(runs, monkeypatch):
 
     from core.evaluate import job as ev
     from core.export import job as ex
-    from core.methods.common import load_trained
+    from core.methods.result import load_trained
 
     monkeypatch.setenv("PEFT_STUDIO_SAVES", str(runs["dpo"].parent))
     if not ev.past_evaluations(runs["dpo"]):  # the card shows the latest evaluation

@@ -82,7 +82,8 @@ def inspect_model(settings: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from core import models
-    from core.methods.common import apply_method, count_parameters, target_candidates
+    from core.methods.base import apply_method
+    from core.methods.common import count_parameters, target_candidates
     from core.schema.config import RunConfig
 
     cfg = RunConfig(**settings)

@@ -115,7 +115,7 @@ def _merged(model: Any) -> bool:
 
 def _mergeable(trained: str | Path) -> bool:
     from core.methods import METHODS
-    from core.methods.common import read_manifest
+    from core.methods.result import read_manifest
 
     manifest = read_manifest(trained)
     spec = METHODS.get(manifest.get("method", ""))
@@ -172,7 +172,7 @@ class Engine:
 
     def _load(self, target: Target) -> _Loaded:
         from core import models
-        from core.methods.common import load_trained
+        from core.methods.result import load_trained
 
         t0 = time.time()
         if target.trained:
@@ -197,7 +197,7 @@ class Engine:
     def _beside(self, target: Target) -> _Loaded | None:
         """This run's adapter added to a loaded peft model of the same base, when both
         can share it; None to load it on a base of its own."""
-        from core.methods.common import trained_tokenizer
+        from core.methods.result import trained_tokenizer
 
         if not _shareable(target.trained):
             return None
@@ -254,7 +254,7 @@ class Engine:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-        from core.methods.common import generate_extras
+        from core.methods.result import generate_extras
 
         entry = self.entry(target)
         tok, model = entry.tokenizer, entry.model

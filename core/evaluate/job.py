@@ -175,7 +175,7 @@ def greedy_answers(entry: Any, samples: list[Sample], spec: EvalSpec, tick: Any)
     import torch
 
     from core.data.encode import chat_template
-    from core.methods.common import generate_extras
+    from core.methods.result import generate_extras
 
     tok = entry.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

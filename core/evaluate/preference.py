@@ -85,7 +85,7 @@ def evaluate_run(result_dir: str | Path, dataset: str, max_samples: int = 0) -> 
     from core.data.formats import DataError
     from core.data.loader import load_one
     from core.data.registry import resolve
-    from core.methods.common import load_trained
+    from core.methods.result import load_trained
     from core.stages.preference import run_folder
 
     if resolve(dataset).format != "pairwise":
@@ -102,7 +102,7 @@ def evaluate_run(result_dir: str | Path, dataset: str, max_samples: int = 0) -> 
         base_ctx: Any = model.disable_adapter()
         base_model = model
     else:
-        from core.methods.common import read_manifest
+        from core.methods.result import read_manifest
         from core.schema.config import RunConfig
 
         cfg = RunConfig(**read_manifest(out)["settings"])

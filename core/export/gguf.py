@@ -601,7 +601,7 @@ def export_gguf(trained: Path, tmp: Path, how: str, name: str, gguf_type: str,
     in percent, most of it while tensors are quantized and written."""
     from core.data.encode import chat_template
     from core.methods import implementation
-    from core.methods.common import load_trained, read_manifest
+    from core.methods.result import load_trained, read_manifest
 
     if gguf_type not in TYPES:
         raise ExportError(f"GGUF type {gguf_type!r}: choose one of {', '.join(TYPES)}. "

@@ -39,7 +39,7 @@ from core.fsutil import disk_full, is_disk_full
 from core.jobs.events import EventWriter
 from core.jobs.job import describe_progress, follow, run_job
 from core.jobs.runs import resolve_run, run_target
-from core.methods.common import read_manifest
+from core.methods.result import read_manifest
 from core.paths import saves_dir
 from core.schema.jobs import EXPORT
 from core.schema.setting import add_flags

@@ -18,7 +18,7 @@ from core.export.common import (
     save_tokenizer,
 )
 from core.jobs.events import read_events
-from core.methods.common import read_manifest
+from core.methods.result import read_manifest
 
 
 def _refusal(spec: Any, trained: Path, base: str, how: str, why: str) -> None:
@@ -47,7 +47,7 @@ def write_model(trained: Path, tmp: Path, how: str, shard_bytes: int,
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     from core.methods import implementation
-    from core.methods.common import load_trained
+    from core.methods.result import load_trained
 
     step("loading the trained model")
     model, tokenizer = load_trained(trained)
@@ -75,7 +75,7 @@ def write_model(trained: Path, tmp: Path, how: str, shard_bytes: int,
 
 
 def write_adapter(trained: Path, tmp: Path, step: Any) -> dict[str, Any]:
-    from core.methods.common import load_trained
+    from core.methods.result import load_trained
 
     step("copying the adapter")
     shutil.copytree(trained, tmp)
@@ -157,7 +157,7 @@ def model_card(name: str, run_dir: Path, trained: Path, info: dict[str, Any]) ->
               "```python"]
     if adapter and not (trained / "adapter_config.json").is_file():
         lines += ["# an adapter of PEFT Studio's own (not a peft one): load it with the studio",
-                  "from core.methods.common import load_trained", "",
+                  "from core.methods.result import load_trained", "",
                   f"model, tokenizer = load_trained({name!r})  # this folder"]
     elif adapter:
         lines += ["from peft import PeftModel",

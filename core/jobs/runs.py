@@ -15,7 +15,7 @@ import yaml
 
 from core.jobs.events import EVENTS, scan_events
 from core.jobs.process import PROCESS, process_alive
-from core.methods.common import MANIFEST, read_manifest
+from core.methods.result import MANIFEST, read_manifest
 from core.paths import saves_dir
 from core.schema.config import RunConfig
 

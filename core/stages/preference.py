@@ -40,7 +40,7 @@ def load_examples(cfg: RunConfig) -> tuple[list[dict], list[dict], dict | None]:
 def run_folder(path: str, what: str) -> Path:
     """The result folder (adapter/ or model/) of a finished run given by its folder or
     by the result folder itself."""
-    from core.methods.common import MANIFEST
+    from core.methods.result import MANIFEST
 
     p = Path(path).expanduser()
     for candidate in (p, p / "adapter", p / "model"):
@@ -54,7 +54,8 @@ def model(cfg: RunConfig) -> Any:
     """The model to train: the base wrapped with the method, or a finished run's result
     made trainable again."""
     from core.methods import METHODS
-    from core.methods.common import apply_method, load_base_for_training, read_manifest
+    from core.methods.base import apply_method, load_base_for_training
+    from core.methods.result import read_manifest
 
     if not cfg.init_from_run:
         return apply_method(load_base_for_training(cfg), cfg)
@@ -75,7 +76,7 @@ def model(cfg: RunConfig) -> Any:
 
 def _reference(cfg: RunConfig, model: Any) -> Any:
     if cfg.ref_run:
-        from core.methods.common import load_trained
+        from core.methods.result import load_trained
 
         ref, _ = load_trained(run_folder(cfg.ref_run, "ref_run"))
     elif hasattr(model, "peft_config"):

@@ -24,7 +24,7 @@ def data(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict], list[dict], dict[s
 
 
 def model(cfg: RunConfig) -> Any:
-    from core.methods.common import apply_method, load_base_for_training
+    from core.methods.base import apply_method, load_base_for_training
 
     return apply_method(load_base_for_training(cfg), cfg)
 

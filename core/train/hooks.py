@@ -63,7 +63,7 @@ class StopRequest:
         saved, for good). The `saving` event tells the runner to wait for the save rather
         than kill the process at its deadline. Rank 0 alone writes; with sharded weights
         (ZeRO-3, FSDP: `gather` is set) every rank must call this, at the same point."""
-        from core.methods.common import save_result
+        from core.methods.result import save_result
 
         if self.gather is None and ranks.rank() != 0:
             return out_dir  # every rank holds the same weights; rank 0 writes them

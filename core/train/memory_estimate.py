@@ -5,7 +5,7 @@ and the run's settings, so the UI recomputes it at once when a batch size change
 an estimate for deciding whether to try, not a promise: allocator slack, kernels'
 workspaces and fragmentation come on top (hence "tight" well before 100%).
 
-How bytes are counted follows core.methods.common: trainable weights are kept in float32;
+How bytes are counted follows core.methods.base: trainable weights are kept in float32;
 the frozen base loads in bfloat16 on a GPU that has it (float32 otherwise, and on a CPU),
 or in 8/4 bits when quantized.
 """

@@ -11,7 +11,7 @@ model, trainer) is the stage's recipe, core/stages/.
 Abort: SIGTERM or an ABORT file in the run directory asks the loop to stop at the next
 step; what has been trained is saved and the end event says "aborted" (or "done" when
 every step had already run). A save is never cut short by a further abort, and is written
-whole or not at all (core.methods.common.save_result).
+whole or not at all (core.methods.result.save_result).
 
 Divergence (a NaN or exploding loss, a collapsed run; rules in core.train.health) ends the run
 `failed` at that step, with a `diverged` event, and its weights are not saved as a result.

@@ -13,7 +13,7 @@ import gradio as gr
 from core.export import job as ex
 from core.jobs.runs import checkpoint_names, checkpoints, finished_runs, resolve_run
 from core.methods import METHODS
-from core.methods.common import read_manifest
+from core.methods.result import read_manifest
 from core.schema.jobs import EXPORT
 from webui import guard
 from webui.i18n import Text
