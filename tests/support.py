@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 from core.cli.main import main
@@ -51,3 +54,24 @@ def train_code_word_run(tiny_model_dir: Path, saves: Path, **kw) -> Path:
     status = runner.wait(run_dir, timeout=600)
     assert status == "done", (run_dir / "log.txt").read_text()[-3000:]
     return run_dir
+
+
+def kill_after_first_checkpoint(run_dir: Path) -> None:
+    """SIGKILL the trainer as soon as it has written a resume point, as a power cut would."""
+    from core.jobs.device import device_holder
+    from core.jobs.process import PROCESS, kill_tree
+    from core.jobs.resume import resume_points
+    from core.jobs.runs import RUNNING, run_status
+
+    deadline = time.time() + 300
+    while not resume_points(run_dir):
+        assert time.time() < deadline and run_status(run_dir)[0] == RUNNING, \
+            (run_dir / "log.txt").read_text()[-2000:]
+        time.sleep(0.02)
+    pid = json.loads((run_dir / PROCESS).read_text())["pid"]
+    os.killpg(pid, signal.SIGSTOP)  # nothing more happens between seeing it and the kill
+    kill_tree(pid)
+    deadline = time.time() + 60
+    while device_holder(run_dir.parent) is not None:  # every process is gone
+        assert time.time() < deadline, "the killed run still holds the device"
+        time.sleep(0.05)

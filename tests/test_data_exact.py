@@ -229,7 +229,7 @@ def test_property_rows_survive_read_register_and_encode(tokenizer, rows):
             examples = load_examples([name], None)
             assert [ex["messages"] for ex in examples] == [expected(r) for r in rows], suffix
             for ex, row in zip(examples, rows, strict=True):
-                text, spans = render(tokenizer, ex["messages"])
+                ((text, spans),) = render(tokenizer, ex["messages"]).samples
                 assert ex["messages"][0]["content"] in text
                 assert text[spans[-1][0]:].startswith(row["output"])
                 ids = encode_messages(tokenizer, ex["messages"], 100_000).input_ids

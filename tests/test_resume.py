@@ -4,20 +4,16 @@ and data order restored), and its events read as one stream of steps."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import time
 
 import pytest
-from support import events_of, run_cli, tiny
+from support import events_of, kill_after_first_checkpoint, run_cli, tiny
 
 from core.jobs import runner
-from core.jobs.device import device_holder
-from core.jobs.process import PROCESS, kill_tree
 from core.jobs.resume import resume, resume_points
-from core.jobs.runs import CONFIG, FAILED, RUNNING, list_runs, run_info, run_status
+from core.jobs.runs import CONFIG, FAILED, list_runs, run_info, run_status
 from webui.tabs.train import handlers as training
 from webui.tabs.train import history
 
@@ -30,22 +26,6 @@ def _losses(run_dir) -> dict[int, float]:
     return {e["step"]: e["loss"] for e in steps}
 
 
-def _kill_after_first_checkpoint(run_dir) -> None:
-    """SIGKILL the trainer as soon as it has written a resume point, as a power cut would."""
-    deadline = time.time() + 300
-    while not resume_points(run_dir):
-        assert time.time() < deadline and run_status(run_dir)[0] == RUNNING, \
-            (run_dir / "log.txt").read_text()[-2000:]
-        time.sleep(0.02)
-    pid = json.loads((run_dir / PROCESS).read_text())["pid"]
-    os.killpg(pid, signal.SIGSTOP)  # nothing more happens between seeing it and the kill
-    kill_tree(pid)
-    deadline = time.time() + 60
-    while device_holder(run_dir.parent) is not None:  # every process is gone
-        assert time.time() < deadline, "the killed run still holds the device"
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir, module_saves):
     # fp32: the resumed steps are compared with the whole run's to 1e-4
@@ -54,7 +34,7 @@ def runs(tiny_model_dir, module_saves):
     whole = runner.start(tiny(tiny_model_dir, run_name="whole", **settings), module_saves)
     assert runner.wait(whole, timeout=300) == "done", (whole / "log.txt").read_text()[-2000:]
     cut = runner.start(tiny(tiny_model_dir, run_name="cut", **settings), module_saves)
-    _kill_after_first_checkpoint(cut)
+    kill_after_first_checkpoint(cut)
     return whole, cut
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -220,8 +221,19 @@ def peak_memory_mb() -> float:
 
     if torch.cuda.is_available():
         return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    # ru_maxrss is in KiB on Linux: the whole process's peak resident memory.
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    # Linux: VmHWM, this process's own peak resident memory. Not ru_maxrss: Linux carries
+    # that across exec from the process that started us (Popen's vfork shares its memory
+    # until exec), so a trainer started by a 1.4 GB test worker or UI read 1.4 GB whatever
+    # it used itself.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)  # kB
+    except OSError:
+        pass
+    # elsewhere ru_maxrss (KiB on Linux, bytes on macOS; it has no /proc)
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(maxrss / (2**20 if sys.platform == "darwin" else 1024), 1)
 
 
 @dataclass
