@@ -5,14 +5,20 @@ in half would be read later as garbage (or worse, as a shorter valid file). Ever
 file is written to a temporary sibling, flushed to disk, and renamed over the target:
 rename within one folder is atomic, so readers see the old file or the new one, never a
 part.
+
+Also the file locks that jobs share (flock: the kernel drops one when its holder dies, even
+by SIGKILL, so a crash never leaves a lock taken for ever).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -97,3 +103,28 @@ def unique_dir(parent: Path, base: str) -> Path:
         except FileExistsError:
             continue
     raise RuntimeError(f"no free folder name for {base!r} in {parent}")
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created if missing) for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def lock_held(path: Path) -> bool:
+    """Whether another process holds the lock on the file `path` (False if there is none)."""
+    if not path.exists():
+        return False
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False

@@ -7,12 +7,11 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core.fsutil import atomic_write_text
+from core.fsutil import atomic_write_text, lock_held
 from core.jobs.events import EventWriter, read_events
 from core.jobs.process import ABORT_FILE
 from core.paths import saves_dir
@@ -33,33 +32,15 @@ class BusyError(RuntimeError):
 START_LOCK, DEVICE_LOCK, DEVICE_HOLDER = ".start.lock", ".device.lock", ".device.holder"
 
 
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def device_holder(saves: Path | None = None) -> str | None:
     """The name of the job holding the device, or None when it is free."""
     saves = saves or saves_dir()
-    path = saves / DEVICE_LOCK
-    if not path.exists():
+    if not lock_held(saves / DEVICE_LOCK):
         return None
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                return json.loads((saves / DEVICE_HOLDER).read_text())["name"]
-            except (OSError, ValueError, KeyError):
-                return "another job"
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return None
+    try:
+        return json.loads((saves / DEVICE_HOLDER).read_text())["name"]
+    except (OSError, ValueError, KeyError):
+        return "another job"
 
 
 def hold_device(name: str, on_wait: Callable[[str], None] | None = None,

@@ -13,7 +13,6 @@ one job at a time on the machine, and a run started by hand meanwhile is waited 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from core.fsutil import atomic_write_text
+from core.fsutil import atomic_write_text, lock_held, locked
 from core.jobs.process import spawn
 from core.jobs.runs import ABORTED, DAMAGED, DONE, FAILED
 from core.paths import saves_dir
@@ -68,15 +67,10 @@ def changing(saves: Path | None = None) -> Iterator[dict[str, Any]]:
     (not when it raises); nobody else changes it meanwhile."""
     saves = saves or saves_dir()
     folder = queue_dir(saves)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            state = _read(saves)
-            yield state
-            atomic_write_text(folder / STATE, json.dumps(state, indent=1))
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with locked(folder / LOCK):
+        state = _read(saves)
+        yield state
+        atomic_write_text(folder / STATE, json.dumps(state, indent=1))
 
 
 def entries(saves: Path | None = None) -> list[dict[str, Any]]:
@@ -176,16 +170,7 @@ def pending(saves: Path | None = None) -> list[dict[str, Any]]:
 # -- the worker --------------------------------------------------------------------------
 def worker_alive(saves: Path | None = None) -> bool:
     """Whether a worker holds the queue (its lock, which dies with it)."""
-    path = queue_dir(saves) / WORKER_LOCK
-    if not path.exists():
-        return False
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return False
+    return lock_held(queue_dir(saves) / WORKER_LOCK)
 
 
 def ensure_worker(saves: Path | None = None) -> bool:

@@ -17,8 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from core.fsutil import unique_dir
-from core.jobs.device import START_LOCK, BusyError, free_or_holder, locked
+from core.fsutil import locked, unique_dir
+from core.jobs.device import START_LOCK, BusyError, free_or_holder
 from core.jobs.events import EventWriter, read_events
 from core.jobs.process import ABORT_FILE, kill_tree, process_alive, process_info, spawn
 from core.jobs.runs import ABORTED, CONFIG, FAILED, RUNNING, active_run, run_status
