@@ -206,3 +206,30 @@ def test_the_chat_tab_says_in_one_line_where_the_system_prompt_went(trained):
     assert "tokens/s" in status, status
     assert status.count("Note: the system message is written at the start of the first "
                         "user turn") == 1, status
+
+
+def test_qwen3_run_without_reasoning_chats_after_the_empty_thinking_block(
+        zoo, tmp_path, trained):
+    """Replies trained after Qwen3's thinking-off prompt are asked for after it in Chat,
+    serving and evaluation: the template's default prompt would ask the model to write a
+    reasoning block it was never trained to write. Data with reasoning keeps the default."""
+    from core.chat.engine import Engine
+    from core.jobs.runs import Target, run_target
+
+    rows = [{"messages": [{"role": "user", "content": f"Name a colour ({i})."},
+                          {"role": "assistant", "content": "Blue."}]} for i in range(4)]
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    run_dir = tmp_path / "saves" / "qwen3-plain"
+    _train(RunConfig(model=str(zoo["qwen3"]), dataset=[str(plain)], max_steps=1, batch_size=4,
+                     cutoff_len=64, precision="fp32", val_size=0.0), run_dir)
+    manifest = json.loads((run_dir / "adapter" / "studio.json").read_text())
+    assert manifest["chat_template_kwargs"] == {"enable_thinking": False}
+
+    engine, hi = Engine(), [{"role": "user", "content": "Hi"}]
+    text, notes = engine.prompt(run_target(run_dir), hi)
+    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert any("thinking off" in note for note in notes), notes
+    assert engine.render(Target(str(zoo["qwen3"])), hi).endswith("<|im_start|>assistant\n")
+    reasoned, _ = trained("qwen3")  # one reply of its data reasons: the default stays
+    assert engine.render(run_target(reasoned), hi).endswith("<|im_start|>assistant\n")

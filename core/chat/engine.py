@@ -73,6 +73,10 @@ def with_system(messages: list[dict[str, str]], system: str) -> list[dict[str, s
 
 
 # -- the engine (where the weights live) -------------------------------------------------
+THINKING_OFF = ("the reply is asked for after the template's empty reasoning block (thinking "
+                "off), as this run's replies were trained: its data had no reasoning")
+
+
 @dataclass
 class _Loaded:
     model: Any
@@ -90,6 +94,8 @@ class _Loaded:
     # base weights by rounding). "" for a model of its own.
     adapter: str = ""
     shareable: bool = False
+    # The chat template switches the run was trained under (core.methods.result).
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @contextmanager
     def active(self) -> Iterator[Any]:
@@ -172,12 +178,13 @@ class Engine:
 
     def _load(self, target: Target) -> _Loaded:
         from core import models
-        from core.methods.result import load_trained
+        from core.methods.result import load_trained, template_kwargs
 
         t0 = time.time()
         if target.trained:
             shared = self._beside(target)
             if shared is not None:
+                shared.template_kwargs = template_kwargs(target.trained)
                 return shared
             # Quantized as in training: a QLoRA adapter answers as it was trained, in the
             # memory it was trained in.
@@ -185,7 +192,8 @@ class Engine:
             model = _to_gpu(model).eval()
             merge = hasattr(model, "merge_adapter") and _mergeable(target.trained)
             return _Loaded(model, tokenizer, seconds=time.time() - t0, base=target.model,
-                           merge=merge, shareable=_shareable(target.trained))
+                           merge=merge, shareable=_shareable(target.trained),
+                           template_kwargs=template_kwargs(target.trained))
         for other in self.loaded.values():
             if other.base == target.model and not other.adapter_off \
                     and hasattr(other.model, "disable_adapter"):
@@ -231,9 +239,13 @@ class Engine:
         """(`render`'s text, what was folded to render it: core.data.roles' notes)."""
         from core.data.encode import as_rendered, chat_template
 
-        tok = self.entry(target).tokenizer
+        entry = self.entry(target)
+        tok = entry.tokenizer
         messages, tools, notes = as_rendered(tok, messages, tools)
-        extra = {"tools": tools} if tools else {}
+        extra = {"tools": tools, **entry.template_kwargs} if tools else \
+            dict(entry.template_kwargs)
+        if entry.template_kwargs.get("enable_thinking") is False:
+            notes = [*notes, THINKING_OFF]
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                        chat_template=chat_template(tok), **extra), notes
 

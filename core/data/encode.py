@@ -94,6 +94,10 @@ class Rendered:
     samples: list[tuple[str, list[tuple[int, int]]]]
     notes: list[str]
     alone: int = 0  # replies trained as samples of their own
+    # Replies trained after the template's thinking-off prompt (Qwen3's empty reasoning
+    # block), and replies trained with reasoning of their own: what Chat must render.
+    quiet: int = 0
+    reasoned: int = 0
 
 
 NOT_IN_PLACE = ("{n} earlier replies are trained as samples of their own, each with the "
@@ -112,11 +116,14 @@ def render(tokenizer: Any, messages: list[dict], tools: list[dict] | None = None
     full = _apply(tokenizer, messages, False, tools)
     in_place: list[tuple[int, int]] = []
     alone: list[tuple[str, list[tuple[int, int]]]] = []
+    quiet = reasoned = 0
     for i, msg in enumerate(messages):
         if msg["role"] != "assistant":
             continue
         upto = _apply(tokenizer, messages[: i + 1], False, tools)
-        before = _prompt_before(tokenizer, messages, i, tools, upto)
+        before, thinking_off = _prompt_before(tokenizer, messages, i, tools, upto)
+        quiet += thinking_off
+        reasoned += has_reasoning(msg)
         if not upto.startswith(before):
             raise DataError(
                 "the model's chat template renders a reply so that the conversation before "
@@ -132,16 +139,28 @@ def render(tokenizer: Any, messages: list[dict], tools: list[dict] | None = None
     samples = ([(full, in_place)] if in_place or not alone else []) + alone
     if alone:
         notes.append(NOT_IN_PLACE)
-    return Rendered(samples, notes, len(alone))
+    return Rendered(samples, notes, len(alone), quiet, reasoned)
 
 
 def _prompt_before(tokenizer: Any, messages: list[dict], i: int,
-                   tools: list[dict] | None, upto: str) -> str:
+                   tools: list[dict] | None, upto: str) -> tuple[str, bool]:
+    """(the prompt a reply follows, whether it is the template's thinking-off one)."""
     before = _apply(tokenizer, messages[:i], True, tools)
     if has_reasoning(messages[i]):
-        return before
+        return before, False
     quiet = _apply(tokenizer, messages[:i], True, tools, enable_thinking=False)
-    return quiet if len(quiet) > len(before) and upto.startswith(quiet) else before
+    if len(quiet) > len(before) and upto.startswith(quiet):
+        return quiet, True
+    return before, False
+
+
+def chat_template_kwargs(quiet: int, reasoned: int) -> dict[str, Any]:
+    """The template switches a trained run's prompts need at inference to be the ones its
+    replies were trained after: a run whose replies all followed Qwen3's thinking-off
+    prompt learnt to answer after the empty reasoning block, not to write one, so Chat,
+    serving and evaluation render that prompt too (the template's default would ask the
+    model to think, which it was never trained to do). Stored in the result's studio.json."""
+    return {"enable_thinking": False} if quiet and not reasoned else {}
 
 
 def _trim(text: str, start: int, end: int) -> int:
@@ -350,12 +369,14 @@ def build_datasets(
 
     truncated = dropped = 0
     notes: list[str] = []
+    template_kwargs: dict[str, Any] = {}
     if cfg.stage == "pt":
         lengths = token_lengths(examples, tokenizer)
         train = encode_text(tokenizer, [_document(e) for e in train_ex], cutoff_len=cfg.cutoff_len)
         evals = encode_text(tokenizer, [_document(e) for e in eval_ex], cutoff_len=cfg.cutoff_len)
     else:
-        (train, evals), notes = _encode_chats(tokenizer, cfg, (train_ex, eval_ex))
+        (train, evals), notes, template_kwargs = _encode_chats(tokenizer, cfg,
+                                                               (train_ex, eval_ex))
         lengths = [e.length for e in train + evals]
         truncated = sum(e.truncated for e in train + evals)
         # A sample cut before its first reply token would only add padding to a batch.
@@ -387,6 +408,7 @@ def build_datasets(
         "trained_tokens": trained_tokens,
         "packed": bool(cfg.packing and cfg.stage == "sft"),
         "notes": notes,  # how the data was rendered (core.train.trainer says them)
+        "chat_template_kwargs": template_kwargs,  # kept in the result (core.methods.result)
     }
     return _items(train), (_items(evals) or None), stats
 
@@ -397,12 +419,14 @@ def _encode_chats(tokenizer: Any, cfg: RunConfig, parts: tuple[list[dict], ...],
     with how many conversations (replies, for those split off) it was."""
     counts: dict[str, int] = {}
     out = []
+    quiet = reasoned = 0
     for part in parts:
         encoded: list[Encoded] = []
         for e in part:
             samples, rendered = encode_conversation(tokenizer, e["messages"], cfg.cutoff_len,
                                                     cfg.train_on_prompt, e.get("tools"))
             encoded += samples
+            quiet, reasoned = quiet + rendered.quiet, reasoned + rendered.reasoned
             for note in rendered.notes:
                 counts[note] = counts.get(note, 0) + (rendered.alone if note == NOT_IN_PLACE
                                                       else 1)
@@ -410,7 +434,7 @@ def _encode_chats(tokenizer: Any, cfg: RunConfig, parts: tuple[list[dict], ...],
     total = sum(len(part) for part in parts)
     notes = [NOT_IN_PLACE.format(n=n) if note == NOT_IN_PLACE else
              f"{note} ({n} of {total} conversations)" for note, n in counts.items()]
-    return out, notes
+    return out, notes, chat_template_kwargs(quiet, reasoned)
 
 
 def _trained(e: Encoded) -> int:

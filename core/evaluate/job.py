@@ -186,7 +186,8 @@ def greedy_answers(entry: Any, samples: list[Sample], spec: EvalSpec, tick: Any)
         for batch in _batches(samples, spec.batch_size):
             texts = [tok.apply_chat_template(s.messages, tokenize=False,
                                              add_generation_prompt=True,
-                                             chat_template=chat_template(tok)) for s in batch]
+                                             chat_template=chat_template(tok),
+                                             **entry.template_kwargs) for s in batch]
             with entry.active() as module, torch.inference_mode():
                 inputs = tok(texts, return_tensors="pt", padding=True,
                              add_special_tokens=False).to(module.device)

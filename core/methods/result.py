@@ -16,9 +16,11 @@ MANIFEST = "studio.json"
 
 
 def save_trained(model: Any, out_dir: str | Path, cfg: Any, tokenizer: Any = None,
-                 state_dict: dict[str, Any] | None = None) -> Path:
-    """Write the method's weights, the tokenizer and studio.json into `out_dir`. A sharded
-    run (ZeRO-3, FSDP) passes the weights its processes gathered as `state_dict`."""
+                 state_dict: dict[str, Any] | None = None,
+                 extra: dict[str, Any] | None = None) -> Path:
+    """Write the method's weights, the tokenizer and studio.json (with `extra`'s fields)
+    into `out_dir`. A sharded run (ZeRO-3, FSDP) passes the weights its processes gathered
+    as `state_dict`."""
     from core.methods import implementation
 
     out = Path(out_dir)
@@ -26,14 +28,16 @@ def save_trained(model: Any, out_dir: str | Path, cfg: Any, tokenizer: Any = Non
     implementation(cfg.method).save(model, out, cfg, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
-    manifest = {"method": cfg.method, "model": cfg.model, "settings": cfg.to_dict()}
+    manifest = {"method": cfg.method, "model": cfg.model, "settings": cfg.to_dict(),
+                **(extra or {})}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
                                 encoding="utf-8")
     return out
 
 
 def save_result(model: Any, out_dir: str | Path, cfg: Any, tokenizer: Any = None,
-                state_dict: dict[str, Any] | None = None) -> Path:
+                state_dict: dict[str, Any] | None = None,
+                extra: dict[str, Any] | None = None) -> Path:
     """`save_trained` made whole-or-nothing: written into a hidden sibling folder and
     renamed into place, so a kill, a crash or a full disk never leaves a half-written
     folder that pickers would offer as a result. On a full disk the partial folder is
@@ -47,7 +51,7 @@ def save_result(model: Any, out_dir: str | Path, cfg: Any, tokenizer: Any = None
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        save_trained(model, tmp, cfg, tokenizer, state_dict)
+        save_trained(model, tmp, cfg, tokenizer, state_dict, extra)
         if out.exists():  # a rerun of the same step: replace, never merge
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -67,6 +71,16 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{out_dir} is not a trained result of PEFT Studio: it has no {MANIFEST}"
         ) from None
+
+
+def template_kwargs(out_dir: str | Path) -> dict[str, Any]:
+    """The chat template switches a result's replies were trained under (Qwen3's
+    `enable_thinking`: core.data.encode.chat_template_kwargs); {} for results saved before
+    they were recorded, which rendered the template's defaults."""
+    try:
+        return dict(read_manifest(out_dir).get("chat_template_kwargs") or {})
+    except (FileNotFoundError, ValueError):
+        return {}
 
 
 def generate_extras(model: Any) -> dict[str, Any]:

@@ -35,6 +35,9 @@ class StopRequest:
         # Set by train() for a run whose weights are sharded (ZeRO-3, FSDP): every rank
         # takes part in gathering them (core.ranks.state_gatherer).
         self.gather: Any = None
+        # What every saved result's studio.json says beside the settings (set by train():
+        # the chat template switches its data was rendered with, core.data.encode).
+        self.manifest: dict[str, Any] = {}
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
@@ -77,7 +80,7 @@ class StopRequest:
             if ranks.rank() != 0:
                 self.result_saved = final
                 return out_dir
-            saved = save_result(model, out_dir, cfg, tokenizer, state)
+            saved = save_result(model, out_dir, cfg, tokenizer, state, self.manifest)
             self.result_saved = final
             return saved
         finally:

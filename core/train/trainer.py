@@ -63,6 +63,8 @@ def train(cfg: RunConfig, run_dir: Path, events: EventWriter, stop: StopRequest)
     tokenizer = models.load_tokenizer(cfg.model, cfg.trust_remote_code)
     train_items, eval_items, stats = recipe.data(cfg, tokenizer)
     data_notes = stats.pop("notes", None) or []  # how the data was rendered (core.data)
+    if stats.get("chat_template_kwargs"):
+        stop.manifest["chat_template_kwargs"] = stats["chat_template_kwargs"]
     print(f"data: {stats}", flush=True)
     if stop.requested:
         raise KeyboardInterrupt
