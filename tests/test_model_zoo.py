@@ -233,3 +233,35 @@ def test_qwen3_run_without_reasoning_chats_after_the_empty_thinking_block(
     assert engine.render(Target(str(zoo["qwen3"])), hi).endswith("<|im_start|>assistant\n")
     reasoned, _ = trained("qwen3")  # one reply of its data reasons: the default stays
     assert engine.render(run_target(reasoned), hi).endswith("<|im_start|>assistant\n")
+
+
+def test_a_conversation_the_template_refuses_is_named_by_file_and_row(zoo, tmp_path):
+    """A model's own template may refuse what the studio's row check lets through
+    (Mistral's refuses tool-call ids that are not 9 characters): the run stops before
+    the model loads, naming the file and the row to fix."""
+    import shutil
+
+    from core.data.encode import build_datasets
+    from core.data.errors import DataError
+    from core.models import load_tokenizer
+
+    model = tmp_path / "strict"
+    shutil.copytree(zoo["llama"], model)
+    tok = load_tokenizer(str(model))
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['content'] | length > 20 %}"
+        "{{ raise_exception('messages must be at most 20 characters') }}{% endif %}"
+        "{{ m['role'] + ': ' + m['content'] + eos_token }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
+    tok.save_pretrained(str(model))
+    good = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    long = [{"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello there, how are you today?"}]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("\n".join(json.dumps({"messages": m}) for m in (good, good, long, good)),
+                    encoding="utf-8")
+    cfg = RunConfig(model=str(model), dataset=[str(path)], val_size=0.25)
+    with pytest.raises(DataError) as caught:
+        build_datasets(cfg, load_tokenizer(cfg.model))
+    assert caught.value.row == 3 and caught.value.file == str(path), caught.value
+    assert "messages must be at most 20 characters" in str(caught.value), caught.value

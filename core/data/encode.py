@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -375,8 +375,8 @@ def build_datasets(
         train = encode_text(tokenizer, [_document(e) for e in train_ex], cutoff_len=cfg.cutoff_len)
         evals = encode_text(tokenizer, [_document(e) for e in eval_ex], cutoff_len=cfg.cutoff_len)
     else:
-        (train, evals), notes, template_kwargs = _encode_chats(tokenizer, cfg,
-                                                               (train_ex, eval_ex))
+        (train, evals), notes, template_kwargs = _encode_chats(
+            tokenizer, cfg, (train_ex, eval_ex), examples.where)
         lengths = [e.length for e in train + evals]
         truncated = sum(e.truncated for e in train + evals)
         # A sample cut before its first reply token would only add padding to a batch.
@@ -414,17 +414,28 @@ def build_datasets(
 
 
 def _encode_chats(tokenizer: Any, cfg: RunConfig, parts: tuple[list[dict], ...],
-                  ) -> tuple[list[list[Encoded]], list[str]]:
-    """Each part's conversations as samples, and what rendering them folded or split,
-    with how many conversations (replies, for those split off) it was."""
+                  where: Callable[[dict], tuple[str, int] | None] = lambda e: None,
+                  ) -> tuple[list[list[Encoded]], list[str], dict[str, Any]]:
+    """Each part's conversations as samples, what rendering them folded or split (with
+    how many conversations, or replies for those split off, it was) and the template
+    switches they were rendered with. A conversation the template refuses is named by
+    `where` (its file and row)."""
     counts: dict[str, int] = {}
     out = []
     quiet = reasoned = 0
     for part in parts:
         encoded: list[Encoded] = []
         for e in part:
-            samples, rendered = encode_conversation(tokenizer, e["messages"], cfg.cutoff_len,
-                                                    cfg.train_on_prompt, e.get("tools"))
+            try:
+                samples, rendered = encode_conversation(tokenizer, e["messages"],
+                                                        cfg.cutoff_len, cfg.train_on_prompt,
+                                                        e.get("tools"))
+            except DataError as exc:
+                found = where(e)
+                if found is None or exc.row is not None:
+                    raise
+                raise DataError(f"{exc.reason}; fix this row or leave it out", file=found[0],
+                                row=found[1]) from None
             encoded += samples
             quiet, reasoned = quiet + rendered.quiet, reasoned + rendered.reasoned
             for note in rendered.notes:

@@ -24,9 +24,20 @@ def load_examples(dataset: list[str], cfg: RunConfig | Any) -> list[dict[str, An
 
 
 class Examples(list):
-    """A run's examples, and how many each dataset gave when they were mixed (or None)."""
+    """A run's examples, how many each dataset gave when they were mixed (or None), and
+    where each came from: the examples are the dicts a trainer takes, with no room for a
+    row number, so an error found while rendering one (its chat template refuses it)
+    names its file and row through `where`."""
 
     mix: dict[str, int] | None = None
+
+    def __init__(self, items: Any = ()) -> None:
+        super().__init__(items)
+        self.origin: dict[int, tuple[str, int]] = {}
+
+    def where(self, example: dict[str, Any]) -> tuple[str, int] | None:
+        """(file, row number) of one of these examples, or None."""
+        return self.origin.get(id(example))
 
 
 def load_for_stage(cfg: RunConfig) -> Examples:
@@ -40,9 +51,11 @@ def load_for_stage(cfg: RunConfig) -> Examples:
         if problem:
             raise DataError(problem)
         parts.append(load_one(name, cfg, entry))
-    if not cfg.dataset_weights:
-        return Examples(ex for part in parts for ex in part)
-    return mix(parts, cfg.dataset, cfg.dataset_weights, cfg.seed)
+    out = (Examples(ex for part in parts for ex in part) if not cfg.dataset_weights else
+           mix(parts, cfg.dataset, cfg.dataset_weights, cfg.seed))
+    for part in parts:
+        out.origin.update(getattr(part, "origin", {}))
+    return out
 
 
 def mix(parts: list[list[dict[str, Any]]], names: list[str], weights: list[float],
@@ -65,7 +78,7 @@ def mix(parts: list[list[dict[str, Any]]], names: list[str], weights: list[float
     return out
 
 
-def load_one(name: str, cfg: RunConfig | Any, entry: Any = None) -> list[dict[str, Any]]:
+def load_one(name: str, cfg: RunConfig | Any, entry: Any = None) -> Examples:
     """One dataset's examples (`entry`: its registry entry, when already resolved)."""
     entry = entry or resolve(name)
     rows, present = read_rows(entry.path, entry.text_split)
@@ -79,11 +92,13 @@ def load_one(name: str, cfg: RunConfig | Any, entry: Any = None) -> list[dict[st
         "name": getattr(cfg, "identity_name", ""),
         "author": getattr(cfg, "identity_author", ""),
     }
-    return [
+    out = Examples(
         to_example(row, entry.format, cols, file=entry.path, row_number=i,
                    placeholders=placeholders)
         for i, row in enumerate(rows, 1)
-    ]
+    )
+    out.origin = {id(ex): (str(entry.path), i) for i, ex in enumerate(out, 1)}
+    return out
 
 
 def split_train_eval(examples: list[dict[str, Any]], seed: int,
