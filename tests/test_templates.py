@@ -97,3 +97,20 @@ def test_reasoning_on_a_template_without_it_is_trained_as_written_and_said(token
     assert trained_runs(tok, samples) == [
         "<think>\nFrance: Paris.\n</think>\n\nParis.<|im_end|>"]
     assert rendered.notes == [REASONING_FOLDED]
+
+
+def test_the_preview_sets_a_reply_trained_on_its_own_apart(tokenizers):
+    """What the model sees (the Data tab) shows the whole conversation, then a divider,
+    then the first reply as the sample it is trained in; the divider is neither trained
+    nor masked text, and the Data tab marks it as the next sample."""
+    from core.data.encode import preview
+    from webui.tabs.data.view import SAMPLE, marked
+
+    segments = preview(tokenizers["qwen3"], [U1, A1, U2, A2], cutoff_len=4096)
+    dividers = [text for text, trained in segments if trained is None]
+    assert len(dividers) == 1 and "sample 2 of 2" in dividers[0], segments
+    after = "".join(text for text, _ in segments).split(dividers[0])[1]
+    assert after.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\nParis.<|im_end|>\n")
+    assert [label for _, label in marked(segments)].count(SAMPLE) == 1
+    assert all(trained is not None for _, trained in preview(tokenizers["chatml"],
+                                                              [U1, A1, U2, A2], 4096))

@@ -106,6 +106,10 @@ NOT_IN_PLACE = ("{n} earlier replies are trained as samples of their own, each w
                 "in the whole conversation it is not what the model writes at that turn")
 
 
+SAMPLE_DIVIDER = ("\n\n── sample {k} of {n} from this conversation: a reply trained on its own, "
+                  "with the turns before it ──\n\n")
+
+
 def render(tokenizer: Any, messages: list[dict], tools: list[dict] | None = None) -> Rendered:
     """The training samples of one conversation. A reply's span is what the model writes
     after the template's generation prompt: its text, tool calls and end-of-turn token,
@@ -254,13 +258,17 @@ def prompt_text(tokenizer: Any, messages: list[dict]) -> str:
 def preview(
     tokenizer: Any, messages: list[dict], cutoff_len: int, train_on_prompt: bool = False,
     max_chars: int | None = None, tools: list[dict] | None = None,
-) -> list[tuple[str, bool]]:
+) -> list[tuple[str, bool | None]]:
     """The text the model sees, as consecutive (segment, trained) pieces, cut where
     cutoff_len cuts the tokens; a conversation trained as several samples (see `render`)
-    shows them one after the other. With `max_chars`, only that many characters of each
-    rendered sample are tokenized (see `bounded_lengths`)."""
-    segments: list[tuple[str, bool]] = []
-    for text, spans in render(tokenizer, messages, tools).samples:
+    shows them one after the other, each after a divider piece whose flag is None. With
+    `max_chars`, only that many characters of each rendered sample are tokenized (see
+    `bounded_lengths`)."""
+    segments: list[tuple[str, bool | None]] = []
+    samples = render(tokenizer, messages, tools).samples
+    for k, (text, spans) in enumerate(samples, 1):
+        if k > 1:
+            segments.append((SAMPLE_DIVIDER.format(k=k, n=len(samples)), None))
         if max_chars is not None and len(text) > max_chars:
             text = text[:max_chars]
             spans = [(min(a, max_chars), min(b, max_chars)) for a, b in spans]

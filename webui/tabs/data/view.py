@@ -18,8 +18,8 @@ from webui import guard, probe
 from webui.tabs.data.upload import cell_text
 
 PAGE_SIZE = 10
-TRAINED, MASKED = "trained", "masked"
-COLOR_MAP = {TRAINED: "#2da44e", MASKED: "#d8dee4"}
+TRAINED, MASKED, SAMPLE = "trained", "masked", "next sample"
+COLOR_MAP = {TRAINED: "#2da44e", MASKED: "#d8dee4", SAMPLE: "#f5d76e"}
 
 
 LISTING_COLUMNS = ["name", "format", "file", "split", "description"]
@@ -99,8 +99,10 @@ class ModelView:
                 "pair": self.kind == "pairwise"}
 
 
-def _marked(pieces: list[tuple[str, bool]]) -> Segments:
-    return [(text, TRAINED if trained else MASKED) for text, trained in pieces]
+def marked(pieces: list[tuple[str, bool | None]]) -> Segments:
+    # None: the divider before a reply trained as a sample of its own (core.data.encode).
+    return [(text, SAMPLE if trained is None else TRAINED if trained else MASKED)
+            for text, trained in pieces]
 
 
 def model_view(model: str | None, dataset: str, sample: int, cutoff_len: int,
@@ -127,7 +129,7 @@ def model_view(model: str | None, dataset: str, sample: int, cutoff_len: int,
     index = min(max(1, wanted), max(1, len(samples)))
     if answer.get("kind") in ("pairwise", "kto"):
         return _preference_view(answer, index, int(cutoff_len))
-    segments = _marked(samples[index - 1] if samples else [])
+    segments = marked(samples[index - 1] if samples else [])
     cut = sum(n > cutoff_len for n in lengths)
     title = (f"{cut} of {count} samples are longer than the cut-off and would be cut"
              if cut else f"all {count} samples fit in the cut-off")
@@ -176,10 +178,10 @@ def _preference_view(answer: dict[str, Any], index: int, cutoff_len: int) -> Mod
                    f"{cutoff_len} · green tokens are the replies' trained tokens"
                    + partial_note(answer, index))
         return ModelView([], figure, summary, index, count, kind, one["prompt"],
-                         _marked(one.get("chosen", [])), _marked(one.get("rejected", [])))
+                         marked(one.get("chosen", [])), marked(one.get("rejected", [])))
     label = "✔ desirable" if one.get("label") else "✘ undesirable"
     summary = (f"Sample **{index}** of {count}: **{label}** reply · "
                f"{lengths[index - 1] if lengths else 0} tokens with the prompt · **{cut}** "
                f"cut at {cutoff_len}" + partial_note(answer, index))
-    return ModelView(_marked(one.get("completion", [])), figure, summary, index, count, kind,
+    return ModelView(marked(one.get("completion", [])), figure, summary, index, count, kind,
                      one["prompt"])
