@@ -105,3 +105,17 @@ def test_within_30_percent_of_the_measured_peak_on_cpu(tiny_model_dir, saves, da
     assert 0.7 < est.total / 2**20 / measured < 1.3, (est.parts(), measured)
     blind = me.estimate(result, settings, on_gpu=False, bf16=False)
     assert blind.total / 2**20 > 2 * measured
+
+
+def test_the_estimate_counts_the_mix_the_run_draws(tiny_model_dir, saves):
+    """With dataset weights the Train tab says how many rows each dataset gives, the
+    counts the run's own loader draws at Start, and sizes activations from those rows."""
+    from core.data.loader import load_for_stage
+
+    values = {"model": str(tiny_model_dir), "dataset": ["identity", "sentiment"],
+              "dataset_weights": [0.7, 0.3], "batch_size": 8}
+    drawn = load_for_stage(RunConfig(**values)).mix
+    text = training.memory_markdown(values, training.count_parameters(values))
+    said = ", ".join(f"{name} {n:,} of" for name, n in drawn.items())
+    assert all(f"{name} {n:,} of" in text for name, n in drawn.items()), (text, said)
+    assert f"({sum(drawn.values()):,} samples" in text, text

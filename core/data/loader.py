@@ -63,19 +63,30 @@ def mix(parts: list[list[dict[str, Any]]], names: list[str], weights: list[float
     """The datasets interleaved at `weights` (normalised) until one runs out, each in its
     own order, drawn with `seed`: datasets' interleave_datasets (LLaMA-Factory's
     interleave_under), run on row numbers so that any example shape mixes."""
+    order = draw_order([len(p) for p in parts], weights, seed)
+    out = Examples(parts[k][i] for k, i in order)
+    out.mix = mix_counts(names, order)
+    return out
+
+
+def draw_order(sizes: list[int], weights: list[float], seed: int) -> list[tuple[int, int]]:
+    """(dataset index, row index) of each example `mix` draws from datasets of `sizes`
+    rows: the Train tab counts the mix a run will draw from it without reading a row."""
     from datasets import Dataset, interleave_datasets
 
     total = sum(weights)
-    indexed = [Dataset.from_dict({"part": [k] * len(p), "row": list(range(len(p)))})
-               for k, p in enumerate(parts)]
+    indexed = [Dataset.from_dict({"part": [k] * n, "row": list(range(n))})
+               for k, n in enumerate(sizes)]
     drawn = interleave_datasets(indexed, probabilities=[w / total for w in weights],
                                 seed=seed, stopping_strategy="first_exhausted")
-    out = Examples(parts[k][i] for k, i in zip(drawn["part"], drawn["row"], strict=True))
-    counts = [0] * len(parts)
-    for k in drawn["part"]:
+    return list(zip(drawn["part"], drawn["row"], strict=True))
+
+
+def mix_counts(names: list[str], order: list[tuple[int, int]]) -> dict[str, int]:
+    counts = [0] * len(names)
+    for k, _ in order:
         counts[k] += 1
-    out.mix = dict(zip(names, counts, strict=True))
-    return out
+    return dict(zip(names, counts, strict=True))
 
 
 def load_one(name: str, cfg: RunConfig | Any, entry: Any = None) -> Examples:
