@@ -161,6 +161,7 @@ def test_gguf_refusals_name_the_family():
     from core.export.gguf import refusal
 
     assert "this model is 'gpt2'" in refusal({"model_type": "gpt2"})
+    assert "cannot load back" in refusal({"model_type": "mixtral"})
     assert "qwen3_moe: norm_topk_prob is false" in refusal({"model_type": "qwen3_moe",
                                                             "norm_topk_prob": False})
     assert "query_pre_attn_scalar 144 is not the head size 128" in refusal(

@@ -72,6 +72,11 @@ def file_name(name: str, gguf_type: str) -> str:
 def refusal(config: dict[str, Any]) -> str | None:
     """Why a model with this config.json cannot be written as GGUF here, or None."""
     model_type = config.get("model_type")
+    if model_type == "mixtral":
+        return ("mixtral: llama.cpp keeps Mixtral as a llama model with experts, which "
+                "transformers' GGUF reader cannot load back, so this exporter could not verify "
+                "the file it wrote; export safetensors and convert it with llama.cpp's "
+                "convert_hf_to_gguf.py")
     if model_type not in ARCHS:
         return (f"GGUF export supports {', '.join(ARCHS)}; this model is "
                 f"{model_type!r}. Export safetensors and convert it with llama.cpp's "
