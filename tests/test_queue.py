@@ -169,3 +169,24 @@ def test_bad_sweeps_are_refused_with_every_problem(saves):
         ({"lora_rank": 4, "method": "lora"}, "lora"), ({"method": "ia3"}, "ia3"),
         ({"lora_rank": 8, "method": "lora"}, "lora")]
     assert [c.run_name for _, c in runs] == ["s-4-lora", "s-ia3", "s-8-lora"]
+
+
+@pytest.mark.parametrize("damage", [b"{\"entries\": [", b"[1, 2]", b"\xff\xfe"])
+def test_a_damaged_queue_is_refused_with_what_to_do_and_kept(saves, capsys, damage):
+    """A queue.json cut short, of the wrong shape or not text: every reader and writer
+    refuses it naming the file and what to do (the CLI exits 1, the Train tab's table
+    says so in its one row, queueing a run says so), and the file is left as it was:
+    the runs it names are the user's work."""
+    from webui.tabs.train import queue as panel
+
+    state = queue.queue_dir(saves) / "queue.json"
+    state.parent.mkdir(parents=True)
+    state.write_bytes(damage)
+    assert cli(["queue", "list"]) == 1
+    said = capsys.readouterr()
+    assert "move it aside to start an empty queue" in said.out + said.err, said
+    row = panel.table().iloc[0]
+    assert row["Status"] == "damaged" and "move it aside" in " ".join(map(str, row)), row
+    with pytest.raises(queue.QueueError, match="move it aside"):
+        queue.add([RunConfig(dataset=["identity"])])
+    assert state.read_bytes() == damage
