@@ -35,7 +35,7 @@ def measure(method: str, dataset: str, steps: int, saves: Path) -> dict:
     run = runner.start(RunConfig(**values), saves)
     status = runner.wait(run, timeout=3600)
     end = next((e for e in read_events(run)[0] if e["type"] == "end"), {})
-    settings = {**RunConfig().to_dict(), **values}
+    settings = RunConfig(**values).to_dict()
     lengths, share, _ = training.data_lengths(settings)
     result = training.count_parameters(values)
     est = me.estimate(result, settings, on_gpu=False, bf16=False, lengths=lengths,
