@@ -98,6 +98,9 @@ def test_stage_settings_belong_to_their_stage():
     assert "pref_beta" not in RunConfig().to_dict()  # SFT YAML stays as it was
     cfg = RunConfig(stage="kto", pref_beta=0.3, kto_desirable_weight=2.0)
     assert RunConfig.from_yaml(cfg.to_yaml()) == cfg
+    # TRL's KTO fails a batch of one only once the model is loaded: refused before
+    with pytest.raises(ConfigError, match="batch_size: KTO needs at least 2"):
+        RunConfig(stage="kto", batch_size=1)
 
 
 # -- runs ------------------------------------------------------------------------------

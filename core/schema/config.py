@@ -468,6 +468,10 @@ def _cross_checks(v: dict[str, Any]) -> list[str]:
         problems.append("dataset: choose at least one dataset")
     if mix := _mix_problem(v):
         problems.append(mix)
+    if v["stage"] == "kto" and v["batch_size"] < 2:
+        # TRL's KTO pairs each reply with another of its batch for the KL term
+        problems.append("batch_size: KTO needs at least 2 (its KL term compares each reply "
+                        "with another one of the same batch); set 2 or more")
     if v["quantization"] != "none" and v["precision"] == "fp16":
         problems.append("precision: fp16 with a quantized base is unstable; use auto or bf16")
     if v["method"] == "prefix" and v["gradient_checkpointing"]:
