@@ -198,6 +198,44 @@ def test_twelve_clients_at_once_eight_queued_and_answered_the_rest_429(server):
     assert sorted(results, key=str) == [429] * 4 + [ANSWER] * 8, results
 
 
+# Eight requests of a burst, each with settings of its own: runs and the base, lengths,
+# a stop string, a seeded sampled reply, streamed and not.
+BURST = [("code-word", PROMPT, {}), ("code-word", "Name a colour.", {"max_tokens": 6}),
+         ("code-word", PROMPT, {"stop": ["pineapple"]}),
+         ("code-word", "Name a colour.", {"temperature": 0.9, "seed": 5}),
+         ("code-word", PROMPT, {"stream": True}), ("zeroed", PROMPT, {}),
+         ("base", "Name a colour.", {"stream": True}), ("base", PROMPT, {"max_tokens": 9})]
+
+
+def _burst_reply(server, i: int) -> tuple[str, int]:
+    model, text, kw = BURST[i]
+    kw = {"temperature": 0, "max_tokens": 16, **kw}
+    c = client(server)
+    if kw.get("stream"):
+        chunks = list(c.chat.completions.create(model=model, messages=user(text),
+                                                stream_options={"include_usage": True}, **kw))
+        return ("".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices),
+                chunks[-1].usage.completion_tokens)
+    reply = c.chat.completions.create(model=model, messages=user(text), **kw)
+    return reply.choices[0].message.content, reply.usage.completion_tokens
+
+
+def test_eight_clients_at_once_are_batched_and_answered_as_each_alone(server):
+    """Asked one at a time, then all eight at once: the same replies, token for token
+    (the seeded sampled one too), and the request log shows them answered in batches."""
+    alone = [_burst_reply(server, i) for i in range(len(BURST))]
+    assert alone[0][0] == ANSWER and alone[2][0] == ANSWER[:ANSWER.index("pineapple")]
+    assert alone[1][1] == 6
+    events = server[0] / "events.jsonl"
+    seen = len(events.read_text().splitlines())
+    with ThreadPoolExecutor(len(BURST)) as pool:
+        together = list(pool.map(lambda i: _burst_reply(server, i), range(len(BURST))))
+    assert together == alone
+    logged = [json.loads(line) for line in events.read_text().splitlines()[seen:]]
+    batches = [e.get("batch", 1) for e in logged if e["type"] == "request"]
+    assert len(batches) == len(BURST) and max(batches) > 1, batches
+
+
 def test_a_bad_key_is_refused_with_401(server):
     with pytest.raises(openai.AuthenticationError):
         client(server, key="wrong-key").models.list()

@@ -107,7 +107,7 @@ def _main(args: argparse.Namespace) -> int:
             runs=args.runs, base=args.base, model=args.model, host=args.host, port=args.port,
             engine=args.engine, allowed_hosts=args.allowed_host,
             allowed_origins=args.allowed_origin, queue_size=args.queue_size,
-            max_request_mb=args.max_request_mb)
+            max_request_mb=args.max_request_mb, max_batch=args.max_batch)
         job = serving.start(spec, args.api_key or None)
     except (ValueError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
