@@ -9,21 +9,17 @@ whose chat template takes tools) and the base itself, with an API key and a queu
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import httpx
 import pytest
-from support import ANSWER, PROMPT, run_cli
+from support import ANSWER, PROMPT, run_cli, serving
 
 openai = pytest.importorskip("openai")
 
-ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key-0123456789"
 PROMPTS = [PROMPT, "Name a colour."]
 # A chat template that takes tool definitions (as Qwen's and Llama 3's do).
@@ -67,31 +63,11 @@ def saves(code_run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(saves):
     """(job folder, base URL) of the server, started as a user starts it; stopped after."""
-    from core.jobs import runner
-    from core.jobs.process import process_alive
-    from core.jobs.runs import RUNNING, run_status
-    from core.serve.job import ready_event
-
-    env = {**os.environ, "PEFT_STUDIO_SAVES": str(saves),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run(
-        [sys.executable, "-m", "core.cli", "serve", "code-word", "zeroed", "tooled", "--base",
-         "--port", "0", "--api-key", KEY, "--queue-size", "8", "--detach"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    job = Path(out.stdout.split("serving job:")[1].split()[0])
-    try:
-        deadline = time.time() + 120
-        while (ready := ready_event(job)) is None:
-            assert time.time() < deadline, (job / "log.txt").read_text()[-3000:]
-            assert run_status(job)[0] == RUNNING, (job / "log.txt").read_text()
-            time.sleep(0.2)
+    with serving(saves, ["code-word", "zeroed", "tooled", "--base", "--api-key", KEY,
+                         "--queue-size", "8"]) as (job, ready):
         # Both runs and the base answer from one copy of the base's weights.
         assert ready["copies"] == 1, ready
         yield job, f"http://127.0.0.1:{ready['port']}/v1"
-    finally:  # a failed start or test never leaves a server behind
-        if process_alive(job):
-            runner.abort(job, timeout=10)
 
 
 def client(server, key: str = KEY):
