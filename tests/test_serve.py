@@ -175,12 +175,13 @@ def test_twelve_clients_at_once_eight_queued_and_answered_the_rest_429(server):
 
 
 # Eight requests of a burst, each with settings of its own: runs and the base, lengths,
-# a stop string, a seeded sampled reply, streamed and not.
+# a stop string, a seeded sampled reply, streamed and not, and a prompt that fills the
+# context but for a few tokens (so it cannot run as long as the base's other reply).
 BURST = [("code-word", PROMPT, {}), ("code-word", "Name a colour.", {"max_tokens": 6}),
          ("code-word", PROMPT, {"stop": ["pineapple"]}),
          ("code-word", "Name a colour.", {"temperature": 0.9, "seed": 5}),
          ("code-word", PROMPT, {"stream": True}), ("zeroed", PROMPT, {}),
-         ("base", "Name a colour.", {"stream": True}), ("base", PROMPT, {"max_tokens": 9})]
+         ("base", "Name a colour.", {"stream": True}), ("base", "word " * 470, {"max_tokens": 4})]
 
 
 def _burst_reply(server, i: int) -> tuple[str, int]:
@@ -210,6 +211,7 @@ def test_eight_clients_at_once_are_batched_and_answered_as_each_alone(server):
     logged = [json.loads(line) for line in events.read_text().splitlines()[seen:]]
     batches = [e.get("batch", 1) for e in logged if e["type"] == "request"]
     assert len(batches) == len(BURST) and max(batches) > 1, batches
+    assert [e["batch"] for e in logged if e.get("prompt_tokens", 0) > 400] == [1]
 
 
 def test_a_bad_key_is_refused_with_401(server):

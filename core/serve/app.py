@@ -166,17 +166,32 @@ class Scheduler:
         together = [p for p in prepared
                     if batchable(self.engine.entry(p[0].target).model, p[3])]
         for p in prepared:
-            if p not in together:
+            if not any(p is q for q in together):
                 try:
                     records[id(p[0])] = self._answer(*p)
                 except Exception as exc:
                     records[id(p[0])] = _failed([p[0]], exc)[0]
-        try:
-            answered = self._answer_batch(together) if together else []
-        except Exception as exc:
-            answered = _failed([p[0] for p in together], exc)
-        records.update((id(p[0]), record) for p, record in zip(together, answered, strict=True))
+        for group in self._fitting(together):
+            try:
+                answered = self._answer_batch(group)
+            except Exception as exc:
+                answered = _failed([p[0] for p in group], exc)
+            records.update((id(p[0]), record) for p, record in zip(group, answered, strict=True))
         return [records[id(w)] for w in batch]
+
+    def _fitting(self, prepared: list[tuple[Work, str, int, Any]]
+                 ) -> list[list[tuple[Work, str, int, Any]]]:
+        """Batches within the model's context: a batch runs as long as its longest reply,
+        and every row's positions grow with it (past the end of a learned position table,
+        GPT-2's, generate() would fail), so a prompt that cannot take that many more
+        tokens is a batch of its own."""
+        if not prepared:
+            return []
+        limit = context_length(self.engine, prepared[0][0].target)
+        longest = max(p[3].max_new_tokens for p in prepared)
+        fit = [p for p in prepared if limit is None or p[2] + longest <= limit]
+        return ([fit] if fit else []) + [[p] for p in prepared
+                                         if not any(p is q for q in fit)]
 
     def _prompt(self, work: Work) -> str:
         request = work.request

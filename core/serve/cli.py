@@ -68,6 +68,7 @@ def describe(event: dict[str, Any]) -> str | None:
         return (f"{event['code']} {event['endpoint']} {event['model']}: "
                 f"{event.get('prompt_tokens', 0)} + {event.get('completion_tokens', 0)} tokens"
                 + (f", {rate} tokens/s" if rate else "")
+                + (f" (a batch of {event['batch']})" if event.get("batch", 1) > 1 else "")
                 + (f": {event['error']}" if event.get("error") else ""))
     if kind == "end":
         return f"end: {event['status']} {event.get('note') or event.get('error') or ''}"

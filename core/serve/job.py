@@ -3,9 +3,9 @@ started, followed and stopped like an evaluation or an export (core/jobs/), hold
 device for as long as it serves.
 
 Its events: progress while models load, `ready` (url, engine, models) once it answers,
-one `request` per request answered (tokens, seconds, tokens/s: the Serve panel's log),
-and the end when it is stopped. The API key never touches the disk: the job gets it in
-its environment (PEFT_STUDIO_API_KEY).
+one `request` per request answered (tokens, seconds, tokens/s, the size of the batch it
+was answered in: the Serve panel's log), and the end when it is stopped. The API key
+never touches the disk: the job gets it in its environment (PEFT_STUDIO_API_KEY).
 """
 
 from __future__ import annotations
