@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from core.cli.main import main
@@ -75,3 +77,34 @@ def kill_after_first_checkpoint(run_dir: Path) -> None:
     while device_holder(run_dir.parent) is not None:  # every process is gone
         assert time.time() < deadline, "the killed run still holds the device"
         time.sleep(0.05)
+
+
+@contextmanager
+def serving(saves: Path, args: list[str]) -> Iterator[tuple[Path, dict]]:
+    """`peft-studio serve ARGS --port 0 --detach` started as a user starts it, in `saves`:
+    (its job folder, its ready event) once it answers; stopped afterwards, so a failed
+    start or test never leaves a server behind."""
+    import subprocess
+    import sys
+
+    from core.jobs.process import process_alive
+    from core.jobs.runs import RUNNING, run_status
+    from core.serve.job import ready_event
+
+    env = {**os.environ, "PEFT_STUDIO_SAVES": str(saves),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-m", "core.cli", "serve", *args, "--port", "0",
+                          "--detach"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    job = Path(out.stdout.split("serving job:")[1].split()[0])
+    try:
+        deadline = time.time() + 120
+        while (ready := ready_event(job)) is None:
+            assert time.time() < deadline, (job / "log.txt").read_text()[-3000:]
+            assert run_status(job)[0] == RUNNING, (job / "log.txt").read_text()
+            time.sleep(0.2)
+        yield job, ready
+    finally:
+        if process_alive(job):
+            runner.abort(job, timeout=10)

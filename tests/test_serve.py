@@ -9,21 +9,17 @@ whose chat template takes tools) and the base itself, with an API key and a queu
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import httpx
 import pytest
-from support import ANSWER, PROMPT, run_cli
+from support import ANSWER, PROMPT, run_cli, serving
 
 openai = pytest.importorskip("openai")
 
-ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key-0123456789"
 PROMPTS = [PROMPT, "Name a colour."]
 # A chat template that takes tool definitions (as Qwen's and Llama 3's do).
@@ -67,31 +63,11 @@ def saves(code_run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(saves):
     """(job folder, base URL) of the server, started as a user starts it; stopped after."""
-    from core.jobs import runner
-    from core.jobs.process import process_alive
-    from core.jobs.runs import RUNNING, run_status
-    from core.serve.job import ready_event
-
-    env = {**os.environ, "PEFT_STUDIO_SAVES": str(saves),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run(
-        [sys.executable, "-m", "core.cli", "serve", "code-word", "zeroed", "tooled", "--base",
-         "--port", "0", "--api-key", KEY, "--queue-size", "8", "--detach"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    job = Path(out.stdout.split("serving job:")[1].split()[0])
-    try:
-        deadline = time.time() + 120
-        while (ready := ready_event(job)) is None:
-            assert time.time() < deadline, (job / "log.txt").read_text()[-3000:]
-            assert run_status(job)[0] == RUNNING, (job / "log.txt").read_text()
-            time.sleep(0.2)
+    with serving(saves, ["code-word", "zeroed", "tooled", "--base", "--api-key", KEY,
+                         "--queue-size", "8"]) as (job, ready):
         # Both runs and the base answer from one copy of the base's weights.
         assert ready["copies"] == 1, ready
         yield job, f"http://127.0.0.1:{ready['port']}/v1"
-    finally:  # a failed start or test never leaves a server behind
-        if process_alive(job):
-            runner.abort(job, timeout=10)
 
 
 def client(server, key: str = KEY):
@@ -196,6 +172,46 @@ def test_twelve_clients_at_once_eight_queued_and_answered_the_rest_429(server):
         long.close()  # a client that goes away ends its generation
         results = [f.result() for f in futures]
     assert sorted(results, key=str) == [429] * 4 + [ANSWER] * 8, results
+
+
+# Eight requests of a burst, each with settings of its own: runs and the base, lengths,
+# a stop string, a seeded sampled reply, streamed and not, and a prompt that fills the
+# context but for a few tokens (so it cannot run as long as the base's other reply).
+BURST = [("code-word", PROMPT, {}), ("code-word", "Name a colour.", {"max_tokens": 6}),
+         ("code-word", PROMPT, {"stop": ["pineapple"]}),
+         ("code-word", "Name a colour.", {"temperature": 0.9, "seed": 5}),
+         ("code-word", PROMPT, {"stream": True}), ("zeroed", PROMPT, {}),
+         ("base", "Name a colour.", {"stream": True}), ("base", "word " * 470, {"max_tokens": 4})]
+
+
+def _burst_reply(server, i: int) -> tuple[str, int]:
+    model, text, kw = BURST[i]
+    kw = {"temperature": 0, "max_tokens": 16, **kw}
+    c = client(server)
+    if kw.get("stream"):
+        chunks = list(c.chat.completions.create(model=model, messages=user(text),
+                                                stream_options={"include_usage": True}, **kw))
+        return ("".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices),
+                chunks[-1].usage.completion_tokens)
+    reply = c.chat.completions.create(model=model, messages=user(text), **kw)
+    return reply.choices[0].message.content, reply.usage.completion_tokens
+
+
+def test_eight_clients_at_once_are_batched_and_answered_as_each_alone(server):
+    """Asked one at a time, then all eight at once: the same replies, token for token
+    (the seeded sampled one too), and the request log shows them answered in batches."""
+    alone = [_burst_reply(server, i) for i in range(len(BURST))]
+    assert alone[0][0] == ANSWER and alone[2][0] == ANSWER[:ANSWER.index("pineapple")]
+    assert alone[1][1] == 6
+    events = server[0] / "events.jsonl"
+    seen = len(events.read_text().splitlines())
+    with ThreadPoolExecutor(len(BURST)) as pool:
+        together = list(pool.map(lambda i: _burst_reply(server, i), range(len(BURST))))
+    assert together == alone
+    logged = [json.loads(line) for line in events.read_text().splitlines()[seen:]]
+    batches = [e.get("batch", 1) for e in logged if e["type"] == "request"]
+    assert len(batches) == len(BURST) and max(batches) > 1, batches
+    assert [e["batch"] for e in logged if e.get("prompt_tokens", 0) > 400] == [1]
 
 
 def test_a_bad_key_is_refused_with_401(server):

@@ -65,6 +65,9 @@ SERVING: dict[str, Setting] = by_name(
       "retry later).", "serving", label="Queue size", label_zh="队列长度", minimum=0,
       maximum=1024,
       help_zh="正在回答一个请求时最多等待的请求数；超出的返回 429（繁忙，请稍后重试）。"),
+    S("max_batch", 8, "Requests for one model answered together, as one batch (1: one at "
+      "a time).", "serving", label="Batch size", label_zh="批大小", minimum=1, maximum=256,
+      help_zh="同一模型的请求最多合并成一批一起回答的数量（1：逐个回答）。"),
     S("max_request_mb", 4.0, "Largest request body, in MB; larger ones get 413.", "serving",
       label="Max request size (MB)", label_zh="最大请求大小（MB）", minimum=0.01,
       maximum=1024.0, help_zh="请求体的最大大小（MB）；超出的返回 413。"),

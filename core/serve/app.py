@@ -1,10 +1,12 @@
 """The OpenAI-compatible HTTP app of the studio engine: FastAPI routes in front of one
-`Scheduler`, a thread that owns the chat Engine (core/chat/engine.py) and answers one
-request at a time, through the same rendering and generation as the Chat tab.
+`Scheduler`, a thread that owns the chat Engine (core/chat/engine.py) and answers through
+the same rendering and generation as the Chat tab.
 
-One at a time, because the runs of one base share its weights as adapters switched per
-request (see Engine); requests beyond the one answered wait in a bounded queue, and
-beyond that are refused with 429 at once, so a burst never piles up unseen.
+Requests waiting for the same model (run or base) are answered together, as one padded
+batch (core/serve/batch.py), up to --max-batch; those for different models take turns,
+since the runs of one base share its weights as adapters switched per request (see
+Engine). Requests beyond those answered wait in a bounded queue, and beyond that are
+refused with 429 at once, so a burst never piles up unseen.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import queue
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,6 +28,8 @@ from starlette.requests import Request as HttpRequest
 from core.chat.engine import Engine, Reply
 from core.jobs.runs import Target
 from core.serve import hosts, protocol
+from core.serve.batch import Row, batchable
+from core.serve.batch import generate as generate_batch
 from core.serve.protocol import ApiError, Request, StopFilter
 
 
@@ -72,56 +77,121 @@ def context_length(engine: Engine, target: Target) -> int | None:
     return value if isinstance(value, int) and 0 < value < 10**7 else None
 
 
+# How long the first request waits for others to arrive with it: a batch started alone
+# makes the ones a moment behind it wait for its whole reply.
+BATCH_WAIT = 0.05
+
+
 class Scheduler:
-    """The thread that answers requests, one at a time, in the order they came."""
+    """The thread that answers requests in the order they came: the first one waiting, and
+    with it up to `max_batch - 1` others waiting for the same model, as one batch
+    (core/serve/batch.py; a batch of one when it came alone). What cannot share a batch
+    (a prompt-learning adapter; sampling on a model whose generation config adds warpers
+    of its own) goes through the Chat tab's own streaming, one at a time."""
 
     def __init__(self, engine: Engine, models: dict[str, Target], queue_size: int,
-                 on_done: Callable[[dict[str, Any]], None] = lambda record: None) -> None:
+                 on_done: Callable[[dict[str, Any]], None] = lambda record: None,
+                 max_batch: int = 1) -> None:
         self.engine, self.models, self.on_done = engine, models, on_done
-        self.pending: queue.Queue = queue.Queue(maxsize=max(queue_size, 1))
-        self.queue_size = queue_size
-        self.current: Work | None = None
+        self.queue_size, self.max_batch = queue_size, max(max_batch, 1)
+        self.pending: deque[Work] = deque()
+        self.ready = threading.Condition()
+        self.closed = False
+        self.current: list[Work] = []
         self.thread = threading.Thread(target=self._loop, name="serve-scheduler", daemon=True)
         self.thread.start()
 
     def submit(self, work: Work) -> None:
-        busy = self.current is not None
-        if self.queue_size == 0 and busy:
-            raise queue.Full
-        self.pending.put_nowait(work)
+        with self.ready:
+            busy = bool(self.current)
+            if len(self.pending) >= max(self.queue_size, 1) or (self.queue_size == 0 and busy):
+                raise queue.Full
+            self.pending.append(work)
+            self.ready.notify()
 
     def close(self) -> None:
-        """Stop answering: the reply under way ends at its next token, waiting ones get 503."""
-        if self.current is not None:
-            self.current.cancel.set()
-        while True:
-            try:
-                work = self.pending.get_nowait()
-            except queue.Empty:
-                break
-            work.post("error", error=ApiError(503, "the server is stopping", kind="server_error"))
-        self.pending.put(None)
+        """Stop answering: the replies under way end at their next token, waiting ones get
+        503."""
+        with self.ready:
+            self.closed = True
+            for work in self.current:
+                work.cancel.set()
+            while self.pending:
+                self.pending.popleft().post("error", error=ApiError(
+                    503, "the server is stopping", kind="server_error"))
+            self.ready.notify()
+
+    def _next(self) -> list[Work]:
+        """The next batch: the first request waiting, and those for the same model that
+        arrive with it (clients sending at once are a few milliseconds apart)."""
+        with self.ready:
+            while not self.pending and not self.closed:
+                self.ready.wait()
+            if self.closed:
+                return []
+            batch = [self.pending.popleft()]
+            deadline = time.time() + (BATCH_WAIT if self.max_batch > 1 else 0)
+            while len(batch) < self.max_batch:
+                same = [w for w in self.pending if w.target.key == batch[0].target.key]
+                for work in same[:self.max_batch - len(batch)]:
+                    self.pending.remove(work)
+                    batch.append(work)
+                left = deadline - time.time()
+                if len(batch) >= self.max_batch or left <= 0:
+                    break
+                self.ready.wait(left)
+            self.current = batch
+            return batch
 
     def _loop(self) -> None:
-        while (work := self.pending.get()) is not None:
-            if work.cancel.is_set():  # its client went away while it waited
-                continue
-            self.current = work
+        while batch := self._next():
+            live = [w for w in batch if not w.cancel.is_set()]  # gone while they waited
+            records = self._answer_all(live) if live else []
+            with self.ready:
+                self.current = []
+            for work, record in zip(live, records, strict=True):
+                self.on_done({"endpoint": work.endpoint, "model": work.request.model,
+                              "waited": round(time.time() - work.queued, 3), **record})
+
+    def _answer_all(self, batch: list[Work]) -> list[dict[str, Any]]:
+        """One record per request: each refused on its own, the rest answered together
+        where they can be."""
+        records: dict[int, dict[str, Any]] = {}
+        prepared: list[tuple[Work, str, int, Any]] = []
+        for work in batch:
             try:
-                record = self._answer(work)
-            except ApiError as exc:
-                work.post("error", error=exc)
-                record = {"code": exc.status, "error": exc.message}
-            except Exception as exc:  # the client hears it; the server stays up
-                print(f"error answering a request: {type(exc).__name__}: {exc}",
-                      file=sys.stderr, flush=True)
-                work.post("error", error=ApiError(500, f"{type(exc).__name__}: {exc}",
-                                                  kind="server_error"))
-                record = {"code": 500, "error": f"{type(exc).__name__}: {exc}"[:300]}
-            finally:
-                self.current = None
-            self.on_done({"endpoint": work.endpoint, "model": work.request.model,
-                          "waited": round(time.time() - work.queued, 3), **record})
+                prepared.append((work, *self._prepare(work)))
+            except Exception as exc:
+                records[id(work)] = _failed([work], exc)[0]
+        together = [p for p in prepared
+                    if batchable(self.engine.entry(p[0].target).model, p[3])]
+        for p in prepared:
+            if not any(p is q for q in together):
+                try:
+                    records[id(p[0])] = self._answer(*p)
+                except Exception as exc:
+                    records[id(p[0])] = _failed([p[0]], exc)[0]
+        for group in self._fitting(together):
+            try:
+                answered = self._answer_batch(group)
+            except Exception as exc:
+                answered = _failed([p[0] for p in group], exc)
+            records.update((id(p[0]), record) for p, record in zip(group, answered, strict=True))
+        return [records[id(w)] for w in batch]
+
+    def _fitting(self, prepared: list[tuple[Work, str, int, Any]]
+                 ) -> list[list[tuple[Work, str, int, Any]]]:
+        """Batches within the model's context: a batch runs as long as its longest reply,
+        and every row's positions grow with it (past the end of a learned position table,
+        GPT-2's, generate() would fail), so a prompt that cannot take that many more
+        tokens is a batch of its own."""
+        if not prepared:
+            return []
+        limit = context_length(self.engine, prepared[0][0].target)
+        longest = max(p[3].max_new_tokens for p in prepared)
+        fit = [p for p in prepared if limit is None or p[2] + longest <= limit]
+        return ([fit] if fit else []) + [[p] for p in prepared
+                                         if not any(p is q for q in fit)]
 
     def _prompt(self, work: Work) -> str:
         request = work.request
@@ -153,13 +223,17 @@ class Scheduler:
                            code="context_length_exceeded")
         return replace(settings, max_new_tokens=min(settings.max_new_tokens, room))
 
-    def _answer(self, work: Work) -> dict[str, Any]:
-        import torch
-
+    def _prepare(self, work: Work) -> tuple[str, int, Any]:
+        """(prompt text, its token count, the settings fitted to the context)."""
         text = self._prompt(work)
         tokenizer = self.engine.entry(work.target).tokenizer
         prompt_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        settings = self._bounded(work, prompt_tokens)
+        return text, prompt_tokens, self._bounded(work, prompt_tokens)
+
+    def _answer(self, work: Work, text: str, prompt_tokens: int, settings: Any
+                ) -> dict[str, Any]:
+        import torch
+
         if work.request.seed is not None:
             torch.manual_seed(work.request.seed)
         work.post("begin", prompt_tokens=prompt_tokens)
@@ -170,17 +244,63 @@ class Scheduler:
                 work.post("text", text=shown)
             if stops.hit:
                 work.cancel.set()  # and read on: generation ends at its next token
-        tail = stops.flush()
-        if tail:
-            work.post("text", text=tail)
-        ran_out = reply.tokens >= settings.max_new_tokens and not stops.hit
-        finish = "length" if ran_out else "stop"
-        work.post("end", finish=finish, prompt_tokens=prompt_tokens,
-                  completion_tokens=reply.tokens)
-        rate = reply.tokens / reply.seconds if reply.seconds > 0 else 0.0
-        return {"code": 200, "prompt_tokens": prompt_tokens,
-                "completion_tokens": reply.tokens, "seconds": round(reply.seconds, 3),
-                "tokens_per_second": round(rate, 1), "finish": finish}
+        return _finish(work, stops, prompt_tokens, reply.tokens, reply.seconds,
+                       settings.max_new_tokens)
+
+    def _answer_batch(self, prepared: list[tuple[Work, str, int, Any]]
+                      ) -> list[dict[str, Any]]:
+        entry = self.engine.entry(prepared[0][0].target)
+        rows, stops = [], []
+        for work, text, prompt_tokens, settings in prepared:
+            stop = StopFilter(work.request.stop)
+            rows.append(Row(entry.tokenizer(text, add_special_tokens=False)["input_ids"],
+                            settings, work.request.seed, _shown(work, stop), work.cancel))
+            stops.append(stop)
+            work.post("begin", prompt_tokens=prompt_tokens)
+        seconds = generate_batch(entry, rows)
+        return [{**_finish(work, stop, prompt_tokens, row.tokens, seconds,
+                           settings.max_new_tokens), "batch": len(rows)}
+                for (work, _, prompt_tokens, settings), row, stop
+                in zip(prepared, rows, stops, strict=True)]
+
+
+def _failed(works: list[Work], exc: Exception) -> list[dict[str, Any]]:
+    """Tell each of `works` why it failed; their records. The server stays up."""
+    if isinstance(exc, ApiError):
+        error, record = exc, {"code": exc.status, "error": exc.message}
+    else:
+        print(f"error answering a request: {type(exc).__name__}: {exc}",
+              file=sys.stderr, flush=True)
+        error = ApiError(500, f"{type(exc).__name__}: {exc}", kind="server_error")
+        record = {"code": 500, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    for work in works:
+        work.post("error", error=error)
+    return [dict(record) for _ in works]
+
+
+def _shown(work: Work, stops: StopFilter) -> Callable[[str], bool]:
+    """A batch row's text handler: posts what its stop strings let through, and says
+    when one was hit."""
+    def on_text(piece: str) -> bool:
+        shown = stops.feed(piece)
+        if shown:
+            work.post("text", text=shown)
+        return stops.hit
+    return on_text
+
+
+def _finish(work: Work, stops: StopFilter, prompt_tokens: int, tokens: int, seconds: float,
+            max_new_tokens: int) -> dict[str, Any]:
+    """Tell the client the reply ended; its record for the request log."""
+    tail = stops.flush()
+    if tail:
+        work.post("text", text=tail)
+    finish = "length" if tokens >= max_new_tokens and not stops.hit else "stop"
+    work.post("end", finish=finish, prompt_tokens=prompt_tokens, completion_tokens=tokens)
+    rate = tokens / seconds if seconds > 0 else 0.0
+    return {"code": 200, "prompt_tokens": prompt_tokens, "completion_tokens": tokens,
+            "seconds": round(seconds, 3), "tokens_per_second": round(rate, 1),
+            "finish": finish}
 
 
 # -- the HTTP side -----------------------------------------------------------------------

@@ -68,6 +68,7 @@ def describe(event: dict[str, Any]) -> str | None:
         return (f"{event['code']} {event['endpoint']} {event['model']}: "
                 f"{event.get('prompt_tokens', 0)} + {event.get('completion_tokens', 0)} tokens"
                 + (f", {rate} tokens/s" if rate else "")
+                + (f" (a batch of {event['batch']})" if event.get("batch", 1) > 1 else "")
                 + (f": {event['error']}" if event.get("error") else ""))
     if kind == "end":
         return f"end: {event['status']} {event.get('note') or event.get('error') or ''}"
@@ -107,7 +108,7 @@ def _main(args: argparse.Namespace) -> int:
             runs=args.runs, base=args.base, model=args.model, host=args.host, port=args.port,
             engine=args.engine, allowed_hosts=args.allowed_host,
             allowed_origins=args.allowed_origin, queue_size=args.queue_size,
-            max_request_mb=args.max_request_mb)
+            max_request_mb=args.max_request_mb, max_batch=args.max_batch)
         job = serving.start(spec, args.api_key or None)
     except (ValueError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

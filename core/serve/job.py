@@ -3,9 +3,9 @@ started, followed and stopped like an evaluation or an export (core/jobs/), hold
 device for as long as it serves.
 
 Its events: progress while models load, `ready` (url, engine, models) once it answers,
-one `request` per request answered (tokens, seconds, tokens/s: the Serve panel's log),
-and the end when it is stopped. The API key never touches the disk: the job gets it in
-its environment (PEFT_STUDIO_API_KEY).
+one `request` per request answered (tokens, seconds, tokens/s, the size of the batch it
+was answered in: the Serve panel's log), and the end when it is stopped. The API key
+never touches the disk: the job gets it in its environment (PEFT_STUDIO_API_KEY).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class ServeSpec:
     allowed_origins: list[str] = field(default_factory=list)
     queue_size: int = SERVING["queue_size"].default
     max_request_mb: float = SERVING["max_request_mb"].default
+    max_batch: int = SERVING["max_batch"].default
 
     def __post_init__(self) -> None:
         check_fields(self, SERVING.values())
@@ -211,7 +212,7 @@ def work(spec: ServeSpec, job: Path, events: EventWriter) -> dict[str, Any]:
               + (f", {rate} tokens/s" if rate else "") + f" {record.get('error') or ''}",
               flush=True)
 
-    scheduler = Scheduler(engine, models, spec.queue_size, on_done)
+    scheduler = Scheduler(engine, models, spec.queue_size, on_done, spec.max_batch)
     options = Options(spec.host, key, tuple(spec.allowed_hosts), tuple(spec.allowed_origins),
                       spec.queue_size, spec.max_request_mb)
     server = uvicorn.Server(uvicorn.Config(build_app(scheduler, options), log_level="warning",
@@ -224,7 +225,7 @@ def work(spec: ServeSpec, job: Path, events: EventWriter) -> dict[str, Any]:
     # How many copies of weights the models hold: runs of one base share one.
     copies = len({id(entry.model) for entry in engine.loaded.values()})
     events.emit("ready", url=_url(spec.host, port), port=port, engine=spec.engine,
-                models=list(models), key=bool(key), copies=copies)
+                models=list(models), key=bool(key), copies=copies, max_batch=spec.max_batch)
     print(f"serving {', '.join(models)} at {_url(spec.host, port)} (engine: {spec.engine})",
           flush=True)
     try:

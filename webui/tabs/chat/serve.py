@@ -85,12 +85,13 @@ def _log(events: list[dict[str, Any]]) -> str:
     rows = [e for e in events if e["type"] == "request"][-LOG_ROWS:]
     if not rows:
         return ""
-    lines = ["| time | model | status | prompt | reply | tokens/s |", "|---|---|---|---|---|---|"]
+    lines = ["| time | model | status | prompt | reply | tokens/s | batch |",
+             "|---|---|---|---|---|---|---|"]
     for e in reversed(rows):
         when = time.strftime("%H:%M:%S", time.localtime(e["time"]))
         lines.append(f"| {when} | {e.get('model', '')} | {e.get('code', '')} | "
                      f"{e.get('prompt_tokens', '')} | {e.get('completion_tokens', '')} | "
-                     f"{e.get('tokens_per_second') or ''} |")
+                     f"{e.get('tokens_per_second') or ''} | {e.get('batch', '')} |")
     return "\n".join(lines)
 
 
