@@ -72,6 +72,17 @@ def with_system(messages: list[dict[str, str]], system: str) -> list[dict[str, s
     return ([{"role": "system", "content": system}] if system else []) + rest
 
 
+def system_prompt(target: Target) -> str:
+    """The system prompt a conversation without one gets: the run's own choice (its
+    `system_prompt` setting, core.data.system), the template's default for a base model
+    or a run from before the setting."""
+    if not target.trained:
+        return "default"
+    from core.methods.result import read_manifest
+
+    return read_manifest(target.trained).get("settings", {}).get("system_prompt", "default")
+
+
 # -- the engine (where the weights live) -------------------------------------------------
 @dataclass
 class _Loaded:
@@ -230,8 +241,9 @@ class Engine:
                tools: list[dict[str, Any]] | None = None) -> tuple[str, list[str]]:
         """(`render`'s text, what was folded to render it: core.data.roles' notes)."""
         from core.data.encode import as_rendered, chat_template
+        from core.data.system import rendering
 
-        tok = self.entry(target).tokenizer
+        tok = rendering(self.entry(target).tokenizer, system_prompt(target))
         messages, tools, notes = as_rendered(tok, messages, tools)
         extra = {"tools": tools} if tools else {}
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
@@ -482,7 +494,8 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--base-only", action="store_true",
                    help="talk to the run's base model, without its training")
     p.add_argument("--prompt", help="answer this one prompt and exit")
-    p.add_argument("--system", default="", help="system prompt")
+    p.add_argument("--system", default="", help="system prompt (default: the run's own "
+                   "system_prompt setting; for a base model the template's)")
     add_flags(p, GENERATION.values())
     p.add_argument("--greedy", action="store_true",
                    help="no sampling: the same prompt gives the same reply")

@@ -114,7 +114,8 @@ def build(shared: Shared) -> None:
                           "Unload", "卸载")
         status = gr.Markdown(chatting.T_NOT_LOADED("en"), elem_id="chat-status")
     system = i18n.add(gr.Textbox(label="System prompt", lines=1, placeholder=(
-        "Optional. Leave empty to use the chat template's default.")),
+        "Optional. Empty: a run's own system prompt setting (a base model: the chat "
+        "template's default).")),
         "System prompt", "系统提示词")
     max_new_tokens, greedy, temperature, top_p, top_k, repetition_penalty = \
         _generation_controls(i18n)

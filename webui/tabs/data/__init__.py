@@ -272,8 +272,10 @@ def _model_view(shared: Shared, browse: gr.Dropdown) -> None:
         cutoff = make(SETTINGS["cutoff_len"], i18n, scale=1, elem_id="preview-cutoff_len")
         prompt_loss = make(SETTINGS["train_on_prompt"], i18n, scale=2,
                            elem_id="preview-train_on_prompt")
+        system = make(SETTINGS["system_prompt"], i18n, scale=2, elem_id="preview-system_prompt")
         show = i18n.add(gr.Button("Show", variant="secondary", scale=1), "Show", "查看")
     shared.preview_cutoff, shared.preview_train_on_prompt = cutoff, prompt_loss
+    shared.preview_system_prompt = system
     summary = gr.Markdown()
     # Preference data: the prompt once, as the template renders it (never trained).
     prompt = i18n.add(gr.Textbox(label="Prompt (rendered with the chat template)", lines=4,
@@ -296,13 +298,13 @@ def _model_view(shared: Shared, browse: gr.Dropdown) -> None:
     histogram = i18n.add(plot_box("Token lengths"), "Token lengths", "Token 长度分布")
 
     def view(model: str | None, dataset: str | None, number: float | None, cut: float | None,
-             on_prompt: bool) -> list[Any]:
+             on_prompt: bool, system_prompt: str | None) -> list[Any]:
         if not dataset:
             return [gr.skip(), "Choose a dataset above.", *[gr.skip()] * 6]
         try:
             v = dataview.model_view(model, dataset, number or 1,
                                     SETTINGS["cutoff_len"].default if cut is None else cut,
-                                    on_prompt)
+                                    on_prompt, system_prompt or "")
         except (ProbeError, ValueError) as exc:
             return [gr.skip(), f"✗ {exc}", gr.skip(), None, gr.skip(), None, None, None]
         shows = v.shows
@@ -310,7 +312,7 @@ def _model_view(shared: Shared, browse: gr.Dropdown) -> None:
                 gr.update(value=v.segments, visible=shows["sample"]),
                 gr.update(visible=shows["pair"]), v.chosen, v.rejected, v.figure]
 
-    inputs = [shared.model, browse, sample, cutoff, prompt_loss]
+    inputs = [shared.model, browse, sample, cutoff, prompt_loss, system]
     outputs = [sample, summary, prompt, seen, pair, chosen, rejected, histogram]
     show.click(view, inputs, outputs, concurrency_id="probe")
     sample.input(view, inputs, outputs, concurrency_id="probe", trigger_mode="always_last")
