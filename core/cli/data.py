@@ -53,11 +53,6 @@ def _import(args: argparse.Namespace) -> int:
 
 def check_before_training(datasets: list[str], stage: str) -> list[str]:
     """Every dataset's full check, as lines to print; empty when all can train."""
-    from core.data.check import check_dataset
+    from core.data.check import before_training
 
-    out: list[str] = []
-    for name in datasets:
-        report = check_dataset(name, stage)
-        if not report.ok:
-            out += report.lines()
-    return out
+    return before_training(datasets, stage)

@@ -91,3 +91,15 @@ def _detected(report: Report, path: Path) -> dict[str, str]:
         report.problems.append(DataError(f"cannot tell the format from its columns: "
                                          f"{found.note}", file=path))
     return found.columns
+
+
+def before_training(datasets: list[str], stage: str) -> list[str]:
+    """Every dataset's full check, as the lines of the reports of those that cannot train
+    (empty when all can): `peft-studio train` and the Train tab's Start say them before a
+    run folder exists."""
+    out: list[str] = []
+    for name in datasets:
+        report = check_dataset(name, stage)
+        if not report.ok:
+            out += report.lines()
+    return out
