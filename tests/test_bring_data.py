@@ -32,3 +32,41 @@ def test_the_train_tab_checks_every_row_before_start(data, saves):
         assert answer.startswith("**Cannot start: a dataset cannot train as it is**")
         assert f"- problem: {bad}, row 31, field 'output': empty" in answer
     assert not list(saves.iterdir())
+
+
+# -- LLaMA-Factory's num_samples ------------------------------------------------------------
+def test_num_samples_is_kept_from_their_registry_and_drawn_as_they_draw(data, tmp_path,
+                                                                         capsys, tokenizer):
+    from types import SimpleNamespace
+
+    from core.cli.main import main
+    from core.data import registry
+    from core.data.encode import build_datasets
+    from core.data.loader import load_one
+    from core.schema.config import RunConfig
+
+    rows = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(5)]
+    write(tmp_path / "five.json", rows)
+    (tmp_path / "dataset_info.json").write_text(json.dumps({
+        "fewer": {"file_name": "five.json", "num_samples": 3},
+        "more": {"file_name": "five.json", "num_samples": 8},
+        "odd": {"file_name": "five.json", "num_samples": "3"}}), encoding="utf-8")
+    assert main(["data", "import", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "registered as fewer (alpaca, 5 rows); num_samples 3: that many rows are drawn" \
+        in out and "skipped odd: num_samples '3' is not a whole number of rows" in out
+    assert registry.load_info()["fewer"]["num_samples"] == 3
+
+    def outputs(name: str, **cfg) -> list[str]:
+        got = load_one(name, SimpleNamespace(**{"seed": 42, "max_samples": 0, **cfg}))
+        return [e["messages"][-1]["content"] for e in got]
+
+    fewer = outputs("fewer")
+    assert len(fewer) == len(set(fewer)) == 3 and fewer == outputs("fewer")  # seeded
+    assert outputs("fewer", seed=7) != fewer or outputs("fewer", seed=8) != fewer
+    more = outputs("more")  # every row, then three more drawn with repetition
+    assert len(more) == 8 and set(more[:5]) == {f"a{i}" for i in range(5)}
+    assert outputs("more", max_samples=2) == more[:2]  # max_samples cuts after the draw
+    _, _, stats = build_datasets(RunConfig(dataset=["fewer", "identity"]), tokenizer)
+    assert stats["num_samples"] == {"fewer": 3}
+

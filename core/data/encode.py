@@ -383,6 +383,7 @@ def build_datasets(
 
     stats = {
         "mix": getattr(examples, "mix", None),
+        "num_samples": getattr(examples, "sampled", None),  # registry entries' draws
         "examples": len(examples),
         "train_samples": len(train),
         "eval_samples": len(evals),

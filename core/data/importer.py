@@ -62,6 +62,7 @@ def import_llamafactory(folder: str | Path) -> list[Outcome]:
 def _import_one(folder: Path, name: str, entry: Any) -> Outcome:
     try:
         src, fmt, columns = plan_entry(folder, entry)
+        drawn = _num_samples(entry)
         # Imported in place (their registry is data/'s own), an entry replaces itself.
         in_place = folder == data_dir().resolve()
         target = _free_name(name, in_place)
@@ -70,17 +71,23 @@ def _import_one(folder: Path, name: str, entry: Any) -> Outcome:
                  description=f"Imported from LLaMA-Factory's {display_path(folder)}/"
                              f"{INFO_FILE} (entry {name!r}).",
                  split="test" if entry.get("split") == "test" else None,
-                 text_split="line")  # LLaMA-Factory reads a .txt one document per line
+                 text_split="line",  # LLaMA-Factory reads a .txt one document per line
+                 num_samples=drawn)
         rows = scan(data_dir() / read_registry().entries[target]["file"], 0, 0, "line").total
     except DataError as exc:
         return Outcome(name, None, f"skipped {name}: {exc}")
     label = target if target == name else f"{name} as {target}"
-    note = ""
-    if entry.get("num_samples"):
-        note = (f"; num_samples {entry['num_samples']} is not kept: give --max-samples "
-                "when training")
+    note = (f"; num_samples {drawn}: that many rows are drawn from it when it is loaded"
+            if drawn else "")
     return Outcome(name, target, f"registered {'as ' if target == name else ''}{label} "
                                  f"({fmt}, {rows} rows){note}")
+
+
+def _num_samples(entry: dict) -> int:
+    n = entry.get("num_samples") or 0
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise DataError(f"num_samples {n!r} is not a whole number of rows")
+    return n
 
 
 def plan_entry(folder: Path, entry: Any) -> tuple[Path, str, dict[str, str]]:

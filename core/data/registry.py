@@ -50,6 +50,8 @@ class DatasetEntry:
     test_of: str | None = None  # the training dataset a test split belongs to
     registered: bool = True
     text_split: str = "paragraph"  # a .txt file's documents: paragraphs or lines
+    # LLaMA-Factory's num_samples: this many rows drawn from the file (0: all, as written).
+    num_samples: int = 0
 
 
 def info_path() -> Path:
@@ -121,6 +123,10 @@ def entry_problem(name: str, entry: Any) -> str | None:
     if entry.get("format") not in FORMATS:
         return (f"{where}: entry {name!r} has format {entry.get('format')!r}; expected one "
                 f"of {', '.join(FORMATS)}; it is skipped")
+    n = entry.get("num_samples", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        return (f"{where}: entry {name!r} has num_samples {n!r}; expected a whole number "
+                "of rows to draw (0 or none: every row); it is skipped")
     return None
 
 
@@ -206,6 +212,7 @@ def _entry(name: str, entry: Mapping[str, Any]) -> DatasetEntry:
         name=name, path=path, format=fmt, columns=dict(entry.get("columns") or {}),
         description=entry.get("description", ""), split=entry.get("split"),
         test_of=entry.get("test_of"), text_split=entry.get("text_split", "paragraph"),
+        num_samples=entry.get("num_samples", 0),
     )
 
 
@@ -236,9 +243,11 @@ def register(
     test_of: str | None = None,
     overwrite: bool = False,
     text_split: str = "paragraph",
+    num_samples: int = 0,
 ) -> None:
     """Validate `file`, copy it into data_dir() (unless it is there already) and add it to
-    dataset_info.json. Nothing is changed when any check fails."""
+    dataset_info.json. Nothing is changed when any check fails. `num_samples`: rows drawn
+    from it when it is loaded (LLaMA-Factory's, see core.data.loader.sampled)."""
     problem = name_problem(name)
     if problem:
         raise DataError(problem)
@@ -283,6 +292,8 @@ def register(
             entry["test_of"] = test_of
         if text_split != "paragraph" and src.suffix.lower() == ".txt":
             entry["text_split"] = text_split
+        if num_samples:
+            entry["num_samples"] = num_samples
         try:
             _write_info({**reg.raw, name: entry})
         except OSError as exc:

@@ -139,6 +139,10 @@ def model_view(model: str | None, dataset: str, sample: int, cutoff_len: int,
                f"**{cut}** cut at {cutoff_len}")
     if answer.get("kind") == "text":
         summary += " · raw text: every token is trained (stage pt)"
+    if answer.get("num_samples"):
+        summary += (f" · num_samples {answer['num_samples']}: that many rows are drawn from "
+                    "the file (its registry entry; LLaMA-Factory's rule, rows repeat beyond "
+                    "the file's)")
     if answer.get("system"):
         summary += f" · {answer['system']}"
     summary += partial_note(answer, index)
