@@ -70,3 +70,38 @@ def test_num_samples_is_kept_from_their_registry_and_drawn_as_they_draw(data, tm
     _, _, stats = build_datasets(RunConfig(dataset=["fewer", "identity"]), tokenizer)
     assert stats["num_samples"] == {"fewer": 3}
 
+
+
+# -- the good rows only, on request -----------------------------------------------------------
+def test_the_good_rows_only_when_asked_by_data_check_and_the_upload(data, tmp_path, capsys):
+    from core.cli.main import main
+    from core.data import registry
+    from core.data.loader import load_one
+    from webui.tabs.data import upload
+
+    rows = [{"instruction": f"q{i}", "output": "" if i in (2, 5) else f"a{i}"}
+            for i in range(1, 8)]
+    bad = write(tmp_path / "some_bad.json", rows)
+    assert main(["data", "check", str(bad)]) == 1  # by default nothing is registered
+    said = capsys.readouterr()
+    assert "registered" not in said.out and "good" not in registry.load_info()
+    assert "note: --keep-good NAME registers a copy without the 2 bad rows" in said.err
+    assert main(["data", "check", str(bad), "--keep-good", "good"]) == 0
+    out = capsys.readouterr().out
+    assert "registered good (alpaca, 5 rows): 2 bad row(s) of 7 left out:" in out
+    assert "  left out row 2: output: empty" in out and "  left out row 5:" in out
+    assert [e["messages"][-1]["content"] for e in load_one("good", None)] == \
+        ["a1", "a3", "a4", "a6", "a7"]
+    assert "rows 2, 5" in registry.load_info()["good"]["description"]
+
+    done = upload.register_upload(bad, "up", "alpaca", {"instruction": "instruction",
+                                                        "output": "output"})
+    assert not done.ok and "up" not in registry.load_info()
+    done = upload.register_upload(bad, "up", "alpaca", {"instruction": "instruction",
+                                                        "output": "output"}, keep_good=True)
+    assert done.ok and "5 good rows: **2 bad row(s) left out** (rows 2, 5" in done.message
+    assert list(done.problems["row"]) == [2, 5]
+    # A problem of the whole file is not a bad row: nothing is written.
+    labelled = write(tmp_path / "labelled.json", [{"text": "a", "label": "spam"}])
+    assert main(["data", "check", str(labelled), "--keep-good", "x"]) == 1
+    assert "x" not in registry.load_info()

@@ -27,6 +27,8 @@ class Report:
     note: str = ""
     problems: list[DataError] = field(default_factory=list)
     stage_problem: str | None = None
+    mapping: dict[str, str] = field(default_factory=dict)  # format role -> column
+    text_split: str = "paragraph"
 
     @property
     def ok(self) -> bool:
@@ -68,6 +70,7 @@ def check_dataset(dataset: str, stage: str | None = None) -> Report:
             mapping = _detected(report, path)
             if report.format is None:
                 return report
+        report.mapping, report.text_split = dict(mapping or {}), split
         found = scan(report.file, 0, 0, split)
     except DataError as exc:
         report.problems.append(exc)
