@@ -105,3 +105,35 @@ def test_the_good_rows_only_when_asked_by_data_check_and_the_upload(data, tmp_pa
     labelled = write(tmp_path / "labelled.json", [{"text": "a", "label": "spam"}])
     assert main(["data", "check", str(labelled), "--keep-good", "x"]) == 1
     assert "x" not in registry.load_info()
+
+
+# -- hub dataset ids ----------------------------------------------------------------------------
+def test_a_hub_id_offline_is_one_message_naming_it_and_what_to_do(data, saves, capsys):
+    from core.cli.main import main
+
+    said = ("'someorg/some_data' is a hub dataset id and this machine is offline "
+            "(HF_HUB_OFFLINE=1): on a machine with internet run `python -c \"import datasets; "
+            "datasets.load_dataset('someorg/some_data').save_to_disk('some_data')\"`, copy "
+            "that folder here (under data/ for the browser) and give its path")
+    assert main(["data", "check", "someorg/some_data"]) == 1
+    assert f"problem: {said}" in capsys.readouterr().out.splitlines()
+    assert main(["train", "--dataset", "someorg/some_data"]) == 2
+    assert f"  - dataset: {said}" in capsys.readouterr().err.splitlines()
+    assert not list(saves.iterdir())
+    # A path that merely looks like one is still a missing file.
+    assert main(["data", "check", "someorg/some_data.json"]) == 1
+    assert "file not found" in capsys.readouterr().out
+
+
+def test_a_hub_id_once_fetched_trains_from_its_saved_folder_offline(data, tmp_path,
+                                                                     monkeypatch):
+    import datasets
+
+    from core.data.check import check_dataset
+
+    monkeypatch.setenv("PEFT_STUDIO_CACHE", str(tmp_path / "cache"))
+    rows = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(4)]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(
+        str(tmp_path / "cache" / "hub-datasets" / "someorg--cached"))
+    report = check_dataset("someorg/cached", "sft")
+    assert (report.format, report.rows, report.ok) == ("alpaca", 4, True), report.lines()

@@ -27,6 +27,7 @@ from core.data.formats import (
     media_problem,
     validate_file,
 )
+from core.data.hub import fetched, is_hub_id
 from core.data.reader import SUFFIXES, scan
 from core.fsutil import atomic_write_text, copy_whole, disk_full, is_disk_full
 from core.paths import data_dir
@@ -185,6 +186,8 @@ def resolve(name_or_path: str) -> DatasetEntry:
     if name_or_path in reg.problems:
         raise DataError(f"dataset {name_or_path!r} cannot be used: "
                         f"{reg.problems[name_or_path]}")
+    if is_hub_id(name_or_path):
+        return _detected(fetched(name_or_path))
     if path.suffix.lower() in SUFFIXES or "/" in name_or_path or os.sep in name_or_path:
         raise DataError("file not found", file=name_or_path)
     if reg.broken:
@@ -356,7 +359,7 @@ def dataset_problems(names: list[str]) -> list[str]:
     for name in names:
         path = Path(name).expanduser()
         if name not in reg.entries and name not in reg.problems and not (
-                path.is_file() or is_dataset_folder(path)):
+                path.is_file() or is_dataset_folder(path) or is_hub_id(name)):
             what = "is a folder, not a file" if path.is_dir() else "no such file"
             broken = f" ({reg.broken})" if reg.broken else ""
             problems.append(f"dataset: {name}: {what}, and no registered dataset has that "
