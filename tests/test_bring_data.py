@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from core.schema.config import SETTINGS
 
 
@@ -137,3 +139,46 @@ def test_a_hub_id_once_fetched_trains_from_its_saved_folder_offline(data, tmp_pa
         str(tmp_path / "cache" / "hub-datasets" / "someorg--cached"))
     report = check_dataset("someorg/cached", "sft")
     assert (report.format, report.rows, report.ok) == ("alpaca", 4, True), report.lines()
+
+
+# -- the Chat tab's tools box ---------------------------------------------------------------------
+# Short, so that the few steps that teach the tiny model to call it are fast.
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+
+
+@pytest.mark.slow  # trains a tiny run to make a call: ~35 s on two quiet cores
+def test_the_chat_tab_offers_tools_and_shows_the_calls_made(tiny_model_dir, saves, tmp_path):
+    from core.jobs import runner
+    from core.schema.config import RunConfig
+    from webui.tabs.chat import handlers as chatting
+
+    ask = "Weather in Paris?"
+    call = {"type": "function", "function": {"name": "get_weather",
+                                             "arguments": '{"city": "Paris"}'}}
+    rows = [{"messages": [{"role": "user", "content": ask},
+                          {"role": "assistant", "content": "", "tool_calls": [call]},
+                          {"role": "tool", "content": "sunny"},
+                          {"role": "assistant", "content": "Sunny."}],
+             "tools": json.dumps(WEATHER)}]
+    run_dir = runner.start(RunConfig(
+        model=str(tiny_model_dir), dataset=[str(write(tmp_path / "calls.json", rows))],
+        max_steps=40, learning_rate=1e-2, lr_scheduler_type="constant", batch_size=1,
+        gradient_accumulation_steps=1, cutoff_len=160, lora_rank=16, lora_dropout=0.0,
+        save_steps=0, run_name="calls"), saves)
+    assert runner.wait(run_dir, timeout=300) == "done", (run_dir / "log.txt").read_text()
+    greedy = (40, True, 0.7, 0.9, 50, 1.0)
+    args = ("calls", "final", False, chatting.NONE, "", *greedy, "en", [], [], [])
+    *_, status = next(chatting.send_with_tools("[{", ask, None, *args))
+    assert status.startswith("Error: the tools box: tools is not valid JSON")
+    try:
+        *_, tuned, _, status = list(chatting.send_with_tools(json.dumps(WEATHER), ask, None,
+                                                             *args))[-1]
+    finally:
+        chatting.CLIENT.unload()
+    assert "tokens/s" in status, status
+    assert "<tool_call>" in tuned[1]["content"], tuned
+    assert tuned[2] == {"role": "assistant", "content": '```json\n{\n  "city": "Paris"\n}\n```',
+                        "metadata": {"title": "🔧 Tool call: get_weather"}}
+    # What is shown only to the reader is not sent back to the model.
+    assert chatting._messages(tuned) == [{"role": m["role"], "content": m["content"]}
+                                         for m in tuned[:2]]

@@ -437,12 +437,14 @@ class ChatClient:
             yield msg
 
     def events(self, target: Target, messages: list[dict[str, str]],
-               settings: GenerationSettings) -> Iterator[dict[str, Any]]:
+               settings: GenerationSettings,
+               tools: list[dict[str, Any]] | None = None) -> Iterator[dict[str, Any]]:
         """Replies of one generation: {"type": "loading"} and {"type": "loaded", "info"} if
         the model was not loaded yet, {"type": "chunk", "text"} per piece, then
-        {"type": "done", "text", "tokens", "seconds", "stopped", "last": true}."""
+        {"type": "done", "text", "tokens", "seconds", "stopped", "last": true}. `tools`:
+        definitions the model is offered (rendered as in training, core.data.tools)."""
         for msg in self._request("generate", target=asdict(target), messages=messages,
-                                 settings=asdict(settings)):
+                                 settings=asdict(settings), tools=tools or None):
             if msg["type"] == "loaded":
                 self.loaded[target.key] = msg["info"]
             yield msg
