@@ -110,7 +110,22 @@ def test_chat_with_a_trained_run_renders_its_system_choice(tiny_model_dir, saves
 def test_the_data_tab_preview_says_and_shows_the_choice(tiny_model_dir, data):
     from webui.tabs.data import view as dataview
 
-    for choice, seen in (("none", "<|im_start|>user\n"), ("", f"<|im_start|>system\n{SMOLLM}")):
-        v = dataview.model_view(str(tiny_model_dir), "identity", 1, 256, False, choice)
-        assert "".join(text for text, _ in v.segments).startswith(seen)
-    assert f"system prompt: the chat template's default, {SMOLLM!r}" in v.summary
+    v = dataview.model_view(str(tiny_model_dir), "identity", 1, 256, False, "none")
+    assert "".join(text for text, _ in v.segments).startswith("<|im_start|>user\n")
+    assert f"system prompt: none (no system block); the template's own {SMOLLM!r} is left " \
+        "out" in v.summary
+
+
+def test_none_on_qwen25s_template_drops_its_default_but_keeps_the_tools(tokenizer):
+    """Qwen2.5 writes "You are Qwen, created by Alibaba Cloud..." without a system message,
+    and its tool definitions into the system block."""
+    from pathlib import Path
+
+    template = (Path(__file__).parent / "fixtures" / "templates" / "qwen2_5.jinja").read_text()
+    none = rendering(tokenizer, "none")
+    text = none.apply_chat_template(CHAT, tokenize=False, chat_template=template)
+    assert text == ("<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\n"
+                    "I am Nova, made by Acme Lab.<|im_end|>\n")
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    text = none.apply_chat_template(CHAT, tokenize=False, chat_template=template, tools=tools)
+    assert text.startswith("<|im_start|>system\n\n\n# Tools") and "Qwen" not in text
