@@ -182,3 +182,24 @@ def test_the_chat_tab_offers_tools_and_shows_the_calls_made(tiny_model_dir, save
     # What is shown only to the reader is not sent back to the model.
     assert chatting._messages(tuned) == [{"role": m["role"], "content": m["content"]}
                                          for m in tuned[:2]]
+
+
+def test_their_hub_entry_registers_from_the_fetched_folder(data, tmp_path, monkeypatch,
+                                                         capsys):
+    import datasets
+
+    from core.cli.main import main
+    from core.data.loader import load_one
+
+    monkeypatch.setenv("PEFT_STUDIO_CACHE", str(tmp_path / "cache"))
+    rows = [{"instruction": "q", "output": "a"}] * 3
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(
+        str(tmp_path / "cache" / "hub-datasets" / "someorg--fetched"))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({
+        "fetched": {"hf_hub_url": "someorg/fetched"},
+        "away": {"hf_hub_url": "someorg/not_fetched"}}), encoding="utf-8")
+    assert main(["data", "import", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "registered as fetched (alpaca, 3 rows)" in out
+    assert "skipped away: hub dataset ID 'someorg/not_fetched', needs internet" in out
+    assert len(load_one("fetched", None)) == 3

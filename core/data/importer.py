@@ -6,8 +6,8 @@ An entry's `formatting` (alpaca, sharegpt), `columns`, `tags` and `ranking` deci
 studio format and its column mapping; a `kto_tag` column makes it KTO data, `ranking`
 pairwise data, an alpaca entry whose file has no response column (its `{"prompt":
 "text"}` pre-training layout) raw text. A .txt file is one document per line, as
-LLaMA-Factory reads it.
-"""
+LLaMA-Factory reads it. An `hf_hub_url` entry is loaded from the hub when it can be reached
+(core.data.hub); offline, or on another hub, it is skipped with what to do."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from typing import Any
 from core.data.errors import DataError, display_path
 from core.data.folders import shards
 from core.data.formats import FIELDS, MEDIA, media_problem
+from core.data.hub import fetched, is_hub_id, offline
 from core.data.reader import SUFFIXES, scan
 from core.data.registry import INFO_FILE, entry_problem, name_problem, read_registry, register
 from core.paths import data_dir
@@ -96,8 +97,31 @@ def plan_entry(folder: Path, entry: Any) -> tuple[Path, str, dict[str, str]]:
     if not isinstance(entry, dict):
         raise DataError("not an object")
     if hub := next((entry[k] for k in HUB_KEYS if entry.get(k)), None):
-        raise DataError(f"hub dataset ID {hub!r}, needs internet; download it and add the "
-                        "file (a file_name entry, or the Data tab's upload)")
+        hf = entry.get("hf_hub_url")
+        away = DataError(f"hub dataset ID {hub!r}, needs internet; download it and add the "
+                         "file (a file_name entry, or the Data tab's upload)")
+        if not isinstance(hf, str) or not is_hub_id(hf):
+            raise away
+        try:  # its save_to_disk folder: fetched once, then kept in the cache
+            src = fetched(hf)
+        except DataError:
+            if offline():
+                raise away from None
+            raise
+    else:
+        src = _file_of(folder, entry)
+    columns = entry.get("columns") or {}
+    if not isinstance(columns, dict):
+        raise DataError("columns is not an object")
+    media = media_problem([k for k in columns if k in MEDIA and columns[k]])
+    if media:
+        raise DataError(media)
+    _check_tags(entry.get("tags") or {})
+    fmt, mapping = _mapping(entry, columns, src)
+    return src, fmt, {k: v for k, v in mapping.items() if v and v != k and k in FIELDS[fmt]}
+
+
+def _file_of(folder: Path, entry: dict) -> Path:
     file_name = entry.get("file_name")
     if not isinstance(file_name, str) or not file_name:
         raise DataError("no file_name")
@@ -110,15 +134,7 @@ def plan_entry(folder: Path, entry: Any) -> tuple[Path, str, dict[str, str]]:
         raise DataError(f"{file_name} not found in {display_path(folder)}")
     elif src.suffix.lower() not in SUFFIXES:
         raise DataError(f"{file_name}: the studio reads {', '.join(SUFFIXES)} files")
-    columns = entry.get("columns") or {}
-    if not isinstance(columns, dict):
-        raise DataError("columns is not an object")
-    media = media_problem([k for k in columns if k in MEDIA and columns[k]])
-    if media:
-        raise DataError(media)
-    _check_tags(entry.get("tags") or {})
-    fmt, mapping = _mapping(entry, columns, src)
-    return src, fmt, {k: v for k, v in mapping.items() if v and v != k and k in FIELDS[fmt]}
+    return src
 
 
 def _check_tags(tags: Any) -> None:
