@@ -131,17 +131,23 @@ def preview_data(payload: dict[str, Any]) -> dict[str, Any]:
     from types import SimpleNamespace
 
     from core import models
-    from core.data.encode import bounded_lengths, preview
+    from core.data.encode import bounded_lengths, chat_template, preview
     from core.data.loader import load_examples
+    from core.data.registry import resolve
+    from core.data.system import describe, rendering
 
     tokenizer = models.load_tokenizer(payload["model"], payload.get("trust_remote_code", False))
     opts = SimpleNamespace(max_samples=0, identity_name=payload.get("identity_name", ""),
                            identity_author=payload.get("identity_author", ""))
     examples = load_examples([payload["dataset"]], opts)
+    drawn = resolve(payload["dataset"]).num_samples
     cutoff = int(payload["cutoff_len"])
     bound = cutoff * CHARS_PER_TOKEN
     if examples and "prompt" in examples[0]:
         return _preference_preview(tokenizer, examples, cutoff)
+    chats = [ex["messages"] for ex in examples if "messages" in ex]
+    tokenizer = rendering(tokenizer, payload.get("system_prompt") or "default")
+    system = describe(tokenizer, chat_template(tokenizer), chats) if chats else ""
     lengths, partial = bounded_lengths(examples, tokenizer, bound)
     samples = []
     for ex in examples[:PREVIEW_LIMIT]:
@@ -152,7 +158,8 @@ def preview_data(payload: dict[str, Any]) -> dict[str, Any]:
         else:
             samples.append(_text_preview(tokenizer, ex["text"][:bound], cutoff))
     return {"lengths": lengths, "samples": samples, "count": len(examples),
-            "partial": partial, "measured_chars": bound,
+            "partial": partial, "measured_chars": bound, "system": system,
+            "num_samples": drawn,
             "kind": "messages" if examples and "messages" in examples[0] else "text"}
 
 

@@ -49,6 +49,8 @@ class Shared:
     runs_changed: gr.State
     datasets_changed: gr.State
     # The Data tab's "what the model sees" controls, which the Train tab keeps in step
-    # with its own cut-off and prompt-loss settings (None until the Data tab sets them).
+    # with its own cut-off, prompt-loss and system prompt settings (None until the Data
+    # tab sets them).
     preview_cutoff: Any = None
     preview_train_on_prompt: Any = None
+    preview_system_prompt: Any = None

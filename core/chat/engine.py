@@ -72,6 +72,17 @@ def with_system(messages: list[dict[str, str]], system: str) -> list[dict[str, s
     return ([{"role": "system", "content": system}] if system else []) + rest
 
 
+def system_prompt(target: Target) -> str:
+    """The system prompt a conversation without one gets: the run's own choice (its
+    `system_prompt` setting, core.data.system), the template's default for a base model
+    or a run from before the setting."""
+    if not target.trained:
+        return "default"
+    from core.methods.result import read_manifest
+
+    return read_manifest(target.trained).get("settings", {}).get("system_prompt", "default")
+
+
 # -- the engine (where the weights live) -------------------------------------------------
 THINKING_OFF = ("the reply is asked for after the template's empty reasoning block (thinking "
                 "off), as this run's replies were trained: its data had no reasoning")
@@ -238,9 +249,10 @@ class Engine:
                tools: list[dict[str, Any]] | None = None) -> tuple[str, list[str]]:
         """(`render`'s text, what was folded to render it: core.data.roles' notes)."""
         from core.data.encode import as_rendered, chat_template
+        from core.data.system import rendering
 
         entry = self.entry(target)
-        tok = entry.tokenizer
+        tok = rendering(entry.tokenizer, system_prompt(target))
         messages, tools, notes = as_rendered(tok, messages, tools)
         extra = {"tools": tools, **entry.template_kwargs} if tools else \
             dict(entry.template_kwargs)
@@ -437,12 +449,14 @@ class ChatClient:
             yield msg
 
     def events(self, target: Target, messages: list[dict[str, str]],
-               settings: GenerationSettings) -> Iterator[dict[str, Any]]:
+               settings: GenerationSettings,
+               tools: list[dict[str, Any]] | None = None) -> Iterator[dict[str, Any]]:
         """Replies of one generation: {"type": "loading"} and {"type": "loaded", "info"} if
         the model was not loaded yet, {"type": "chunk", "text"} per piece, then
-        {"type": "done", "text", "tokens", "seconds", "stopped", "last": true}."""
+        {"type": "done", "text", "tokens", "seconds", "stopped", "last": true}. `tools`:
+        definitions the model is offered (rendered as in training, core.data.tools)."""
         for msg in self._request("generate", target=asdict(target), messages=messages,
-                                 settings=asdict(settings)):
+                                 settings=asdict(settings), tools=tools or None):
             if msg["type"] == "loaded":
                 self.loaded[target.key] = msg["info"]
             yield msg
@@ -494,7 +508,8 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--base-only", action="store_true",
                    help="talk to the run's base model, without its training")
     p.add_argument("--prompt", help="answer this one prompt and exit")
-    p.add_argument("--system", default="", help="system prompt")
+    p.add_argument("--system", default="", help="system prompt (default: the run's own "
+                   "system_prompt setting; for a base model the template's)")
     add_flags(p, GENERATION.values())
     p.add_argument("--greedy", action="store_true",
                    help="no sampling: the same prompt gives the same reply")

@@ -87,7 +87,8 @@ def _use_device(engine: Engine, request: dict[str, Any], stop: threading.Event, 
         raise ValueError(f"unknown op {op!r}")
     settings = GenerationSettings(**request.get("settings", {}))
     reply = Reply()
-    for piece in engine.stream(target, request["messages"], settings, stop, reply):
+    for piece in engine.stream(target, request["messages"], settings, stop, reply,
+                               tools=request.get("tools")):
         send(type="chunk", text=piece)
     send(type="done", text=reply.text, tokens=reply.tokens, seconds=round(reply.seconds, 3),
          stopped=reply.stopped, notes=reply.notes, last=True)

@@ -21,6 +21,8 @@ def add_command(subparsers: Any) -> None:
     c.add_argument("--stage", choices=list(STAGES), help="also check that this stage "
                    "trains on its format")
     c.add_argument("--limit", type=int, default=20, help="problems shown (the rest counted)")
+    c.add_argument("--keep-good", metavar="NAME", help="when some rows are bad, register a "
+                   "copy without them under data/ as NAME, saying which rows were left out")
     c.set_defaults(func=_check)
     i = sub.add_parser("import", help="register every entry of a LLaMA-Factory "
                        "dataset_info.json that can train; one line per entry")
@@ -33,7 +35,22 @@ def _check(args: argparse.Namespace) -> int:
 
     report = check_dataset(args.dataset, args.stage)
     print("\n".join(report.lines(args.limit)))
-    return 0 if report.ok else 1
+    bad_rows = {p.row for p in report.problems}
+    if not args.keep_good or report.ok or report.format is None:
+        if not report.ok and bad_rows and None not in bad_rows:
+            print(f"note: --keep-good NAME registers a copy without the {len(bad_rows)} "
+                  "bad rows", file=sys.stderr)
+        return 0 if report.ok else 1
+    from core.data.good_rows import register_good_rows
+
+    try:
+        kept = register_good_rows(args.keep_good, report.file, report.format, report.mapping,
+                                  report.problems, report.text_split)
+    except DataError as exc:
+        print(f"error: nothing registered: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(kept.lines()))
+    return 0
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -53,11 +70,6 @@ def _import(args: argparse.Namespace) -> int:
 
 def check_before_training(datasets: list[str], stage: str) -> list[str]:
     """Every dataset's full check, as lines to print; empty when all can train."""
-    from core.data.check import check_dataset
+    from core.data.check import before_training
 
-    out: list[str] = []
-    for name in datasets:
-        report = check_dataset(name, stage)
-        if not report.ok:
-            out += report.lines()
-    return out
+    return before_training(datasets, stage)

@@ -27,6 +27,8 @@ class Report:
     note: str = ""
     problems: list[DataError] = field(default_factory=list)
     stage_problem: str | None = None
+    mapping: dict[str, str] = field(default_factory=dict)  # format role -> column
+    text_split: str = "paragraph"
 
     @property
     def ok(self) -> bool:
@@ -68,6 +70,7 @@ def check_dataset(dataset: str, stage: str | None = None) -> Report:
             mapping = _detected(report, path)
             if report.format is None:
                 return report
+        report.mapping, report.text_split = dict(mapping or {}), split
         found = scan(report.file, 0, 0, split)
     except DataError as exc:
         report.problems.append(exc)
@@ -91,3 +94,15 @@ def _detected(report: Report, path: Path) -> dict[str, str]:
         report.problems.append(DataError(f"cannot tell the format from its columns: "
                                          f"{found.note}", file=path))
     return found.columns
+
+
+def before_training(datasets: list[str], stage: str) -> list[str]:
+    """Every dataset's full check, as the lines of the reports of those that cannot train
+    (empty when all can): `peft-studio train` and the Train tab's Start say them before a
+    run folder exists."""
+    out: list[str] = []
+    for name in datasets:
+        report = check_dataset(name, stage)
+        if not report.ok:
+            out += report.lines()
+    return out

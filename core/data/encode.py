@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.data.formats import DataError
 from core.data.roles import as_template_takes, has_reasoning
+from core.data.system import choice_of, describe, rendering, with_choice
 from core.data.tools import fold, template_takes_tools, uses_tools
 
 if TYPE_CHECKING:
@@ -79,7 +80,9 @@ def as_rendered(tokenizer: Any, messages: list[dict], tools: list[dict] | None =
                 ) -> tuple[list[dict], list[dict] | None, list[str]]:
     """(messages, tools, notes): a conversation as this tokenizer's template takes it,
     with tools, a system role and reasoning folded where it does not (core.data.tools,
-    core.data.roles) and what was folded said."""
+    core.data.roles) and what was folded said. A custom system prompt the tokenizer carries
+    (core.data.system) comes first, so that the folding takes it in."""
+    messages = with_choice(messages, choice_of(tokenizer))
     messages, tools = with_tools(tokenizer, messages, tools)
     messages, notes = as_template_takes(tokenizer, chat_template(tokenizer), messages)
     return messages, tools, notes
@@ -378,13 +381,16 @@ def build_datasets(
     truncated = dropped = 0
     notes: list[str] = []
     template_kwargs: dict[str, Any] = {}
+    system = ""
     if cfg.stage == "pt":
         lengths = token_lengths(examples, tokenizer)
         train = encode_text(tokenizer, [_document(e) for e in train_ex], cutoff_len=cfg.cutoff_len)
         evals = encode_text(tokenizer, [_document(e) for e in eval_ex], cutoff_len=cfg.cutoff_len)
     else:
+        tokenizer = rendering(tokenizer, cfg.system_prompt)
         (train, evals), notes, template_kwargs = _encode_chats(
             tokenizer, cfg, (train_ex, eval_ex), examples.where)
+        system = describe(tokenizer, chat_template(tokenizer), [e["messages"] for e in examples])
         lengths = [e.length for e in train + evals]
         truncated = sum(e.truncated for e in train + evals)
         # A sample cut before its first reply token would only add padding to a batch.
@@ -406,6 +412,7 @@ def build_datasets(
 
     stats = {
         "mix": getattr(examples, "mix", None),
+        "num_samples": getattr(examples, "sampled", None),  # registry entries' draws
         "examples": len(examples),
         "train_samples": len(train),
         "eval_samples": len(evals),
@@ -415,6 +422,7 @@ def build_datasets(
         "mean_length": round(sum(lengths) / len(lengths), 1) if lengths else 0.0,
         "trained_tokens": trained_tokens,
         "packed": bool(cfg.packing and cfg.stage == "sft"),
+        "system_prompt": system,  # which one the samples get (core.data.system)
         "notes": notes,  # how the data was rendered (core.train.trainer says them)
         "chat_template_kwargs": template_kwargs,  # kept in the result (core.methods.result)
     }

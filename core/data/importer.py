@@ -6,8 +6,8 @@ An entry's `formatting` (alpaca, sharegpt), `columns`, `tags` and `ranking` deci
 studio format and its column mapping; a `kto_tag` column makes it KTO data, `ranking`
 pairwise data, an alpaca entry whose file has no response column (its `{"prompt":
 "text"}` pre-training layout) raw text. A .txt file is one document per line, as
-LLaMA-Factory reads it.
-"""
+LLaMA-Factory reads it. An `hf_hub_url` entry is loaded from the hub when it can be reached
+(core.data.hub); offline, or on another hub, it is skipped with what to do."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from typing import Any
 from core.data.errors import DataError, display_path
 from core.data.folders import shards
 from core.data.formats import FIELDS, MEDIA, media_problem
+from core.data.hub import fetched, is_hub_id, offline
 from core.data.reader import SUFFIXES, scan
 from core.data.registry import INFO_FILE, entry_problem, name_problem, read_registry, register
 from core.paths import data_dir
@@ -62,6 +63,7 @@ def import_llamafactory(folder: str | Path) -> list[Outcome]:
 def _import_one(folder: Path, name: str, entry: Any) -> Outcome:
     try:
         src, fmt, columns = plan_entry(folder, entry)
+        drawn = _num_samples(entry)
         # Imported in place (their registry is data/'s own), an entry replaces itself.
         in_place = folder == data_dir().resolve()
         target = _free_name(name, in_place)
@@ -70,17 +72,23 @@ def _import_one(folder: Path, name: str, entry: Any) -> Outcome:
                  description=f"Imported from LLaMA-Factory's {display_path(folder)}/"
                              f"{INFO_FILE} (entry {name!r}).",
                  split="test" if entry.get("split") == "test" else None,
-                 text_split="line")  # LLaMA-Factory reads a .txt one document per line
+                 text_split="line",  # LLaMA-Factory reads a .txt one document per line
+                 num_samples=drawn)
         rows = scan(data_dir() / read_registry().entries[target]["file"], 0, 0, "line").total
     except DataError as exc:
         return Outcome(name, None, f"skipped {name}: {exc}")
     label = target if target == name else f"{name} as {target}"
-    note = ""
-    if entry.get("num_samples"):
-        note = (f"; num_samples {entry['num_samples']} is not kept: give --max-samples "
-                "when training")
+    note = (f"; num_samples {drawn}: that many rows are drawn from it when it is loaded"
+            if drawn else "")
     return Outcome(name, target, f"registered {'as ' if target == name else ''}{label} "
                                  f"({fmt}, {rows} rows){note}")
+
+
+def _num_samples(entry: dict) -> int:
+    n = entry.get("num_samples") or 0
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise DataError(f"num_samples {n!r} is not a whole number of rows")
+    return n
 
 
 def plan_entry(folder: Path, entry: Any) -> tuple[Path, str, dict[str, str]]:
@@ -89,8 +97,31 @@ def plan_entry(folder: Path, entry: Any) -> tuple[Path, str, dict[str, str]]:
     if not isinstance(entry, dict):
         raise DataError("not an object")
     if hub := next((entry[k] for k in HUB_KEYS if entry.get(k)), None):
-        raise DataError(f"hub dataset ID {hub!r}, needs internet; download it and add the "
-                        "file (a file_name entry, or the Data tab's upload)")
+        hf = entry.get("hf_hub_url")
+        away = DataError(f"hub dataset ID {hub!r}, needs internet; download it and add the "
+                         "file (a file_name entry, or the Data tab's upload)")
+        if not isinstance(hf, str) or not is_hub_id(hf):
+            raise away
+        try:  # its save_to_disk folder: fetched once, then kept in the cache
+            src = fetched(hf)
+        except DataError:
+            if offline():
+                raise away from None
+            raise
+    else:
+        src = _file_of(folder, entry)
+    columns = entry.get("columns") or {}
+    if not isinstance(columns, dict):
+        raise DataError("columns is not an object")
+    media = media_problem([k for k in columns if k in MEDIA and columns[k]])
+    if media:
+        raise DataError(media)
+    _check_tags(entry.get("tags") or {})
+    fmt, mapping = _mapping(entry, columns, src)
+    return src, fmt, {k: v for k, v in mapping.items() if v and v != k and k in FIELDS[fmt]}
+
+
+def _file_of(folder: Path, entry: dict) -> Path:
     file_name = entry.get("file_name")
     if not isinstance(file_name, str) or not file_name:
         raise DataError("no file_name")
@@ -103,15 +134,7 @@ def plan_entry(folder: Path, entry: Any) -> tuple[Path, str, dict[str, str]]:
         raise DataError(f"{file_name} not found in {display_path(folder)}")
     elif src.suffix.lower() not in SUFFIXES:
         raise DataError(f"{file_name}: the studio reads {', '.join(SUFFIXES)} files")
-    columns = entry.get("columns") or {}
-    if not isinstance(columns, dict):
-        raise DataError("columns is not an object")
-    media = media_problem([k for k in columns if k in MEDIA and columns[k]])
-    if media:
-        raise DataError(media)
-    _check_tags(entry.get("tags") or {})
-    fmt, mapping = _mapping(entry, columns, src)
-    return src, fmt, {k: v for k, v in mapping.items() if v and v != k and k in FIELDS[fmt]}
+    return src
 
 
 def _check_tags(tags: Any) -> None:

@@ -30,6 +30,8 @@ class Examples(list):
     names its file and row through `where`."""
 
     mix: dict[str, int] | None = None
+    # Datasets drawn at their registry entry's num_samples: name -> that number.
+    sampled: dict[str, int] | None = None
 
     def __init__(self, items: Any = ()) -> None:
         super().__init__(items)
@@ -45,16 +47,20 @@ def load_for_stage(cfg: RunConfig) -> Examples:
     dataset whose format the run's stage does not train on is refused (before any row is
     read) with what to do."""
     parts: list[list[dict[str, Any]]] = []
+    drawn: dict[str, int] = {}
     for name in cfg.dataset:
         entry = resolve(name)
         problem = format_problem(cfg.stage, name, entry.format)
         if problem:
             raise DataError(problem)
         parts.append(load_one(name, cfg, entry))
+        if entry.num_samples:
+            drawn[name] = entry.num_samples
     out = (Examples(ex for part in parts for ex in part) if not cfg.dataset_weights else
            mix(parts, cfg.dataset, cfg.dataset_weights, cfg.seed))
     for part in parts:
         out.origin.update(getattr(part, "origin", {}))
+    out.sampled = drawn or None
     return out
 
 
@@ -96,20 +102,35 @@ def load_one(name: str, cfg: RunConfig | Any, entry: Any = None) -> Examples:
     if not rows:
         raise DataError("the file has no rows", file=entry.path)
     cols = check_columns(entry.format, entry.columns, present, entry.path)
+    order = sampled(len(rows), entry.num_samples, getattr(cfg, "seed", 42))
     limit = getattr(cfg, "max_samples", 0) or 0
     if limit > 0:
-        rows = rows[:limit]
+        order = order[:limit]
     placeholders = {
         "name": getattr(cfg, "identity_name", ""),
         "author": getattr(cfg, "identity_author", ""),
     }
     out = Examples(
-        to_example(row, entry.format, cols, file=entry.path, row_number=i,
+        to_example(rows[i], entry.format, cols, file=entry.path, row_number=i + 1,
                    placeholders=placeholders)
-        for i, row in enumerate(rows, 1)
+        for i in order
     )
-    out.origin = {id(ex): (str(entry.path), i) for i, ex in enumerate(out, 1)}
+    out.origin = {id(ex): (str(entry.path), i + 1) for ex, i in zip(out, order, strict=True)}
     return out
+
+
+def sampled(rows: int, num_samples: int, seed: int) -> list[int]:
+    """The row indexes a dataset gives: all in order, or with a registry entry's
+    `num_samples` LLaMA-Factory's draw (its data/loader.py): a shuffle's first
+    num_samples rows, and beyond every row, more drawn at random with repetition until
+    there are num_samples. Seeded, so a run draws the same rows every time. max_samples
+    cuts after it, as there."""
+    if not num_samples:
+        return list(range(rows))
+    draw = random.Random(seed)
+    order = list(range(rows))
+    draw.shuffle(order)
+    return order[:num_samples] + [draw.randrange(rows) for _ in range(num_samples - rows)]
 
 
 def split_train_eval(examples: list[dict[str, Any]], seed: int,

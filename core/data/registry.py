@@ -27,6 +27,7 @@ from core.data.formats import (
     media_problem,
     validate_file,
 )
+from core.data.hub import fetched, is_hub_id
 from core.data.reader import SUFFIXES, scan
 from core.fsutil import atomic_write_text, copy_whole, disk_full, is_disk_full
 from core.paths import data_dir
@@ -50,6 +51,8 @@ class DatasetEntry:
     test_of: str | None = None  # the training dataset a test split belongs to
     registered: bool = True
     text_split: str = "paragraph"  # a .txt file's documents: paragraphs or lines
+    # LLaMA-Factory's num_samples: this many rows drawn from the file (0: all, as written).
+    num_samples: int = 0
 
 
 def info_path() -> Path:
@@ -121,6 +124,10 @@ def entry_problem(name: str, entry: Any) -> str | None:
     if entry.get("format") not in FORMATS:
         return (f"{where}: entry {name!r} has format {entry.get('format')!r}; expected one "
                 f"of {', '.join(FORMATS)}; it is skipped")
+    n = entry.get("num_samples", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        return (f"{where}: entry {name!r} has num_samples {n!r}; expected a whole number "
+                "of rows to draw (0 or none: every row); it is skipped")
     return None
 
 
@@ -179,6 +186,8 @@ def resolve(name_or_path: str) -> DatasetEntry:
     if name_or_path in reg.problems:
         raise DataError(f"dataset {name_or_path!r} cannot be used: "
                         f"{reg.problems[name_or_path]}")
+    if is_hub_id(name_or_path):
+        return _detected(fetched(name_or_path))
     if path.suffix.lower() in SUFFIXES or "/" in name_or_path or os.sep in name_or_path:
         raise DataError("file not found", file=name_or_path)
     if reg.broken:
@@ -206,6 +215,7 @@ def _entry(name: str, entry: Mapping[str, Any]) -> DatasetEntry:
         name=name, path=path, format=fmt, columns=dict(entry.get("columns") or {}),
         description=entry.get("description", ""), split=entry.get("split"),
         test_of=entry.get("test_of"), text_split=entry.get("text_split", "paragraph"),
+        num_samples=entry.get("num_samples", 0),
     )
 
 
@@ -236,9 +246,11 @@ def register(
     test_of: str | None = None,
     overwrite: bool = False,
     text_split: str = "paragraph",
+    num_samples: int = 0,
 ) -> None:
     """Validate `file`, copy it into data_dir() (unless it is there already) and add it to
-    dataset_info.json. Nothing is changed when any check fails."""
+    dataset_info.json. Nothing is changed when any check fails. `num_samples`: rows drawn
+    from it when it is loaded (LLaMA-Factory's, see core.data.loader.sampled)."""
     problem = name_problem(name)
     if problem:
         raise DataError(problem)
@@ -283,6 +295,8 @@ def register(
             entry["test_of"] = test_of
         if text_split != "paragraph" and src.suffix.lower() == ".txt":
             entry["text_split"] = text_split
+        if num_samples:
+            entry["num_samples"] = num_samples
         try:
             _write_info({**reg.raw, name: entry})
         except OSError as exc:
@@ -345,7 +359,7 @@ def dataset_problems(names: list[str]) -> list[str]:
     for name in names:
         path = Path(name).expanduser()
         if name not in reg.entries and name not in reg.problems and not (
-                path.is_file() or is_dataset_folder(path)):
+                path.is_file() or is_dataset_folder(path) or is_hub_id(name)):
             what = "is a folder, not a file" if path.is_dir() else "no such file"
             broken = f" ({reg.broken})" if reg.broken else ""
             problems.append(f"dataset: {name}: {what}, and no registered dataset has that "

@@ -139,6 +139,17 @@ COMMON: tuple[Setting, ...] = (
     S("train_on_prompt", False, "Also compute the loss on the prompt tokens, not only "
       "on the assistant's replies.", "data", label_zh="在提示词上计算损失", advanced=True,
       help_zh="在提示词 token 上也计算损失，而不只是在助手的回复上。"),
+    S("system_prompt", "default", "The system prompt of samples that have none of their "
+      "own (rows with one keep it). default: what the model's chat template writes (SmolLM2 "
+      "writes 'You are a helpful AI assistant named SmolLM, trained by Hugging Face' into "
+      "every such sample); none: no system block at all; or your own text. Chat and "
+      "serving a run use its choice. The Data tab's preview says which a dataset gets.",
+      "data", label_zh="系统提示词", choices=("default", "none"), allow_custom=True,
+      stages=("sft",),
+      help_zh="没有自带系统消息的样本所用的系统提示词（自带的保持不变）。default：模型对话模板"
+              "自己写入的（SmolLM2 会在每个这样的样本里写入 'You are a helpful AI assistant "
+              "named SmolLM, trained by Hugging Face'）；none：完全没有系统段；或你自己的文字。"
+              "对话与服务该运行时沿用它的选择。“数据”页的预览会说明数据集得到的是哪一个。"),
     S("identity_name", "Studio Assistant", "Fills {{name}} in the identity dataset.",
       "data", label="Assistant name", label_zh="助手名称", advanced=True,
       help_zh="填入 identity 数据集中的 {{name}}。"),
@@ -472,6 +483,9 @@ def _cross_checks(v: dict[str, Any]) -> list[str]:
         # TRL's KTO pairs each reply with another of its batch for the KL term
         problems.append("batch_size: KTO needs at least 2 (its KL term compares each reply "
                         "with another one of the same batch); set 2 or more")
+    if not v["system_prompt"].strip():
+        problems.append("system_prompt: empty; write default (the chat template's own), "
+                        "none (no system prompt) or your text")
     if v["quantization"] != "none" and v["precision"] == "fp16":
         problems.append("precision: fp16 with a quantized base is unstable; use auto or bf16")
     if v["method"] == "prefix" and v["gradient_checkpointing"]:

@@ -15,6 +15,8 @@ from webui.tabs.chat import handlers as chatting
 from webui.tabs.chat import serve as serving
 from webui.tabs.chat.handlers import BASE_ONLY, NONE
 
+TOOLS_LABEL = ("Tool definitions (JSON, OpenAI's layout): offered to the model with its chat "
+               "template, as in training; the calls a reply makes are shown under it")
 
 def _generation_controls(i18n: Any) -> list[Any]:
     """The Generation settings accordion: max new tokens, greedy, temperature, top-p,
@@ -114,8 +116,14 @@ def build(shared: Shared) -> None:
                           "Unload", "卸载")
         status = gr.Markdown(chatting.T_NOT_LOADED("en"), elem_id="chat-status")
     system = i18n.add(gr.Textbox(label="System prompt", lines=1, placeholder=(
-        "Optional. Leave empty to use the chat template's default.")),
+        "Optional. Empty: a run's own system prompt setting (a base model: the chat "
+        "template's default).")),
         "System prompt", "系统提示词")
+    with i18n.add(gr.Accordion("Tools", open=False), "Tools", "工具"):
+        tools = i18n.add(gr.Code(language="json", label=TOOLS_LABEL, lines=4,
+                                 elem_id="chat-tools"), TOOLS_LABEL,
+                         "工具定义（JSON，OpenAI 格式）：以模型的对话模板提供给模型，与训练时相同；"
+                         "回复中的工具调用显示在回复下方")
     max_new_tokens, greedy, temperature, top_p, top_k, repetition_penalty = \
         _generation_controls(i18n)
     initial = chatting.first_panes(run.value)
@@ -143,11 +151,11 @@ def build(shared: Shared) -> None:
         event(chatting.refresh, [run, second, known], [run, second, known])
     load.click(chatting.load, [*selection, shared.lang], status)
     unload.click(chatting.unload, shared.lang, status)
-    inputs = [message, *selection, system, max_new_tokens, greedy, temperature, top_p, top_k,
-              repetition_penalty, shared.lang, *bots]
+    inputs = [tools, message, *selection, system, max_new_tokens, greedy, temperature, top_p,
+              top_k, repetition_penalty, shared.lang, *bots]
     outputs = [message, *bots, status]
-    send.click(chatting.send, inputs, outputs)
-    message.submit(chatting.send, inputs, outputs)
+    send.click(chatting.send_with_tools, inputs, outputs)
+    message.submit(chatting.send_with_tools, inputs, outputs)
     stop.click(chatting.CLIENT.stop, None, None)
     clear.click(lambda: [[] for _ in bots], None, bots)
     shared.lang.change(chatting.show_panes, [*selection, shared.lang], pane_outputs)

@@ -121,7 +121,40 @@ def _text(content: Any) -> str:
 
 
 def _messages(history: list[dict]) -> list[dict[str, str]]:
-    return [{"role": m["role"], "content": _text(m["content"])} for m in history or []]
+    """The conversation the model is sent: a pane's messages without the ones shown only
+    to the reader (the tool calls set out under a reply, which holds them as written)."""
+    return [{"role": m["role"], "content": _text(m["content"])} for m in history or []
+            if not m.get("metadata")]
+
+
+def parse_tools(text: str | None) -> list[dict]:
+    """The Chat tab's tools box: tool definitions as JSON (OpenAI's list of {"type":
+    "function", "function": {...}}, or the bare functions); empty for none. A ValueError
+    says what is wrong."""
+    from core.data.tools import definitions
+
+    return definitions((text or "").strip() or None,
+                       lambda why: ValueError(f"the tools box: {why}"))
+
+
+def shown_calls(reply: str) -> list[dict]:
+    """Messages setting out the tool calls in a reply (the <tool_call> blocks the serving
+    API reads too), shown under it; none when it calls nothing."""
+    import json
+
+    from core.serve.protocol import tool_calls
+
+    out = []
+    for call in tool_calls(reply)[1]:
+        function = call["function"]
+        try:
+            arguments = json.dumps(json.loads(function["arguments"]), indent=2,
+                                   ensure_ascii=False)
+        except ValueError:
+            arguments = function["arguments"]
+        out.append({"role": "assistant", "content": f"```json\n{arguments}\n```",
+                    "metadata": {"title": f"🔧 Tool call: {function['name']}"}})
+    return out
 
 
 ROLES = ("Base model", "Fine-tuned", "Second run")
@@ -193,9 +226,24 @@ def send(text: str, model: str | None, run_: str, ckpt: str, compare_: bool, sec
          rep: float, lang: str, *histories: list[dict]) -> Iterator[list[Any]]:
     """Send `text` to every pane in turn, streaming each reply into its history; yields
     [message box, *histories, status]."""
+    yield from send_with_tools("", text, model, run_, ckpt, compare_, second_, system_,
+                               max_new, greedy_, temp, top_p_, top_k_, rep, lang, *histories)
+
+
+def send_with_tools(tools_: str, text: str, model: str | None, run_: str, ckpt: str,
+                    compare_: bool, second_: str, system_: str, max_new: int, greedy_: bool,
+                    temp: float, top_p_: float, top_k_: int, rep: float, lang: str,
+                    *histories: list[dict]) -> Iterator[list[Any]]:
+    """`send`, offering the models the tool definitions of the tools box (JSON); the
+    calls a reply makes are set out under it."""
     histories = tuple(list(h or []) for h in histories)
     if not (text or "").strip():
         yield [gr.update(), *histories, T_EMPTY(lang)]
+        return
+    try:
+        tools = parse_tools(tools_)
+    except ValueError as exc:
+        yield [gr.update(), *histories, T_ERROR(lang, error=exc)]
         return
     try:  # the sliders bound these, but an API client can send anything
         settings = GenerationSettings(max_new, not greedy_, temp, top_p_, top_k_, rep)
@@ -209,25 +257,28 @@ def send(text: str, model: str | None, run_: str, ckpt: str, compare_: bool, sec
         answering = [i for i, target in enumerate(panes) if target is not None]
         for i in answering:
             for line in _reply(panes[i], text, system_, settings, histories[i], lang,
-                               last=i == answering[-1]):
+                               last=i == answering[-1], tools=tools):
                 yield ["", *histories, line]
     except (ChatError, ValueError) as exc:
         yield ["", *histories, T_ERROR(lang, error=exc)]
 
 
 def _reply(target: Target, text: str, system: str, settings: GenerationSettings,
-           history: list[dict], lang: str, last: bool) -> Iterator[str]:
+           history: list[dict], lang: str, last: bool,
+           tools: list[dict] | None = None) -> Iterator[str]:
     """Stream one pane's reply into `history`, yielding the status line as it grows. Only
     the `last` pane to answer says done: the status must not read finished while another
     pane has yet to answer."""
     prompt = with_system(_messages(history) + [{"role": "user", "content": text}], system)
     history += [{"role": "user", "content": text}, {"role": "assistant", "content": ""}]
     yield T_STREAMING(lang, label=target.label)
-    for event in CLIENT.events(target, prompt, settings):
+    for event in CLIENT.events(target, prompt, settings, tools):
         if event["type"] == "chunk":
             history[-1]["content"] += event["text"]
             yield T_STREAMING(lang, label=target.label)
-        elif event["type"] == "done" and last:
+        elif event["type"] == "done" and tools:
+            history += shown_calls(history[-1]["content"])
+        if event["type"] == "done" and last:
             rate = event["tokens"] / max(event["seconds"], 1e-6)
             last = T_DONE(lang, tokens=event["tokens"], seconds=event["seconds"], rate=rate,
                           stopped=T_STOPPED(lang) if event["stopped"] else "")

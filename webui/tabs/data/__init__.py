@@ -31,6 +31,7 @@ class _Upload:
     result: gr.Markdown
     problems: gr.Dataframe
     text_split: gr.Radio
+    keep_good: gr.Checkbox
 
 
 def build(shared: Shared) -> None:
@@ -137,18 +138,23 @@ def _uploader(shared: Shared) -> _Upload:
                     gr.Dropdown([], label=f"{role} column", visible=False,
                                 allow_custom_value=False),
                     f"{role} column", f"{role} 列")
-        register = i18n.add(gr.Button("Validate and register", variant="primary"),
-                            "Validate and register", "校验并注册")
+        with gr.Row():
+            # Never by default: training on part of a file is the user's decision.
+            keep_good = i18n.add(gr.Checkbox(False, label=KEEP_GOOD), KEEP_GOOD,
+                                 "有坏行时只注册好的行（并说明去掉了哪些行）")
+            register = i18n.add(gr.Button("Validate and register", variant="primary"),
+                                "Validate and register", "校验并注册")
     result = gr.Markdown()
     problems = i18n.add(gr.Dataframe(visible=False, interactive=False, wrap=True,
                                      max_height=300, label="Problems by row",
                                      column_widths=["12%", "28%", "60%"]),
                         "Problems by row", "逐行问题")
     return _Upload(file, options, detected, sample, fmt, name, role_boxes, register, result,
-                   problems, split)
+                   problems, split, keep_good)
 
 
 NONE = "(none)"
+KEEP_GOOD = "If some rows are bad, register the good rows only (saying which were left out)"
 
 
 def _wire_upload(shared: Shared, up: _Upload, listing: gr.Dataframe,
@@ -197,16 +203,17 @@ def _wire_upload(shared: Shared, up: _Upload, listing: gr.Dataframe,
     up.format.input(on_format, [up.format, up.file], role_list)
 
     def on_register(path: str | None, name: str, fmt: str | None, version: int, split: str,
-                    *columns: str) -> list[Any]:
+                    keep_good: bool, *columns: str) -> list[Any]:
         mapping = {r: ("" if c in (None, NONE) else c)
                    for r, c in zip(up.roles, columns, strict=True)}
-        result = upload.register_upload(path, name, fmt, mapping, split or "paragraph")
+        result = upload.register_upload(path, name, fmt, mapping, split or "paragraph",
+                                        bool(keep_good))
         problems = gr.update(value=result.problems, visible=not result.problems.empty)
         return [result.message, problems, version + 1 if result.ok else gr.skip()]
 
     up.register.click(on_register,
                       [up.file, up.name, up.format, shared.datasets_changed, up.text_split,
-                       *role_list],
+                       up.keep_good, *role_list],
                       [up.result, up.problems, shared.datasets_changed])
 
 
@@ -272,8 +279,10 @@ def _model_view(shared: Shared, browse: gr.Dropdown) -> None:
         cutoff = make(SETTINGS["cutoff_len"], i18n, scale=1, elem_id="preview-cutoff_len")
         prompt_loss = make(SETTINGS["train_on_prompt"], i18n, scale=2,
                            elem_id="preview-train_on_prompt")
+        system = make(SETTINGS["system_prompt"], i18n, scale=2, elem_id="preview-system_prompt")
         show = i18n.add(gr.Button("Show", variant="secondary", scale=1), "Show", "查看")
     shared.preview_cutoff, shared.preview_train_on_prompt = cutoff, prompt_loss
+    shared.preview_system_prompt = system
     summary = gr.Markdown()
     # Preference data: the prompt once, as the template renders it (never trained).
     prompt = i18n.add(gr.Textbox(label="Prompt (rendered with the chat template)", lines=4,
@@ -296,13 +305,13 @@ def _model_view(shared: Shared, browse: gr.Dropdown) -> None:
     histogram = i18n.add(plot_box("Token lengths"), "Token lengths", "Token 长度分布")
 
     def view(model: str | None, dataset: str | None, number: float | None, cut: float | None,
-             on_prompt: bool) -> list[Any]:
+             on_prompt: bool, system_prompt: str | None) -> list[Any]:
         if not dataset:
             return [gr.skip(), "Choose a dataset above.", *[gr.skip()] * 6]
         try:
             v = dataview.model_view(model, dataset, number or 1,
                                     SETTINGS["cutoff_len"].default if cut is None else cut,
-                                    on_prompt)
+                                    on_prompt, system_prompt or "")
         except (ProbeError, ValueError) as exc:
             return [gr.skip(), f"✗ {exc}", gr.skip(), None, gr.skip(), None, None, None]
         shows = v.shows
@@ -310,7 +319,7 @@ def _model_view(shared: Shared, browse: gr.Dropdown) -> None:
                 gr.update(value=v.segments, visible=shows["sample"]),
                 gr.update(visible=shows["pair"]), v.chosen, v.rejected, v.figure]
 
-    inputs = [shared.model, browse, sample, cutoff, prompt_loss]
+    inputs = [shared.model, browse, sample, cutoff, prompt_loss, system]
     outputs = [sample, summary, prompt, seen, pair, chosen, rejected, histogram]
     show.click(view, inputs, outputs, concurrency_id="probe")
     sample.input(view, inputs, outputs, concurrency_id="probe", trigger_mode="always_last")

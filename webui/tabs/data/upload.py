@@ -105,9 +105,11 @@ def default_mapping(fmt: str | None, columns: list[str], detected: dict[str, str
 
 
 def register_upload(path: str | Path | None, name: str, fmt: str | None,
-                    mapping: dict[str, str], text_split: str = "paragraph") -> Registration:
+                    mapping: dict[str, str], text_split: str = "paragraph",
+                    keep_good: bool = False) -> Registration:
     """Validate every row, then register. A bad file registers nothing; its problems are
-    returned one per row."""
+    returned one per row. With `keep_good` (the user's explicit choice), a file with bad
+    rows registers a copy of its good rows, saying which were left out."""
     if not path:
         return Registration(False, "Upload a file first.")
     name = (name or "").strip()
@@ -135,6 +137,8 @@ def register_upload(path: str | Path | None, name: str, fmt: str | None,
         table = pd.DataFrame(
             [[p.row if p.row is not None else "", p.field or "", p.reason]
              for p in problems[:MAX_PROBLEMS_SHOWN]], columns=PROBLEM_COLUMNS)
+        if keep_good:
+            return _register_good_rows(name, path, fmt, columns, problems, text_split, table)
         rows = len({p.row for p in problems if p.row is not None})
         what = f"{rows} bad row(s)" if rows else "a problem with the file"
         first = "" if rows else f" {problems[0]}."
@@ -148,6 +152,23 @@ def register_upload(path: str | Path | None, name: str, fmt: str | None,
         return Registration(False, f"✗ Not registered: {exc}")
     return Registration(True, f"✓ Registered **{name}** ({fmt}). It is now in the dataset "
                               "lists of the Train tab.")
+
+
+def _register_good_rows(name: str, path: str | Path, fmt: str, columns: dict[str, str],
+                        problems: list[DataError], text_split: str,
+                        table: pd.DataFrame) -> Registration:
+    from core.data.good_rows import register_good_rows
+
+    try:
+        kept = register_good_rows(name, path, fmt, columns, problems, text_split)
+    except (DataError, DiskFull) as exc:
+        return Registration(False, f"✗ Not registered: {exc}", table)
+    rows = ", ".join(str(p.row) for p in kept.left_out[:MAX_PROBLEMS_SHOWN])
+    more = len(kept.left_out) - MAX_PROBLEMS_SHOWN
+    return Registration(True, f"✓ Registered **{name}** ({fmt}) with its {kept.rows} good "
+                              f"rows: **{len(kept.left_out)} bad row(s) left out** (rows "
+                              f"{rows}{f' and {more} more' if more > 0 else ''}; why is "
+                              "below).", table)
 
 
 def cell_text(value: Any, limit: int = 300) -> str:

@@ -106,19 +106,21 @@ def marked(pieces: list[tuple[str, bool | None]]) -> Segments:
 
 
 def model_view(model: str | None, dataset: str, sample: int, cutoff_len: int,
-               train_on_prompt: bool) -> ModelView:
+               train_on_prompt: bool, system_prompt: str = "default") -> ModelView:
     """Ask the probe how the model tokenizes `dataset`; raises probe.ProbeError, or
     ValueError for a cut-off the run settings would refuse (an API client can send NaN,
     which passes Gradio's bounds)."""
     cutoff_len, problem = SETTINGS["cutoff_len"].check(cutoff_len)
     if problem:
         raise ValueError(f"cutoff_len: {problem}")
+    system_prompt = (system_prompt or "").strip() or SETTINGS["system_prompt"].default
     guard.check_browser_model(model)
     payload = {
         "model": model or SETTINGS["model"].default,
         "dataset": dataset,
         "cutoff_len": cutoff_len,
         "train_on_prompt": bool(train_on_prompt),
+        "system_prompt": system_prompt,
         "identity_name": SETTINGS["identity_name"].default,
         "identity_author": SETTINGS["identity_author"].default,
     }
@@ -139,6 +141,12 @@ def model_view(model: str | None, dataset: str, sample: int, cutoff_len: int,
                f"**{cut}** cut at {cutoff_len}")
     if answer.get("kind") == "text":
         summary += " · raw text: every token is trained (stage pt)"
+    if answer.get("num_samples"):
+        summary += (f" · num_samples {answer['num_samples']}: that many rows are drawn from "
+                    "the file (its registry entry; LLaMA-Factory's rule, rows repeat beyond "
+                    "the file's)")
+    if answer.get("system"):
+        summary += f" · {answer['system']}"
     summary += partial_note(answer, index)
     return ModelView(segments, length_histogram(lengths, int(cutoff_len), title), summary,
                      index, count)

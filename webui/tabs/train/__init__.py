@@ -166,10 +166,12 @@ def _wire_datasets(form: SettingsForm, shared: Shared) -> None:
 
 
 def _wire_preview_sync(form: SettingsForm, shared: Shared) -> None:
-    """The Data tab's preview uses the same cut-off and prompt-loss settings as the run:
-    a change on either side is copied to the other (on user input only, so no loop)."""
+    """The Data tab's preview uses the same cut-off, prompt-loss and system prompt
+    settings as the run: a change on either side is copied to the other (on user input
+    only, so no loop)."""
     pairs = [(form.widgets["cutoff_len"], shared.preview_cutoff),
-             (form.widgets["train_on_prompt"], shared.preview_train_on_prompt)]
+             (form.widgets["train_on_prompt"], shared.preview_train_on_prompt),
+             (form.widgets["system_prompt"], shared.preview_system_prompt)]
     for ours, theirs in pairs:
         if theirs is None:
             continue

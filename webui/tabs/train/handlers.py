@@ -33,6 +33,9 @@ OTHER_MACHINES = Text("Now start each other machine with the same settings: copy
                       "config.yaml to the same path there (the model and datasets too) and run:",
                       "现在用相同设置启动其他每台机器：把这个 config.yaml 复制到那台机器的相同路径"
                       "（模型和数据集也要在），然后运行：")
+BAD_DATA = Text("**Cannot start: a dataset cannot train as it is** (`peft-studio data check "
+                "NAME` prints the same)", "**无法开始：数据集无法按现状训练**（`peft-studio data "
+                "check 名称` 输出相同内容）")
 NOTHING_TO_ABORT = Text("No run is training.", "当前没有正在训练的运行。")
 PICK_ONE = Text("Pick one stopped run in **Show runs** to resume it.",
                 "请在 **查看运行** 中选一个已停止的运行以继续训练。")
@@ -65,6 +68,12 @@ def start(values: dict[str, Any], lang: str = "en") -> Started:
     missing = dataset_problems(cfg.dataset)
     if missing:
         return Started(None, problems_markdown(ConfigError(missing), lang))
+    from core.data.check import before_training
+
+    # Every row, as `peft-studio train` checks them: a bad file leaves no failed run.
+    bad = before_training(cfg.dataset, cfg.stage)
+    if bad:
+        return Started(None, BAD_DATA(lang) + "\n\n" + "\n".join(f"- {line}" for line in bad))
     from core import distributed
 
     try:

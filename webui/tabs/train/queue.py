@@ -14,7 +14,7 @@ import pandas as pd
 from core.jobs import queue
 from core.schema.config import ConfigError
 from webui.i18n import I18n, Text
-from webui.tabs.train.handlers import problems_markdown
+from webui.tabs.train.handlers import BAD_DATA, problems_markdown
 from webui.widgets import to_config
 
 QUEUED = Text("Queued as entry **{id}** ({ahead} ahead of it).",
@@ -39,12 +39,16 @@ def add(values: dict[str, Any], lang: str = "en") -> str:
         cfg = to_config(values)
     except ConfigError as exc:
         return problems_markdown(exc, lang)
+    from core.data.check import before_training
     from core.data.registry import dataset_problems
 
     missing = dataset_problems(cfg.dataset)
     try:
         if missing:
             raise ConfigError(missing)
+        bad = before_training(cfg.dataset, cfg.stage)
+        if bad:
+            return BAD_DATA(lang) + "\n\n" + "\n".join(f"- {line}" for line in bad)
         entry = queue.add([cfg])[0]
     except ConfigError as exc:
         return problems_markdown(exc, lang)
