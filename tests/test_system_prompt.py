@@ -105,6 +105,17 @@ def test_chat_with_a_trained_run_renders_its_system_choice(tiny_model_dir, saves
     own = [{"role": "system", "content": "Be terse."}, *ask]
     assert engine.render(run_target(run_dir), own).startswith("<|im_start|>system\nBe terse.")
     assert SMOLLM in engine.render(base_target(str(tiny_model_dir)), ask)
+    # Evaluate renders through the same choice and pads its batches on the left: a
+    # setting made through the choice's tokenizer is the real tokenizer's.
+    from core.data.system import rendering
+
+    tok = engine.entry(run_target(run_dir)).tokenizer
+    side, seen = tok.padding_side, rendering(tok, "none")
+    try:
+        seen.padding_side = "left" if side == "right" else "right"
+        assert tok.padding_side != side
+    finally:
+        tok.padding_side = side
 
 
 def test_the_data_tab_preview_says_and_shows_the_choice(tiny_model_dir, data):

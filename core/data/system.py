@@ -107,6 +107,10 @@ class _Rendering:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.studio_base, name)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Evaluate sets padding_side for its batches: on the tokenizer that pads.
+        setattr(self.studio_base, name, value)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.studio_base(*args, **kwargs)
 

@@ -20,7 +20,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -231,7 +231,8 @@ def _progress(events: EventWriter, total: int) -> Any:
 
 
 def evaluate(spec: EvalSpec, events: EventWriter) -> dict[str, Any]:
-    from core.chat.engine import Engine
+    from core.chat.engine import Engine, system_prompt
+    from core.data.system import rendering
     from core.evaluate.metrics import corpus_scores, sample_scores
 
     run_dir = Path(spec.run_dir)
@@ -251,9 +252,11 @@ def evaluate(spec: EvalSpec, events: EventWriter) -> dict[str, Any]:
     for name, target in targets:
         t0 = time.time()
         entry = engine.entry(target)
+        # The run's own system prompt choice, as Chat renders it (core.data.system).
+        seen = replace(entry, tokenizer=rendering(entry.tokenizer, system_prompt(target)))
         label = "base model" if name == "base" else "fine-tuned model"
-        scores = reference_loss(entry, samples, spec, progress(f"{label}: loss"))
-        answers[name] = greedy_answers(entry, samples, spec, progress(f"{label}: answering"))
+        scores = reference_loss(seen, samples, spec, progress(f"{label}: loss"))
+        answers[name] = greedy_answers(seen, samples, spec, progress(f"{label}: answering"))
         scores.update(corpus_scores(answers[name], [s.reference for s in samples]))
         models[name] = {"label": target.label, **scores, "seconds": round(time.time() - t0, 1)}
         print(f"{name}: {models[name]}", flush=True)
