@@ -38,7 +38,9 @@ def test_two_processes_from_the_train_tab(app, tiny_model_dir, output_dir):
         model = page.locator("#setting-model input")
         model.fill(str(tiny_model_dir))
         model.press("Enter")
-        wait_for(lambda: "3,236,160 parameters" in count.inner_text(), 120,
+        # Two probe processes (the count, then the data's lengths for the estimate), each
+        # importing transformers: seconds on a quiet machine, past 120 s on a busy one.
+        wait_for(lambda: "3,236,160 parameters" in count.inner_text(), 300,
                  "the tiny model's count")
         page.locator("#setting-dataset [title=Clear]").click()
         page.locator("#setting-dataset input").click()

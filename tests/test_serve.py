@@ -204,14 +204,26 @@ def test_eight_clients_at_once_are_batched_and_answered_as_each_alone(server):
     assert alone[0][0] == ANSWER and alone[2][0] == ANSWER[:ANSWER.index("pineapple")]
     assert alone[1][1] == 6
     events = server[0] / "events.jsonl"
-    seen = len(events.read_text().splitlines())
+    seen = len(_requests(events))
     with ThreadPoolExecutor(len(BURST)) as pool:
         together = list(pool.map(lambda i: _burst_reply(server, i), range(len(BURST))))
     assert together == alone
-    logged = [json.loads(line) for line in events.read_text().splitlines()[seen:]]
-    batches = [e.get("batch", 1) for e in logged if e["type"] == "request"]
+    # A request's record is written just after its reply ends, so the last one asked
+    # alone may land after `seen` was counted: the burst's are the last eight, once
+    # they are all written.
+    deadline = time.time() + 30
+    while len(_requests(events)) < seen + len(BURST) and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # and the record of the last one asked alone, if it was late
+    logged = _requests(events)[-len(BURST):]
+    batches = [e.get("batch", 1) for e in logged]
     assert len(batches) == len(BURST) and max(batches) > 1, batches
     assert [e["batch"] for e in logged if e.get("prompt_tokens", 0) > 400] == [1]
+
+
+def _requests(events: Path) -> list[dict]:
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    return [e for e in lines if e["type"] == "request"]
 
 
 def test_a_bad_key_is_refused_with_401(server):
