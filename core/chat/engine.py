@@ -72,17 +72,6 @@ def with_system(messages: list[dict[str, str]], system: str) -> list[dict[str, s
     return ([{"role": "system", "content": system}] if system else []) + rest
 
 
-def system_prompt(target: Target) -> str:
-    """The system prompt a conversation without one gets: the run's own choice (its
-    `system_prompt` setting, core.data.system), the template's default for a base model
-    or a run from before the setting."""
-    if not target.trained:
-        return "default"
-    from core.methods.result import read_manifest
-
-    return read_manifest(target.trained).get("settings", {}).get("system_prompt", "default")
-
-
 # -- the engine (where the weights live) -------------------------------------------------
 THINKING_OFF = ("the reply is asked for after the template's empty reasoning block (thinking "
                 "off), as this run's replies were trained: its data had no reasoning")
@@ -105,8 +94,18 @@ class _Loaded:
     # base weights by rounding). "" for a model of its own.
     adapter: str = ""
     shareable: bool = False
-    # The chat template switches the run was trained under (core.methods.result).
+    # How the run's replies were rendered in training, so that its prompts are rendered
+    # the same (core.methods.result.chat_settings): its system prompt choice and the
+    # chat template switches. A base model: the template's defaults.
+    system_prompt: str = "default"
     template_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def renderer(self) -> Any:
+        """The tokenizer rendering prompts as the run was trained (core.data.system)."""
+        from core.data.system import rendering
+
+        return rendering(self.tokenizer, self.system_prompt)
 
     @contextmanager
     def active(self) -> Iterator[Any]:
@@ -189,22 +188,23 @@ class Engine:
 
     def _load(self, target: Target) -> _Loaded:
         from core import models
-        from core.methods.result import load_trained, template_kwargs
+        from core.methods.result import chat_settings, load_trained
 
         t0 = time.time()
         if target.trained:
             shared = self._beside(target)
             if shared is not None:
-                shared.template_kwargs = template_kwargs(target.trained)
+                shared.system_prompt, shared.template_kwargs = chat_settings(target.trained)
                 return shared
             # Quantized as in training: a QLoRA adapter answers as it was trained, in the
             # memory it was trained in.
             model, tokenizer = load_trained(target.trained, quantized=True)
             model = _to_gpu(model).eval()
             merge = hasattr(model, "merge_adapter") and _mergeable(target.trained)
+            system, switches = chat_settings(target.trained)
             return _Loaded(model, tokenizer, seconds=time.time() - t0, base=target.model,
                            merge=merge, shareable=_shareable(target.trained),
-                           template_kwargs=template_kwargs(target.trained))
+                           system_prompt=system, template_kwargs=switches)
         for other in self.loaded.values():
             if other.base == target.model and not other.adapter_off \
                     and hasattr(other.model, "disable_adapter"):
@@ -249,10 +249,9 @@ class Engine:
                tools: list[dict[str, Any]] | None = None) -> tuple[str, list[str]]:
         """(`render`'s text, what was folded to render it: core.data.roles' notes)."""
         from core.data.encode import as_rendered, chat_template
-        from core.data.system import rendering
 
         entry = self.entry(target)
-        tok = rendering(entry.tokenizer, system_prompt(target))
+        tok = entry.renderer
         messages, tools, notes = as_rendered(tok, messages, tools)
         extra = {"tools": tools, **entry.template_kwargs} if tools else \
             dict(entry.template_kwargs)

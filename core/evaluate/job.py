@@ -20,7 +20,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,7 @@ def reference_loss(entry: Any, samples: list[Sample], spec: EvalSpec,
 
     from core.data.encode import IGNORE_INDEX, encode_messages
 
-    tok = entry.tokenizer
+    tok = entry.renderer  # the run's system prompt choice, as Chat renders it
     encoded = [encode_messages(tok, s.messages + [{"role": "assistant", "content": s.reference}],
                                spec.cutoff_len) for s in samples]
     total_nll, total_tokens = 0.0, 0
@@ -177,7 +177,7 @@ def greedy_answers(entry: Any, samples: list[Sample], spec: EvalSpec, tick: Any)
     from core.data.encode import chat_template
     from core.methods.result import generate_extras
 
-    tok = entry.tokenizer
+    tok = entry.renderer  # the run's system prompt choice, as Chat renders it
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     side = tok.padding_side
     tok.padding_side = "left"  # generation continues from the right end of each row
@@ -231,8 +231,7 @@ def _progress(events: EventWriter, total: int) -> Any:
 
 
 def evaluate(spec: EvalSpec, events: EventWriter) -> dict[str, Any]:
-    from core.chat.engine import Engine, system_prompt
-    from core.data.system import rendering
+    from core.chat.engine import Engine
     from core.evaluate.metrics import corpus_scores, sample_scores
 
     run_dir = Path(spec.run_dir)
@@ -252,11 +251,9 @@ def evaluate(spec: EvalSpec, events: EventWriter) -> dict[str, Any]:
     for name, target in targets:
         t0 = time.time()
         entry = engine.entry(target)
-        # The run's own system prompt choice, as Chat renders it (core.data.system).
-        seen = replace(entry, tokenizer=rendering(entry.tokenizer, system_prompt(target)))
         label = "base model" if name == "base" else "fine-tuned model"
-        scores = reference_loss(seen, samples, spec, progress(f"{label}: loss"))
-        answers[name] = greedy_answers(seen, samples, spec, progress(f"{label}: answering"))
+        scores = reference_loss(entry, samples, spec, progress(f"{label}: loss"))
+        answers[name] = greedy_answers(entry, samples, spec, progress(f"{label}: answering"))
         scores.update(corpus_scores(answers[name], [s.reference for s in samples]))
         models[name] = {"label": target.label, **scores, "seconds": round(time.time() - t0, 1)}
         print(f"{name}: {models[name]}", flush=True)

@@ -73,14 +73,18 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
         ) from None
 
 
-def template_kwargs(out_dir: str | Path) -> dict[str, Any]:
-    """The chat template switches a result's replies were trained under (Qwen3's
-    `enable_thinking`: core.data.encode.chat_template_kwargs); {} for results saved before
-    they were recorded, which rendered the template's defaults."""
+def chat_settings(out_dir: str | Path) -> tuple[str, dict[str, Any]]:
+    """(system prompt choice, chat template switches) a result's replies were trained
+    under, as Chat, serving and Evaluate must render them: its `system_prompt` setting
+    (core.data.system) and e.g. Qwen3's `enable_thinking` (core.data.encode.
+    chat_template_kwargs). Results saved before either was recorded rendered the
+    template's defaults: ("default", {})."""
     try:
-        return dict(read_manifest(out_dir).get("chat_template_kwargs") or {})
+        manifest = read_manifest(out_dir)
     except (FileNotFoundError, ValueError):
-        return {}
+        return "default", {}
+    return (manifest.get("settings", {}).get("system_prompt", "default"),
+            dict(manifest.get("chat_template_kwargs") or {}))
 
 
 def generate_extras(model: Any) -> dict[str, Any]:
