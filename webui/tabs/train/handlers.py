@@ -150,10 +150,8 @@ def memory_markdown(values: dict[str, Any], result: dict[str, Any]) -> str:
     if chosen:
         gpus = [d for i, d in enumerate(gpus) if i in chosen]
     n = distributed.processes(settings, len(gpus))
-    lengths, share, why = data_lengths(settings)
-    mix = mixed(settings, lengths)
-    if mix is not None:
-        lengths, drawn = mix
+    per, share, why = dataset_lengths(settings)
+    lengths, drawn = as_drawn(settings, per)
     est = memory_estimate.estimate(result, settings, on_gpu=bool(gpus), processes=n,
                                    bf16=bool(result.get("bf16")), lengths=lengths,
                                    trained_share=share)
@@ -163,19 +161,21 @@ def memory_markdown(values: dict[str, Any], result: dict[str, Any]) -> str:
              f"positions ({len(lengths):,} samples, the longest "
              f"{min(max(lengths), int(settings['cutoff_len'])):,} tokens under the cut-off)."
              if lengths else f"\n\nActivations for every sample at the cut-off ({why}).")
-    if mix is not None:
+    if drawn:
         basis += f"\n\nThe mix this run draws (dataset weights, seed {settings['seed']}): {drawn}."
     return memory_estimate.markdown(est, memory_estimate.judge(est, devices, n)) + basis
 
 
-def mixed(settings: dict[str, Any], lengths: list[int] | None,
-          ) -> tuple[list[int], str] | None:
-    """(the lengths of the samples a weighted mix draws, how many rows each dataset
-    gives), as core.data.loader.mix will draw them at Start; None without weights."""
+def as_drawn(settings: dict[str, Any], per: list[list[int]] | None,
+             ) -> tuple[list[int] | None, str]:
+    """(the tokens of the samples the run draws from datasets whose samples have `per`
+    tokens, how many rows each gives when a weighted mix draws them, as
+    core.data.loader.mix will at Start, else "")."""
+    if per is None:
+        return None, ""
     weights, names = settings.get("dataset_weights") or [], settings.get("dataset") or []
-    per = getattr(lengths, "per_dataset", None)
-    if not weights or len(weights) != len(names) or per is None:
-        return None
+    if not weights or len(weights) != len(names):
+        return [n for part in per for n in part], ""
     from core.data.loader import draw_order, mix_counts
 
     order = draw_order([len(p) for p in per], [float(w) for w in weights],
@@ -186,19 +186,20 @@ def mixed(settings: dict[str, Any], lengths: list[int] | None,
     return [per[k][i] for k, i in order], said
 
 
-class Lengths(list):
-    """Every sample's tokens, and each dataset's own (for the mix, `mixed`)."""
-
-    per_dataset: list[list[int]] | None = None
-
-
 def data_lengths(settings: dict[str, Any]) -> tuple[list[int] | None, float, str]:
-    """(the tokens of every sample of the run's datasets, or None; the share of trained
-    characters in the samples shown; why no lengths): from the probe, as the Data tab's
-    "What the model sees" counts them (cached per dataset)."""
+    """(the tokens of every sample the run draws from its datasets, or None; the share of
+    trained characters in the samples shown; why no lengths)."""
+    per, share, why = dataset_lengths(settings)
+    return as_drawn(settings, per)[0], share, why
+
+
+def dataset_lengths(settings: dict[str, Any]) -> tuple[list[list[int]] | None, float, str]:
+    """(the tokens of every sample of each of the run's datasets, or None; the share of
+    trained characters in the samples shown; why no lengths): from the probe, as the Data
+    tab's "What the model sees" counts them (cached per dataset)."""
     if settings.get("packing"):
         return None, 1.0, "packed rows fill it"
-    lengths, per = Lengths(), []
+    per: list[list[int]] = []
     trained = shown = 0
     for name in settings.get("dataset") or []:
         refused = guard.browser_dataset_problem(name)
@@ -214,14 +215,12 @@ def data_lengths(settings: dict[str, Any]) -> tuple[list[int] | None, float, str
             answer = probe.ask("preview", payload)
         except probe.ProbeError as exc:
             return None, 1.0, f"{name} could not be measured: {exc}"
-        lengths += answer["lengths"]
         per.append(answer["lengths"])
         for sample in answer["samples"] if answer.get("kind") in ("messages", "text") else ():
             trained += sum(len(text) for text, on in sample if on)
             shown += sum(len(text) for text, on in sample if on is not None)  # no dividers
-    lengths.per_dataset = per
     share = trained / shown if shown else 1.0
-    return (lengths, share, "") if lengths else (None, 1.0, "no dataset chosen")
+    return (per, share, "") if any(per) else (None, 1.0, "no dataset chosen")
 
 
 def parameters_markdown(result: dict[str, Any]) -> str:
